@@ -1,0 +1,153 @@
+"""Loading and checking the workflow configuration.
+
+The JSON schema (``workflow/schemas/config.schema.yaml``) documents every option
+and fills in defaults; :func:`check_config` adds the checks a schema cannot do
+(paths exist, timm knows the model, the CAM method fits it), so a bad config
+stops the run before any job starts, with one message naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import yaml
+
+SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+
+# Methods that need gradients of a target class; the others (eigencam, kpcacam) do not.
+CAM_METHODS = {
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "xgradcam": "XGradCAM",
+    "hirescam": "HiResCAM",
+    "layercam": "LayerCAM",
+    "eigencam": "EigenCAM",
+    "eigengradcam": "EigenGradCAM",
+    "scorecam": "ScoreCAM",
+    "ablationcam": "AblationCAM",
+    "fullgrad": "FullGrad",
+    "gradcamelementwise": "GradCAMElementWise",
+    "kpcacam": "KPCA_CAM",
+}
+
+
+class ConfigError(ValueError):
+    """A configuration mistake; the message names the key and what is allowed."""
+
+
+def validate(config: dict, schema: str | os.PathLike = SCHEMA) -> dict:
+    """Validate ``config`` against the schema in place, filling defaults; return it.
+
+    The first error is reported in one line naming the key and what is allowed;
+    defaults are then filled by ``snakemake.utils.validate``, the same call the
+    Snakefile makes.
+    """
+    import jsonschema
+    from snakemake.utils import validate as sm_validate
+
+    schema_doc = yaml.safe_load(Path(schema).read_text())
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema_doc).iter_errors(config))
+    if error is not None:
+        raise ConfigError(explain(error))
+    sm_validate(config, str(schema), set_default=True)
+    return config
+
+
+def explain(error) -> str:
+    """One line for a jsonschema ValidationError: the key, the problem, what is allowed."""
+    key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    allowed = ""
+    if "enum" in schema:
+        allowed = f"; allowed: {', '.join(map(str, schema['enum']))}"
+    elif error.validator == "additionalProperties":
+        allowed = f"; allowed keys here: {', '.join(sorted(schema.get('properties', {})))}"
+    elif "description" in schema:
+        allowed = f" ({schema['description'].strip()})"
+    return f"invalid config at '{key}': {error.message}{allowed}"
+
+
+def load_config(path: str | os.PathLike) -> dict:
+    """Read, validate and check a config file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    validate(config)
+    check_config(config)
+    return config
+
+
+def check_config(config: dict, base: str | os.PathLike = ".") -> None:
+    """Checks the schema cannot express; raise ConfigError naming the key."""
+    import timm
+
+    for name, ds in config["datasets"].items():
+        if not Path(base, ds["path"]).exists():
+            raise ConfigError(
+                f"datasets.{name}.path: {ds['path']} does not exist; point it at the {ds['source']} source"
+            )
+    known = set(timm.list_models())
+    for name, model in config["models"].items():
+        if model["timm_name"] not in known:
+            close = [m for m in timm.list_models(f"*{model['timm_name'].split('_')[0]}*")][:5]
+            hint = f"; similar names: {', '.join(close)}" if close else ""
+            raise ConfigError(f"models.{name}.timm_name: timm has no model '{model['timm_name']}'{hint}")
+        weights = model["weights"]
+        if weights == "bundled" and model["timm_name"] != "efficientnet_lite0":
+            raise ConfigError(
+                f"models.{name}.weights: 'bundled' weights exist only for efficientnet_lite0; use hub, none or a file path"
+            )
+        if weights not in ("hub", "none", "bundled") and not Path(base, weights).exists():
+            raise ConfigError(f"models.{name}.weights: file {weights} does not exist; use hub, none, bundled or an existing file")
+        method = cam_method(config, name)
+        if method not in CAM_METHODS:
+            raise ConfigError(f"models.{name}.cam_method: unknown method '{method}'; allowed: inherit, {', '.join(CAM_METHODS)}")
+        if method == "fullgrad" and is_vit_name(model["timm_name"]):
+            raise ConfigError(
+                f"models.{name}.cam_method: fullgrad needs convolution biases and does not fit the ViT "
+                f"'{model['timm_name']}'; choose gradcam, gradcam++, scorecam or another method"
+            )
+    epochs = config["training"]["epochs"]
+    if isinstance(epochs, list) and len(epochs) < config["cycles"]:
+        raise ConfigError(
+            f"training.epochs: a list of {len(epochs)} entries but cycles is {config['cycles']}; give one entry per cycle"
+        )
+
+
+def is_vit_name(timm_name: str) -> bool:
+    return timm_name.split("_")[0] in {"vit", "deit", "deit3", "beit", "eva", "eva02", "flexivit", "vit"}
+
+
+def cam_method(config: dict, model: str) -> str:
+    method = config["models"][model].get("cam_method", "inherit")
+    return config["proxy"]["cam_method"] if method == "inherit" else method
+
+
+def epochs_for(config: dict, cycle: int) -> int:
+    """Epochs of a cycle: the finetune's for cycle 0, else the number or the list's entry."""
+    if cycle == 0:
+        return config["training"]["epochs_finetune"]
+    epochs = config["training"]["epochs"]
+    return epochs[cycle - 1] if isinstance(epochs, list) else epochs
+
+
+def stage_settings(config: dict, dataset: str, model: str, cycle: int = 0) -> dict:
+    """The plain settings mapping a stage needs for one (dataset, model, cycle)."""
+    settings = {
+        "dataset": copy.deepcopy(config["datasets"][dataset]),
+        "model": copy.deepcopy(config["models"][model]),
+        "training": copy.deepcopy(config["training"]),
+        "proxy": copy.deepcopy(config["proxy"]),
+        "stop_when": copy.deepcopy(config["stop_when"]),
+        "names": {"dataset": dataset, "model": model},
+        "cycle": cycle,
+        "epochs": epochs_for(config, cycle),
+    }
+    settings["proxy"]["cam_method"] = cam_method(config, model)
+    return settings

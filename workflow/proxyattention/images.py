@@ -1,0 +1,68 @@
+"""Image decoding and resizing with OpenCV, the one place pixels enter the workflow."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+class BadImageError(ValueError):
+    """An input file that is not a decodable image."""
+
+
+def decode_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode a file to an RGB uint8 array of shape (H, W, 3).
+
+    Grayscale is replicated to three channels, an alpha channel is dropped,
+    16-bit images are scaled to 8 bits, and the EXIF orientation is applied
+    (OpenCV's ``IMREAD_COLOR`` does all of this). Reading the bytes ourselves
+    keeps non-ASCII file names working on every platform.
+    """
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as err:
+        raise BadImageError(f"{path}: cannot read file ({err})") from err
+    if data.size == 0:
+        raise BadImageError(f"{path}: file is empty (0 bytes)")
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if image is None:
+        raise BadImageError(f"{path}: not a decodable image (corrupt, truncated or not an image format)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """Bring an in-memory array (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) to RGB uint8."""
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise BadImageError(f"unsupported pixel type {image.dtype}; expected uint8 or uint16")
+    if image.ndim == 2:
+        return np.repeat(image[:, :, None], 3, axis=2)
+    if image.shape[2] == 1:
+        return np.repeat(image, 3, axis=2)
+    if image.shape[2] == 4:
+        return np.ascontiguousarray(image[:, :, :3])
+    return image
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize to (size, size): area averaging when shrinking, bilinear when enlarging."""
+    h, w = image.shape[:2]
+    if (h, w) == (size, size):
+        return image
+    interpolation = cv2.INTER_AREA if size < min(h, w) else cv2.INTER_LINEAR
+    return cv2.resize(image, (size, size), interpolation=interpolation)
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write an RGB uint8 array as PNG (lossless), atomically."""
+    from .atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        ok = cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise OSError(f"OpenCV could not write {path}")

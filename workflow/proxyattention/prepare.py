@@ -1,0 +1,131 @@
+"""Stage ``prepare``: decode and resize every image once into a uint8 array on disk.
+
+Outputs, in the dataset's prepared folder:
+- ``images.npy``: uint8 array (N, S, S, 3), memory-mapped by every later stage;
+- ``index.csv``: index, source, label, class, split (train/val), sha1 of the pixels;
+- ``classes.json``: class names in label order, and the image size;
+- ``skipped.csv``: the files left out under ``on_bad_image: skip`` (empty otherwise).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .atomic import atomic_path, write_csv, write_json
+from .images import BadImageError, decode_image, resize, to_rgb
+from .sources import Item, SourceError, list_items
+
+log = logging.getLogger(__name__)
+
+
+def draw_split(labels: np.ndarray, splits: list[str], val_fraction: float, seed: int) -> np.ndarray:
+    """Assign 'train'/'val' to items without a split: a stratified draw, fixed by ``seed``.
+
+    Items that already carry a split keep it. Each class with at least two
+    unsplit items gives round(fraction * n) of them (at least one) to validation.
+    """
+    splits = np.array(splits, dtype=object)
+    unsplit = splits == ""
+    rng = np.random.default_rng(seed)
+    for label in np.unique(labels[unsplit]):
+        members = np.flatnonzero(unsplit & (labels == label))
+        n_val = max(1, round(val_fraction * len(members))) if len(members) > 1 else 0
+        chosen = rng.permutation(members)[:n_val]
+        splits[members] = "train"
+        splits[chosen] = "val"
+    return splits.astype(str)
+
+
+def _load(item: Item, size: int) -> np.ndarray:
+    image = to_rgb(item.load()) if item.load is not None else decode_image(item.source)
+    return resize(image, size)
+
+
+def prepare(dataset: dict, images_path, index_path, classes_path, skipped_path, threads: int = 4) -> None:
+    """Decode, convert to RGB and resize every image of ``dataset`` (a config entry) once."""
+    items, classes = list_items(dataset)
+    if not items:
+        raise SourceError(f"{dataset['path']}: no images found")
+    size = dataset["image_size"]
+    labels = np.array([it.label for it in items])
+    splits = draw_split(labels, [it.split for it in items], dataset["val_fraction"], dataset["split_seed"])
+
+    images_path = Path(images_path)
+    bad: list[tuple[str, str]] = []
+    keep = np.ones(len(items), dtype=bool)
+    with atomic_path(images_path) as tmp:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(items), size, size, 3))
+
+        def work(i: int) -> None:
+            try:
+                array[i] = _load(items[i], size)
+            except BadImageError as err:
+                bad.append((items[i].source, str(err)))
+                keep[i] = False
+
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(work, range(len(items))))
+        if bad and dataset["on_bad_image"] == "fail":
+            listing = "\n  ".join(msg for _, msg in sorted(bad))
+            raise BadImageError(
+                f"{len(bad)} bad image(s) in {dataset['path']}:\n  {listing}\n"
+                "Fix or remove these files, or set on_bad_image: skip for this dataset."
+            )
+        if bad:
+            # Compact the kept images to the front, then rewrite at the final length.
+            kept = np.flatnonzero(keep)
+            compact = np.array(array[kept])
+            del array
+            np.save(tmp, compact)
+            array = compact
+        else:
+            array.flush()
+            del array
+            array = np.load(tmp, mmap_mode="r")
+        hashes = [hashlib.sha1(np.ascontiguousarray(im).tobytes()).hexdigest() for im in array]
+
+    kept = np.flatnonzero(keep)
+    index = pd.DataFrame(
+        {
+            "index": np.arange(len(kept)),
+            "source": [items[i].source for i in kept],
+            "label": labels[kept],
+            "class": [classes[labels[i]] for i in kept],
+            "split": splits[kept],
+            "sha1": hashes,
+        }
+    )
+    train_classes = set(index.loc[index.split == "train", "label"])
+    missing_val = sorted(set(range(len(classes))) - set(index.loc[index.split == "val", "label"]))
+    if len(train_classes) < len(classes):
+        absent = sorted(set(range(len(classes))) - train_classes)
+        raise SourceError(
+            f"{dataset['path']}: classes {[classes[i] for i in absent]} have no training images; add images or remove them"
+        )
+    if missing_val:
+        log.warning("classes %s have no validation images", [classes[i] for i in missing_val])
+    write_csv(skipped_path, pd.DataFrame(bad, columns=["source", "reason"]))
+    write_csv(index_path, index)
+    write_json(
+        classes_path,
+        {
+            "classes": classes,
+            "image_size": size,
+            "n_train": int((index.split == "train").sum()),
+            "n_val": int((index.split == "val").sum()),
+            "n_skipped": len(bad),
+            "classes_without_val": [classes[i] for i in missing_val],
+        },
+    )
+
+
+def load_prepared(images_path, index_path) -> tuple[np.ndarray, pd.DataFrame]:
+    """The prepared images (memory-mapped, read-only) and their index table."""
+    return np.load(images_path, mmap_mode="r"), pd.read_csv(index_path, keep_default_na=False)

@@ -1,0 +1,162 @@
+"""Dataset sources: an ImageFolder tree, a CSV of ``path,label``, or MNIST-style IDX files.
+
+A source is listed into :class:`Item` records without decoding anything, so a
+wrong path, an empty class or an unknown label is reported before any
+expensive work starts.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2"}
+
+
+class SourceError(ValueError):
+    """A dataset source that cannot be listed; the message names the path and the fix."""
+
+
+@dataclass(frozen=True)
+class Item:
+    source: str  # a file path, or "file#index" for IDX records
+    label: int
+    split: str  # "train", "val" or "" (drawn later from val_fraction)
+    load: Callable[[], np.ndarray] | None = None  # for in-memory sources; None means decode ``source``
+
+
+def list_items(spec: dict, base: str | os.PathLike = ".") -> tuple[list[Item], list[str]]:
+    """List every item of a dataset spec (as in the config) and its class names."""
+    kind = spec["source"]
+    path = Path(base, spec["path"])
+    if not path.exists():
+        raise SourceError(f"dataset path {path} does not exist; set datasets.<name>.path to an existing {kind} source")
+    listers = {"imagefolder": _imagefolder, "csv": _csv, "idx": _idx}
+    items, classes = listers[kind](path, spec)
+    if spec.get("classes", "auto") != "auto":
+        named = list(spec["classes"])
+        if kind == "idx":
+            if len(named) != len(classes):
+                raise SourceError(f"{path}: {len(classes)} label values but {len(named)} class names in datasets.<name>.classes")
+            classes = named
+        elif sorted(named) != sorted(classes):
+            raise SourceError(f"{path}: class names {sorted(classes)} do not match datasets.<name>.classes {sorted(named)}")
+        else:
+            order = {name: i for i, name in enumerate(named)}
+            remap = np.array([order[c] for c in classes])
+            items = [Item(it.source, int(remap[it.label]), it.split, it.load) for it in items]
+            classes = named
+    return items, classes
+
+
+def _class_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _imagefolder(root: Path, spec: dict) -> tuple[list[Item], list[str]]:
+    splits = {"train": root / "train", "val": root / "val"}
+    if not splits["train"].is_dir():
+        splits = {"": root}
+    classes = [p.name for p in _class_folders(next(iter(splits.values())))]
+    if not classes:
+        raise SourceError(f"{root}: no class folders found; expected {root}/train/<class>/* or {root}/<class>/*")
+    index = {c: i for i, c in enumerate(classes)}
+    items = []
+    for split, folder in splits.items():
+        if not folder.is_dir():
+            continue
+        for class_dir in _class_folders(folder):
+            if class_dir.name not in index:
+                raise SourceError(
+                    f"{class_dir}: class '{class_dir.name}' is not among the training classes; "
+                    "rename or remove the folder"
+                )
+            files = _images_in(class_dir)
+            if not files and split != "val":
+                raise SourceError(f"{class_dir}: empty class folder; add images or remove the folder")
+            items += [Item(str(f), index[class_dir.name], split) for f in files]
+    return items, classes
+
+
+def _csv(path: Path, spec: dict) -> tuple[list[Item], list[str]]:
+    import pandas as pd
+
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = {"path", "label"} - set(table.columns)
+    if missing:
+        raise SourceError(f"{path}: missing column(s) {sorted(missing)}; a CSV source needs 'path,label' and optionally 'split'")
+    classes = sorted(set(table["label"]))
+    index = {c: i for i, c in enumerate(classes)}
+    splits = table["split"] if "split" in table.columns else [""] * len(table)
+    bad_splits = set(splits) - {"", "train", "val"}
+    if bad_splits:
+        raise SourceError(f"{path}: split values {sorted(bad_splits)} are not allowed; use 'train', 'val' or leave empty")
+    items = []
+    for p, label, split in zip(table["path"], table["label"], splits):
+        file = Path(p) if Path(p).is_absolute() else path.parent / p
+        items.append(Item(str(file), index[label], split))
+    return items, classes
+
+
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (optionally gzip-compressed) as a numpy array."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise SourceError(f"{path}: not an unsigned-byte IDX file (bad magic number)")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    offset = 4 + 4 * ndim
+    expected = int(np.prod(shape))
+    if len(data) - offset != expected:
+        raise SourceError(f"{path}: truncated IDX file ({len(data) - offset} of {expected} bytes)")
+    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(shape)
+
+
+def _find(root: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (root / name).exists():
+            return root / name
+    raise SourceError(f"{root}: missing {stem}[.gz]; an IDX source needs the MNIST file names")
+
+
+def _idx(root: Path, spec: dict) -> tuple[list[Item], list[str]]:
+    items = []
+    n_classes = 0
+    has_val = _has_val(root)
+    for split, (images_stem, labels_stem) in IDX_FILES.items():
+        if split == "val" and not has_val:
+            continue  # validation drawn from the training files by val_fraction
+        images_file, labels_file = _find(root, images_stem), _find(root, labels_stem)
+        images, labels = read_idx(images_file), read_idx(labels_file)
+        if len(images) != len(labels):
+            raise SourceError(f"{root}: {len(images)} images but {len(labels)} labels in the {split} IDX files")
+        n_classes = max(n_classes, int(labels.max()) + 1)
+        for i, label in enumerate(labels):
+            items.append(Item(f"{images_file}#{i}", int(label), split if has_val else "", _slicer(images, i)))
+    return items, [str(i) for i in range(n_classes)]
+
+
+def _has_val(root: Path) -> bool:
+    return any((root / (IDX_FILES["val"][0] + ext)).exists() for ext in ("", ".gz"))
+
+
+def _slicer(images: np.ndarray, i: int) -> Callable[[], np.ndarray]:
+    return lambda: images[i]

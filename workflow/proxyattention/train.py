@@ -1,0 +1,221 @@
+"""Stage ``finetune`` / ``retrain``: train a timm model on prepared arrays, save it, exit.
+
+One process per training so the GPU is free between stages. Per-epoch state
+lives in an undeclared ``.train_state/`` folder beside the outputs, so a killed
+job resumes from its last completed epoch; it is removed once the stage is done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .atomic import atomic_path, read_json, write_csv, write_json
+from .data import ArraySource, make_loader
+from .inference import cross_entropy, predict_logits
+from .models import create_model, data_config, load_checkpoint, save_checkpoint
+from .prepare import load_prepared
+from .runtime import peak_memory, reset_peak_memory, seed_everything, select_runtime, versions
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite: training diverged."""
+
+
+def training_source(images, index: pd.DataFrame, extra_paths=()) -> tuple[ArraySource, int]:
+    """Original training images plus the new images of earlier cycles; and how many are new."""
+    train = index[index.split == "train"]
+    parts = [(images, train["index"].to_numpy(), train["label"].to_numpy())]
+    n_extra = 0
+    for path in extra_paths:
+        with np.load(path, allow_pickle=False) as data:
+            if len(data["labels"]):
+                parts.append((data["images"], np.arange(len(data["labels"])), data["labels"]))
+                n_extra += len(data["labels"])
+    return ArraySource(parts), n_extra
+
+
+def validation_source(images, index: pd.DataFrame) -> ArraySource:
+    val = index[index.split == "val"]
+    return ArraySource([(images, val["index"].to_numpy(), val["label"].to_numpy())])
+
+
+def make_optimizer(model, settings: dict, steps: int):
+    m = settings["model"]
+    if m["optimizer"] == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=m["lr"], momentum=m["momentum"], weight_decay=m["weight_decay"])
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=m["lr"], weight_decay=m["weight_decay"])
+    steps = max(steps, 1)
+    if m["schedule"] == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=m["lr"], total_steps=steps)
+    elif m["schedule"] == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    return opt, sched
+
+
+def _fingerprint(*parts) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def train(settings: dict, images_path, index_path, classes_path, out_weights, out_meta, out_epochs, out_stats,
+          *, seed: int, init_weights=None, init_meta=None, extra=(), device: str | None = None) -> None:
+    """Train for ``settings['epochs']`` epochs and write the checkpoint, epoch log and stats.
+
+    Starts from ``init_weights``/``init_meta`` (a previous checkpoint) when given,
+    else from the configured pretrained weights with a new head. ``extra`` lists
+    ``erased.npz`` files whose images join the original training images.
+    """
+    wall_start = time.perf_counter()
+    out_weights = Path(out_weights)
+    state_dir = out_weights.parent / ".train_state"
+    tset, mset = settings["training"], settings["model"]
+    epochs = settings["epochs"]
+    names = settings.get("names", {})
+    runtime = select_runtime(tset["precision"], tset["channels_last"], device)
+    seed_everything(seed)
+    torch.use_deterministic_algorithms(runtime.device.type == "cpu", warn_only=True)
+
+    images, index = load_prepared(images_path, index_path)
+    info = read_json(classes_path)
+    source, n_extra = training_source(images, index, extra)
+    val_source = validation_source(images, index)
+
+    if init_weights:
+        model, meta = load_checkpoint(init_weights, init_meta)
+    else:
+        model = create_model(mset["timm_name"], mset["weights"], len(info["classes"]), info["image_size"])
+        meta = {"timm_name": mset["timm_name"], "classes": info["classes"], "image_size": info["image_size"], **data_config(model)}
+    model = runtime.prepare_model(model)
+    mean, std = meta["mean"], meta["std"]
+
+    loader, sampler = make_loader(
+        source, mean, std, mset["batch_size"], seed=seed, train=True, hflip=tset["augment"]["hflip"],
+        crop_padding=tset["augment"]["crop_padding"], num_workers=tset["num_workers"],
+        pin_memory=runtime.device.type == "cuda",
+    )
+    optimizer, scheduler = make_optimizer(model, settings, epochs * len(loader))
+    scaler = runtime.grad_scaler()
+
+    fingerprint = _fingerprint(settings, seed, str(images_path), [str(p) for p in extra], str(init_weights), len(source))
+    rows, start_epoch, train_seconds, images_seen = [], 0, 0.0, 0
+    state_file = state_dir / "state.pt"
+    if state_file.exists():
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+        if state.get("fingerprint") == fingerprint:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            torch.set_rng_state(state["torch_rng"])
+            rows = json.loads(state["rows"])
+            start_epoch, train_seconds, images_seen = state["epoch"], state["train_seconds"], state["images_seen"]
+            log.info("resuming from epoch %d of %d (%s)", start_epoch, epochs, state_file)
+        else:
+            log.info("ignoring %s: it belongs to other settings or inputs", state_file)
+    reset_peak_memory(runtime)
+
+    show_bar = sys.stderr.isatty()
+    for epoch in range(start_epoch, epochs):
+        sampler.set_epoch(epoch)
+        model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
+        correct = torch.zeros((), dtype=torch.int64, device=runtime.device)
+        seen = 0
+        lr_start = optimizer.param_groups[0]["lr"]
+        t0 = time.perf_counter()
+        batches = loader
+        if show_bar:
+            from tqdm import tqdm
+
+            batches = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False)
+        for step, (x, y) in enumerate(batches):
+            x, y = runtime.to_device(x), y.to(runtime.device, non_blocking=True)
+            try:
+                with runtime.autocast():
+                    logits = model(x)
+                    loss = F.cross_entropy(logits.float(), y)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"loss is {loss.item()} at epoch {epoch + 1}, batch {step + 1} "
+                        f"(lr {optimizer.param_groups[0]['lr']:.3g}); training diverged and no checkpoint was written. "
+                        f"Lower models.{names.get('model', '<model>')}.lr or use precision: fp32."
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            except torch.cuda.OutOfMemoryError:
+                raise RuntimeError(
+                    f"CUDA out of memory with batch size {mset['batch_size']} at image size {info['image_size']}; "
+                    f"lower models.{names.get('model', '<model>')}.batch_size in the config"
+                ) from None
+            scheduler.step()
+            loss_sum += loss.detach().double() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+        if runtime.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        train_seconds += seconds
+        images_seen += seen
+        val_logits = predict_logits(model, val_source, mean, std, mset["batch_size"], runtime)
+        val_labels = val_source.labels
+        rows.append({
+            "epoch": epoch + 1,
+            "lr_start": lr_start,
+            "lr_end": optimizer.param_groups[0]["lr"],
+            "train_loss": loss_sum.item() / max(seen, 1),
+            "train_accuracy": correct.item() / max(seen, 1),
+            "val_loss": float(cross_entropy(val_logits, val_labels).mean()) if len(val_labels) else math.nan,
+            "val_accuracy": float((val_logits.argmax(1) == val_labels).mean()) if len(val_labels) else math.nan,
+            "seconds": seconds,
+            "images_per_s": seen / seconds if seconds > 0 else math.nan,
+        })
+        r = rows[-1]
+        log.info("epoch %d/%d loss %.4f train acc %.4f val acc %.4f %.1f s %.1f img/s", epoch + 1, epochs,
+                 r["train_loss"], r["train_accuracy"], r["val_accuracy"], seconds, r["images_per_s"])
+        state_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(state_file) as tmp:
+            torch.save({
+                "fingerprint": fingerprint, "epoch": epoch + 1, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(), "rows": json.dumps(rows),
+                "train_seconds": train_seconds, "images_seen": images_seen,
+            }, tmp)
+
+    save_checkpoint(model, out_weights, out_meta, meta)
+    write_csv(out_epochs, pd.DataFrame(rows))
+    write_json(out_stats, {
+        "epochs": epochs,
+        "resumed_from_epoch": start_epoch,
+        "n_train_original": len(source) - n_extra,
+        "n_train_extra": n_extra,
+        "images_seen": images_seen,
+        "train_seconds": train_seconds,
+        "wall_seconds": time.perf_counter() - wall_start,
+        "images_per_s": images_seen / train_seconds if train_seconds > 0 else None,
+        "final_val_accuracy": rows[-1]["val_accuracy"] if rows else None,
+        "device": str(runtime.device),
+        "precision": runtime.precision,
+        "batch_size": mset["batch_size"],
+        "seed": seed,
+        **peak_memory(runtime),
+        "versions": versions(),
+    })
+    shutil.rmtree(state_dir, ignore_errors=True)
