@@ -1,0 +1,28 @@
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/prepare.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/proxy.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/aggregate.smk"
+
+
+onsuccess:
+    print(f"\nDone. Summary table: {RESULTS}/summary.csv")
+    print(f"Build the report with: snakemake --report {RESULTS}/report.html\n")
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

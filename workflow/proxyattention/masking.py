@@ -1,0 +1,156 @@
+"""Stage ``mask_and_save``: erase the most activated pixels of each selected image.
+
+Thresholds and fills are vectorised over the batch. The erased pixels are
+exactly the thresholded ones. The control arm (``random_erase``) erases the
+same number of pixels at a random place. Outputs: PNGs in class folders of
+``erased/``, ``erased.npz`` (images, labels, rows) for retraining without
+decoding, and ``erased.csv`` linking each new image to its source and map.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from .atomic import atomic_dir, atomic_path, read_json, write_csv
+from .compute_cams import load_cams
+from .prepare import load_prepared
+
+
+def threshold_masks(maps: np.ndarray, mode: str, value: float) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks (N, H, W) of the pixels to erase, and the threshold used for each map.
+
+    ``quantile``: pixels strictly above the per-map ``value`` quantile;
+    ``value``: pixels strictly above ``value``; ``topk_area``: exactly
+    round((1 - value) * H * W) pixels, highest first, ties broken by position.
+    """
+    n, h, w = maps.shape
+    flat = maps.reshape(n, -1)
+    if mode == "quantile":
+        thresholds = np.quantile(flat, value, axis=1) if n else np.zeros(0)
+        masks = flat > thresholds[:, None]
+    elif mode == "value":
+        thresholds = np.full(n, value, dtype=np.float64)
+        masks = flat > value
+    elif mode == "topk_area":
+        k = int(round((1 - value) * h * w))
+        order = np.argsort(-flat, axis=1, kind="stable")[:, :k]
+        masks = np.zeros_like(flat, dtype=bool)
+        np.put_along_axis(masks, order, True, axis=1)
+        thresholds = flat[np.arange(n), order[:, -1]] if k and n else np.zeros(n)
+    else:
+        raise ValueError(f"unknown threshold mode '{mode}'; allowed: quantile, value, topk_area")
+    return masks.reshape(n, h, w), np.asarray(thresholds, dtype=np.float64)
+
+
+def fill_values(images: np.ndarray, mode: str, rng: np.random.Generator) -> np.ndarray:
+    """What masked pixels become, per pixel (N, H, W, 3) float32, for black/mean/blur/noise."""
+    if mode == "black":
+        return np.zeros(images.shape, dtype=np.float32)
+    if mode == "mean":
+        return np.broadcast_to(images.mean(axis=(1, 2), keepdims=True, dtype=np.float32), images.shape)
+    if mode == "noise":
+        return rng.integers(0, 256, size=images.shape).astype(np.float32)
+    if mode == "blur":
+        k = max(3, (images.shape[1] // 8) | 1)
+        return np.stack([cv2.GaussianBlur(im, (k, k), 0) for im in images]).astype(np.float32)
+    raise ValueError(f"unknown fill mode '{mode}'")
+
+
+def erase(images: np.ndarray, maps: np.ndarray, masks: np.ndarray, fill: dict,
+          rng: np.random.Generator) -> np.ndarray:
+    """Paint masked pixels of uint8 images (N, H, W, 3); ``blend`` dims by (1 - lambda * cam)."""
+    if fill["mode"] == "blend":
+        factor = np.where(masks, 1.0 - fill["blend_lambda"] * maps, 1.0).astype(np.float32)
+        out = images.astype(np.float32) * factor[..., None]
+    else:
+        out = np.where(masks[..., None], fill_values(images, fill["mode"], rng), images.astype(np.float32))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def random_masks(masks: np.ndarray, shape: str, rng: np.random.Generator) -> np.ndarray:
+    """Masks with the same pixel count as ``masks``, at random places.
+
+    ``rectangle``: a near-square rectangle at a random position holding exactly
+    that many pixels (the last row partly filled); ``cam_shape``: the mask itself
+    shifted cyclically by a random offset.
+    """
+    n, h, w = masks.shape
+    out = np.zeros_like(masks)
+    counts = masks.reshape(n, -1).sum(1)
+    for i, count in enumerate(counts):  # one small rectangle per image: index arithmetic, not pixels
+        if count == 0:
+            continue
+        if shape == "cam_shape":
+            out[i] = np.roll(masks[i], (rng.integers(h), rng.integers(w)), axis=(0, 1))
+            continue
+        rh = min(h, max(1, int(round(np.sqrt(count)))))
+        rw = min(w, int(np.ceil(count / rh)))
+        rh = int(np.ceil(count / rw))
+        y, x = rng.integers(0, h - rh + 1), rng.integers(0, w - rw + 1)
+        block = np.zeros(rh * rw, dtype=bool)
+        block[:count] = True
+        out[i, y : y + rh, x : x + rw] = block.reshape(rh, rw)
+    return out
+
+
+def _folder_name(label: int, name: str) -> str:
+    return f"{label:03d}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}"
+
+
+def mask_and_save(settings: dict, images_path, index_path, classes_path, cams_path, out_dir, out_npz, out_table,
+                  *, control: str | None = None, seed: int = 0, batch_size: int = 256) -> None:
+    """Erase each selected image's top-activated pixels (or, with ``control='random'``,
+    the same number of pixels at random) and save the new images.
+
+    The random draws depend only on ``seed``, so a rerun writes the same files.
+    """
+    proxy = settings["proxy"]
+    images, index = load_prepared(images_path, index_path)
+    classes = read_json(classes_path)["classes"]
+    maps, rows, _ = load_cams(cams_path)
+    labels = index.set_index("index").loc[rows, "label"].to_numpy() if len(rows) else np.zeros(0, np.int64)
+    sources = index.set_index("index").loc[rows, "source"].to_numpy() if len(rows) else np.zeros(0, str)
+    rng = np.random.default_rng((seed, 1 if control else 0))
+    size = images.shape[1]
+    erased = np.zeros((len(rows), size, size, 3), dtype=np.uint8)
+    thresholds = np.zeros(len(rows))
+    fractions = np.zeros(len(rows))
+    for start in range(0, len(rows), batch_size):
+        part = slice(start, start + batch_size)
+        batch_maps = maps[part]
+        masks, thresholds[part] = threshold_masks(batch_maps, proxy["threshold"]["mode"], proxy["threshold"]["value"])
+        if control == "random":
+            moved = random_masks(masks, proxy["random_erase"]["shape"], rng)
+            # blend dims by the map's level; at a random place use the mean level it had under the mask
+            level = np.where(masks.any((1, 2)), (batch_maps * masks).sum((1, 2)) / np.maximum(masks.sum((1, 2)), 1), 0)
+            batch_maps = np.where(moved, level[:, None, None], 0).astype(np.float32)
+            masks = moved
+        erased[part] = erase(np.asarray(images[rows[part]]), batch_maps, masks, proxy["fill"], rng)
+        fractions[part] = masks.reshape(len(masks), -1).mean(1)
+
+    with atomic_dir(out_dir) as tmp_dir:
+        files = []
+        for i, (row, label) in enumerate(zip(rows, labels)):
+            rel = Path(_folder_name(int(label), classes[label])) / f"{int(row):07d}.png"
+            (tmp_dir / rel.parent).mkdir(parents=True, exist_ok=True)
+            if not cv2.imwrite(str(tmp_dir / rel), cv2.cvtColor(erased[i], cv2.COLOR_RGB2BGR)):
+                raise OSError(f"OpenCV could not write {tmp_dir / rel}")
+            files.append(str(Path(out_dir) / rel))
+    with atomic_path(out_npz) as tmp:
+        np.savez(tmp, images=erased, labels=labels.astype(np.int64), index=rows)
+    write_csv(out_table, pd.DataFrame({
+        "position": np.arange(len(rows)), "index": rows, "source": sources, "label": labels,
+        "class": [classes[l] for l in labels], "png": files, "map_position": np.arange(len(rows)),
+        "threshold": thresholds, "erased_fraction": fractions,
+        "control": control or "cam",
+    }))
+
+
+def load_erased(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return data["images"], data["labels"], data["index"]

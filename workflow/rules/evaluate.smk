@@ -1,0 +1,18 @@
+rule evaluate:
+    input:
+        unpack(prepared_inputs),
+        unpack(cycle_decision),
+        weights=run_file("model.safetensors"),
+        meta=run_file("model.json"),
+        stats=run_file("train_stats.json"),
+    output:
+        run_file("metrics.json"),
+    params:
+        settings=settings,
+    log:
+        log_file("evaluate"),
+    benchmark:
+        bench_file("evaluate")
+    threads: 2
+    script:
+        "../scripts/evaluate.py"

@@ -1,0 +1,15 @@
+rule prepare:
+    output:
+        images=prepared("images.npy"),
+        index=prepared("index.csv"),
+        classes=prepared("classes.json"),
+        skipped=prepared("skipped.csv"),
+    params:
+        dataset=dataset_spec,
+    log:
+        f"{LOGS}/prepare/{{dataset}}.log",
+    benchmark:
+        f"{BENCH}/prepare/{{dataset}}.tsv"
+    threads: 2
+    script:
+        "../scripts/prepare.py"

@@ -1,0 +1,66 @@
+# The Proxy Attention stages of one cycle: they explain the previous cycle's model.
+
+
+rule find_misclassified:
+    input:
+        unpack(prepared_inputs),
+        unpack(previous_checkpoint),
+        decision=run_file("decision.json"),
+    output:
+        predictions=run_file("predictions.csv"),
+        selected=run_file("selected.csv"),
+    wildcard_constraints:
+        arm="proxy|random_erase",
+    params:
+        settings=settings,
+    log:
+        log_file("find_misclassified"),
+    benchmark:
+        bench_file("find_misclassified")
+    threads: 2
+    script:
+        "../scripts/find_misclassified.py"
+
+
+rule compute_cams:
+    input:
+        unpack(prepared_inputs),
+        unpack(previous_checkpoint),
+        selected=run_file("selected.csv"),
+    output:
+        cams=run_file("cams.npz"),
+        table=run_file("cams.csv"),
+    wildcard_constraints:
+        arm="proxy|random_erase",
+    params:
+        settings=settings,
+    log:
+        log_file("compute_cams"),
+    benchmark:
+        bench_file("compute_cams")
+    threads: 2
+    script:
+        "../scripts/compute_cams.py"
+
+
+rule mask_and_save:
+    input:
+        unpack(prepared_inputs),
+        cams=run_file("cams.npz"),
+    output:
+        erased=directory(run_file("erased")),
+        npz=run_file("erased.npz"),
+        table=run_file("erased.csv"),
+    wildcard_constraints:
+        arm="proxy|random_erase",
+    params:
+        settings=settings,
+        control=erase_control,
+        seed=mask_seed,
+    log:
+        log_file("mask_and_save"),
+    benchmark:
+        bench_file("mask_and_save")
+    threads: 1
+    script:
+        "../scripts/mask_and_save.py"

@@ -1,0 +1,63 @@
+TRAIN_OUTPUTS = dict(
+    weights=run_file("model.safetensors"),
+    meta=run_file("model.json"),
+    epochs=run_file("epochs.csv"),
+    stats=run_file("train_stats.json"),
+)
+
+
+rule finetune:
+    input:
+        unpack(prepared_inputs),
+    output:
+        **TRAIN_OUTPUTS,
+    wildcard_constraints:
+        arm="finetune",
+        cycle="0",
+    params:
+        settings=settings,
+    log:
+        log_file("finetune"),
+    benchmark:
+        bench_file("finetune")
+    threads: 2
+    script:
+        "../scripts/train.py"
+
+
+rule retrain:
+    input:
+        unpack(prepared_inputs),
+        unpack(init_checkpoint),
+        unpack(previous_checkpoint_inputs),
+        decision=run_file("decision.json"),
+        extra=extra_images,
+    output:
+        **TRAIN_OUTPUTS,
+    wildcard_constraints:
+        arm="baseline|proxy|random_erase",
+    params:
+        settings=settings,
+    log:
+        log_file("retrain"),
+    benchmark:
+        bench_file("retrain")
+    threads: 2
+    script:
+        "../scripts/train.py"
+
+
+rule decide_cycle:
+    input:
+        previous_metrics,
+    output:
+        run_file("decision.json"),
+    wildcard_constraints:
+        arm="baseline|proxy|random_erase",
+    params:
+        stop_when=config["stop_when"],
+    log:
+        log_file("decide_cycle"),
+    localrule: True
+    script:
+        "../scripts/decide_cycle.py"

@@ -1,0 +1,12 @@
+from proxyattention.scripting import setup
+
+setup(snakemake)
+from proxyattention.aggregate import aggregate
+
+aggregate(
+    snakemake.params.cells,
+    list(snakemake.input.metrics),
+    {tuple(cell): path for cell, path in zip(snakemake.params.erased_cells, snakemake.input.erased)},
+    snakemake.output.summary,
+    dict(zip(snakemake.params.datasets, snakemake.output.tables)),
+)

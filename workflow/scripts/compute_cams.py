@@ -1,0 +1,15 @@
+from proxyattention.scripting import setup
+
+setup(snakemake)
+from proxyattention.compute_cams import compute_cams
+
+compute_cams(
+    snakemake.params.settings,
+    snakemake.input.images,
+    snakemake.input.index,
+    snakemake.input.weights,
+    snakemake.input.meta,
+    snakemake.input.selected,
+    snakemake.output.cams,
+    snakemake.output.table,
+)

@@ -1,0 +1,6 @@
+from proxyattention.scripting import setup
+
+setup(snakemake)
+from proxyattention.cycles import write_decision
+
+write_decision(int(snakemake.wildcards.cycle), list(snakemake.input), snakemake.params.stop_when, snakemake.output[0])

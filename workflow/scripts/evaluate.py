@@ -1,0 +1,15 @@
+from proxyattention.scripting import setup
+
+setup(snakemake)
+from proxyattention.evaluate import evaluate
+
+evaluate(
+    snakemake.params.settings,
+    snakemake.input.images,
+    snakemake.input.index,
+    snakemake.input.weights,
+    snakemake.input.meta,
+    snakemake.input.stats,
+    snakemake.output[0],
+    decision=snakemake.input.get("decision"),
+)

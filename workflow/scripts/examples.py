@@ -1,0 +1,13 @@
+from proxyattention.scripting import setup
+
+setup(snakemake)
+from proxyattention.figures import examples
+
+examples(
+    snakemake.input.images,
+    snakemake.input.cams,
+    snakemake.input.erased,
+    snakemake.input.selected,
+    snakemake.input.classes,
+    snakemake.output[0],
+)

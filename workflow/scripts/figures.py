@@ -1,0 +1,12 @@
+from proxyattention.scripting import setup
+
+setup(snakemake)
+from proxyattention.figures import figures
+from proxyattention.report import FIGURE_NAMES
+
+figures(
+    snakemake.input.summary,
+    snakemake.params.cells,
+    list(snakemake.input.metrics),
+    {name: snakemake.output[name] for name in FIGURE_NAMES},
+)

@@ -1,0 +1,16 @@
+from proxyattention.scripting import setup
+
+setup(snakemake)
+from proxyattention.cycles import should_run
+from proxyattention.misclassified import find_misclassified
+
+find_misclassified(
+    snakemake.params.settings,
+    snakemake.input.images,
+    snakemake.input.index,
+    snakemake.input.weights,
+    snakemake.input.meta,
+    snakemake.output.predictions,
+    snakemake.output.selected,
+    run=should_run(snakemake.input.decision),
+)

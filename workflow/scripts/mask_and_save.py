@@ -1,0 +1,17 @@
+from proxyattention.scripting import setup
+
+setup(snakemake)
+from proxyattention.masking import mask_and_save
+
+mask_and_save(
+    snakemake.params.settings,
+    snakemake.input.images,
+    snakemake.input.index,
+    snakemake.input.classes,
+    snakemake.input.cams,
+    snakemake.output.erased,
+    snakemake.output.npz,
+    snakemake.output.table,
+    control=snakemake.params.control,
+    seed=snakemake.params.seed,
+)

@@ -1,0 +1,13 @@
+from proxyattention.scripting import setup
+
+setup(snakemake)
+from proxyattention.prepare import prepare
+
+prepare(
+    snakemake.params.dataset,
+    snakemake.output.images,
+    snakemake.output.index,
+    snakemake.output.classes,
+    snakemake.output.skipped,
+    threads=snakemake.threads,
+)

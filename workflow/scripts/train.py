@@ -1,0 +1,25 @@
+from proxyattention.scripting import setup
+
+setup(snakemake)
+from proxyattention.cycles import should_run, skip_training
+from proxyattention.train import train
+
+inputs, out = snakemake.input, snakemake.output
+if "decision" in inputs.keys() and not should_run(inputs.decision):
+    skip_training(inputs.previous_weights, inputs.previous_meta, out.weights, out.meta, out.epochs, out.stats,
+                  reason="stop rule held before this cycle")
+else:
+    train(
+        snakemake.params.settings,
+        inputs.images,
+        inputs.index,
+        inputs.classes,
+        out.weights,
+        out.meta,
+        out.epochs,
+        out.stats,
+        seed=int(snakemake.wildcards.seed),
+        init_weights=inputs.get("init_weights"),
+        init_meta=inputs.get("init_meta"),
+        extra=list(inputs.extra) if "extra" in inputs.keys() else [],
+    )
