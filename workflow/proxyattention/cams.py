@@ -177,11 +177,25 @@ def build_cam(model: torch.nn.Module, method: str, layer_name: str, image_size: 
     return cam
 
 
+class ClassTarget:
+    """The logit of one class: pytorch-grad-cam's ClassifierOutputTarget without importing the
+    library (its import takes seconds), for the fast path."""
+
+    def __init__(self, category: int):
+        self.category = category
+
+    def __call__(self, model_output):
+        return model_output[self.category] if model_output.ndim == 1 else model_output[:, self.category]
+
+
 def compute_maps(cam, model, images: torch.Tensor, classes: Sequence[int]) -> np.ndarray:
     """Maps (B, H, W) float32 for ``images`` explaining ``classes``; raise CamError on failure."""
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    if isinstance(cam, GapLinearCAM):
+        targets = [ClassTarget(int(c)) for c in classes]
+    else:
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    targets = [ClassifierOutputTarget(int(c)) for c in classes]
+        targets = [ClassifierOutputTarget(int(c)) for c in classes]
     try:
         maps = cam(input_tensor=images, targets=targets)
     except CamError:

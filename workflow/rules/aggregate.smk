@@ -23,6 +23,8 @@ rule aggregate:
         datasets=list(config["datasets"]),
     log:
         f"{LOGS}/aggregate.log",
+    conda:
+        "../../envs/proxyattention.yaml"
     script:
         "../scripts/aggregate.py"
 
@@ -45,6 +47,8 @@ rule figures:
         cells=grid(),
     log:
         f"{LOGS}/figures.log",
+    conda:
+        "../../envs/proxyattention.yaml"
     script:
         "../scripts/figures.py"
 
@@ -62,5 +66,7 @@ rule examples:
         f"{RESULTS}/figures/examples/{{dataset}}/{{model}}.svg",
     log:
         f"{LOGS}/examples/{{dataset}}/{{model}}.log",
+    conda:
+        "../../envs/proxyattention.yaml"
     script:
         "../scripts/examples.py"

@@ -13,6 +13,8 @@ rule evaluate:
         log_file("evaluate"),
     benchmark:
         bench_file("evaluate")
-    threads: 2
+    threads: 1
+    conda:
+        "../../envs/proxyattention.yaml"
     script:
         "../scripts/evaluate.py"

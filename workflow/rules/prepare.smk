@@ -10,6 +10,8 @@ rule prepare:
         f"{LOGS}/prepare/{{dataset}}.log",
     benchmark:
         f"{BENCH}/prepare/{{dataset}}.tsv"
-    threads: 2
+    threads: 1
+    conda:
+        "../../envs/proxyattention.yaml"
     script:
         "../scripts/prepare.py"

@@ -17,7 +17,9 @@ rule find_misclassified:
         log_file("find_misclassified"),
     benchmark:
         bench_file("find_misclassified")
-    threads: 2
+    threads: 1
+    conda:
+        "../../envs/proxyattention.yaml"
     script:
         "../scripts/find_misclassified.py"
 
@@ -38,7 +40,9 @@ rule compute_cams:
         log_file("compute_cams"),
     benchmark:
         bench_file("compute_cams")
-    threads: 2
+    threads: 1
+    conda:
+        "../../envs/proxyattention.yaml"
     script:
         "../scripts/compute_cams.py"
 
@@ -62,5 +66,7 @@ rule mask_and_save:
     benchmark:
         bench_file("mask_and_save")
     threads: 1
+    conda:
+        "../../envs/proxyattention.yaml"
     script:
         "../scripts/mask_and_save.py"

@@ -20,7 +20,9 @@ rule finetune:
         log_file("finetune"),
     benchmark:
         bench_file("finetune")
-    threads: 2
+    threads: config["training"]["threads"]
+    conda:
+        "../../envs/proxyattention.yaml"
     script:
         "../scripts/train.py"
 
@@ -42,7 +44,9 @@ rule retrain:
         log_file("retrain"),
     benchmark:
         bench_file("retrain")
-    threads: 2
+    threads: config["training"]["threads"]
+    conda:
+        "../../envs/proxyattention.yaml"
     script:
         "../scripts/train.py"
 
@@ -59,5 +63,7 @@ rule decide_cycle:
     log:
         log_file("decide_cycle"),
     localrule: True
+    conda:
+        "../../envs/proxyattention.yaml"
     script:
         "../scripts/decide_cycle.py"

@@ -1,0 +1,55 @@
+"""Shared fixtures: real (small) data from the embedded Fashion-MNIST demo and bundled photos."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "workflow" / "data" / "fashion_mnist_demo"
+
+
+def make_config(**overrides) -> dict:
+    """A validated config on the demo data at 32 px with efficientnet_lite0's bundled weights."""
+    from proxyattention.config import validate
+
+    config = {
+        "datasets": {"fm": {"source": "idx", "path": str(DEMO), "image_size": 32}},
+        "models": {"lite0": {"timm_name": "efficientnet_lite0", "weights": "bundled", "batch_size": 50}},
+        "training": {"epochs_finetune": 1, "epochs": 1, "num_workers": 0},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return validate(config)
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    """The demo dataset prepared at 32 px: paths of images.npy, index.csv, classes.json."""
+    from proxyattention.prepare import prepare
+
+    out = tmp_path_factory.mktemp("prepared")
+    config = make_config()
+    prepare(config["datasets"]["fm"], out / "images.npy", out / "index.csv", out / "classes.json", out / "skipped.csv")
+    return {"images": out / "images.npy", "index": out / "index.csv", "classes": out / "classes.json"}
+
+
+@pytest.fixture(scope="session")
+def trained(prepared, tmp_path_factory):
+    """A one-epoch finetune of efficientnet_lite0 on the prepared demo data."""
+    from proxyattention.config import stage_settings
+    from proxyattention.train import train
+
+    out = tmp_path_factory.mktemp("run")
+    config = make_config()
+    paths = {k: out / n for k, n in [("weights", "model.safetensors"), ("meta", "model.json"),
+                                     ("epochs", "epochs.csv"), ("stats", "train_stats.json")]}
+    train(stage_settings(config, "fm", "lite0", 0), prepared["images"], prepared["index"], prepared["classes"],
+          paths["weights"], paths["meta"], paths["epochs"], paths["stats"], seed=0)
+    return {**paths, "config": config}

@@ -1,0 +1,88 @@
+"""CAM methods against pytorch-grad-cam, the fast path's exactness, and ViTs end to end."""
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from proxyattention.cams import (CamError, GapLinearCAM, auto_target_layer, build_cam, compute_maps,
+                                 fast_path_applies)
+from proxyattention.config import CAM_METHODS
+
+
+def model_and_input(name, size=64, batch=3, seed=0):
+    torch.manual_seed(seed)
+    kwargs = {"img_size": size} if name.startswith("vit") else {}
+    model = timm.create_model(name, num_classes=5, **kwargs).eval()
+    return model, torch.randn(batch, 3, size, size)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_lite0", "regnetx_002", "densenet121"])
+def test_fast_path_equals_library_gradcam(name):
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model, x = model_and_input(name)
+    layer = auto_target_layer(model, 64)
+    assert fast_path_applies(model, "gradcam", layer, 64)
+    classes = [0, 3, 4]
+    with pgc.GradCAM(model=model, target_layers=[dict(model.named_modules())[layer]]) as cam:
+        reference = cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in classes])
+    fast = compute_maps(GapLinearCAM(model), model, x, classes)
+    assert fast.shape == reference.shape == (3, 64, 64)
+    np.testing.assert_allclose(fast, reference, atol=1e-5)
+    assert reference.max() > 0.99  # the comparison is not between two empty maps
+
+
+@pytest.mark.parametrize("name", ["convnext_atto", "mobilenetv3_small_050", "vit_tiny_patch16_224"])
+def test_fast_path_refused_where_not_exact(name):
+    model, _ = model_and_input(name)
+    layer = auto_target_layer(model, 64)
+    assert not fast_path_applies(model, "gradcam", layer, 64)
+    assert not isinstance(build_cam(model, "gradcam", layer, 64), GapLinearCAM)
+
+
+def test_fast_path_only_for_gradcam_at_the_last_feature_map():
+    model, _ = model_and_input("resnet18")
+    assert not fast_path_applies(model, "gradcam++", "layer4", 64)
+    assert not fast_path_applies(model, "gradcam", "layer3", 64)
+    assert auto_target_layer(model, 64) == "layer4"
+
+
+@pytest.mark.parametrize("method", sorted(CAM_METHODS))
+def test_every_method_runs_on_a_cnn(method):
+    model, x = model_and_input("resnet18", size=32, batch=2)
+    with build_cam(model, method, "layer4", 32, fast_path=False, batch_size=16) as cam:
+        maps = compute_maps(cam, model, x, [1, 2])
+    assert maps.shape == (2, 32, 32) and np.isfinite(maps).all()
+    assert maps.min() >= 0 and maps.max() <= 1 + 1e-6
+
+
+@pytest.mark.parametrize("method", sorted(set(CAM_METHODS) - {"fullgrad"}))
+def test_every_method_runs_on_a_vit(method):
+    """The token reshape makes every method work on a ViT (the thesis code lost these silently)."""
+    model, x = model_and_input("vit_tiny_patch16_224", size=32, batch=2)
+    layer = auto_target_layer(model, 32)
+    assert layer == "blocks.11.norm1"
+    with build_cam(model, method, layer, 32, batch_size=16) as cam:
+        maps = compute_maps(cam, model, x, [1, 2])
+    assert maps.shape == (2, 32, 32) and np.isfinite(maps).all()
+    assert (maps.reshape(2, -1).max(1) > 0).all(), "a ViT map came back empty"
+
+
+def test_vit_with_register_tokens_drops_them():
+    model = timm.create_model("vit_small_patch16_reg4_dinov2", img_size=32, num_classes=3).eval()
+    assert model.num_prefix_tokens == 5
+    with build_cam(model, "gradcam", auto_target_layer(model, 32), 32) as cam:
+        maps = compute_maps(cam, model, torch.randn(1, 3, 32, 32), [0])
+    assert maps.shape == (1, 32, 32)
+
+
+def test_a_failing_cam_stops_with_a_clear_error():
+    model, x = model_and_input("vit_tiny_patch16_224", size=32, batch=1)
+    # A layer whose output is not a token sequence: the reshape must refuse, not skip.
+    with build_cam(model, "gradcam", "head", 32) as cam:
+        with pytest.raises(CamError, match="ViT tokens"):
+            compute_maps(cam, model, x, [0])
+    with pytest.raises(CamError, match="not a module"):
+        build_cam(model, "gradcam", "blocks.99", 32)

@@ -1,0 +1,75 @@
+import copy
+
+import pytest
+import yaml
+
+from proxyattention.config import ConfigError, check_config, epochs_for, load_config, validate
+
+from conftest import DEMO, ROOT
+
+
+def minimal():
+    return {"datasets": {"d": {"source": "idx", "path": str(DEMO)}}, "models": {"m": {"timm_name": "resnet18"}}}
+
+
+def test_defaults_come_from_the_schema():
+    config = validate(minimal())
+    assert config["datasets"]["d"]["image_size"] == 224
+    assert config["proxy"]["threshold"] == {"mode": "quantile", "value": 0.9}
+    assert config["proxy"]["fill"]["mode"] == "black"
+    assert config["arms"] == ["baseline", "proxy", "random_erase"]
+
+
+@pytest.mark.parametrize("mutate, words", [
+    (lambda c: c["datasets"]["d"].update(bogus=1), ["datasets.d", "'bogus' was unexpected", "allowed keys here"]),
+    (lambda c: c["datasets"]["d"].update(source="zip"), ["datasets.d.source", "allowed: imagefolder, csv, idx"]),
+    (lambda c: c["models"]["m"].update(batch_size="big"), ["models.m.batch_size", "not of type 'integer'"]),
+    (lambda c: c.update(proxy={"threshold": {"value": 1.5}}), ["proxy.threshold.value"]),
+    (lambda c: c.update(proxy={"threshold": {"value": 0}}), ["proxy.threshold.value"]),
+    (lambda c: c.update(arms=["proxy", "magic"]), ["arms.1", "allowed: baseline, proxy, random_erase"]),
+    (lambda c: c.update(proxy={"cam_method": "gradcam3"}), ["proxy.cam_method", "allowed: gradcam"]),
+])
+def test_schema_rejects_with_one_readable_line(mutate, words):
+    config = minimal()
+    mutate(config)
+    with pytest.raises(ConfigError) as err:
+        validate(config)
+    message = str(err.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+
+
+@pytest.mark.parametrize("mutate, words", [
+    (lambda c: c["datasets"]["d"].update(path="/no/such/folder"), ["datasets.d.path", "does not exist"]),
+    (lambda c: c["models"]["m"].update(timm_name="resnet_eighteen"), ["models.m.timm_name", "resnet_eighteen"]),
+    (lambda c: c["models"]["m"].update(weights="bundled"), ["models.m.weights", "efficientnet_lite0"]),
+    (lambda c: c["models"]["m"].update(weights="/no/weights.pth"), ["models.m.weights", "does not exist"]),
+    (lambda c: c["models"]["m"].update(timm_name="vit_tiny_patch16_224", cam_method="fullgrad"), ["fullgrad", "ViT"]),
+    (lambda c: c.update(training={"epochs": [1]}, cycles=3), ["training.epochs", "one entry per cycle"]),
+])
+def test_semantic_checks_name_the_key(mutate, words):
+    config = minimal()
+    mutate(config)
+    validate(config)
+    with pytest.raises(ConfigError) as err:
+        check_config(config)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_epoch_schedule_per_cycle():
+    config = minimal()
+    config["training"] = {"epochs_finetune": 5, "epochs": [9, 9, 9, 4]}
+    config["cycles"] = 4
+    validate(config)
+    assert [epochs_for(config, c) for c in range(5)] == [5, 9, 9, 9, 4]
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "config.thesis.yaml"])
+def test_shipped_configs_validate(name, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    config = yaml.safe_load((ROOT / name).read_text())
+    validate(copy.deepcopy(config))
+    if name == "config.yaml":
+        load_config(ROOT / name)

@@ -1,0 +1,98 @@
+"""Selection rules on hand-made predictions; metrics against scikit-learn; the stop rule."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+from proxyattention.aggregate import mean_ci
+from proxyattention.cycles import decide
+from proxyattention.evaluate import classification_metrics
+from proxyattention.misclassified import prediction_table, select
+
+
+def hand_made():
+    # logits for 6 images, 3 classes
+    logits = np.log(np.array([
+        [0.8, 0.1, 0.1],   # label 0, right, sure
+        [0.3, 0.6, 0.1],   # label 0, wrong
+        [0.4, 0.35, 0.25], # label 0, right, unsure (p=0.4)
+        [0.1, 0.1, 0.8],   # label 1, wrong, very
+        [0.2, 0.7, 0.1],   # label 1, right
+        [0.45, 0.1, 0.45], # label 2, argmax is class 0 (first of ties): wrong
+    ]))
+    index = pd.DataFrame({"index": np.arange(6), "source": [f"f{i}" for i in range(6)], "label": [0, 0, 0, 1, 1, 2]})
+    return prediction_table(logits, index)
+
+
+def test_prediction_table_values():
+    table = hand_made()
+    assert list(table.prediction) == [0, 1, 0, 2, 1, 0]
+    assert table.true_probability.round(6).tolist() == [0.8, 0.3, 0.4, 0.1, 0.7, 0.45]
+    np.testing.assert_allclose(table.loss, -np.log([0.8, 0.3, 0.4, 0.1, 0.7, 0.45]))
+
+
+def test_misclassified_highest_loss_first():
+    assert list(select(hand_made(), "misclassified")["index"]) == [3, 1, 5]
+
+
+def test_low_confidence_includes_right_but_unsure():
+    assert list(select(hand_made(), "low_confidence", confidence_below=0.5)["index"]) == [3, 1, 2, 5]
+
+
+def test_both_and_caps():
+    table = hand_made()
+    assert list(select(table, "both", confidence_below=0.42)["index"]) == [3, 1, 2, 5]
+    assert list(select(table, "misclassified", max_count=2)["index"]) == [3, 1]
+    assert list(select(table, "misclassified", max_fraction=0.2)["index"]) == [3]  # ceil(0.2 * 3)
+
+
+def test_metrics_match_scikit_learn():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 7, 300)
+    logits = rng.normal(size=(300, 7)) + 2.0 * np.eye(7)[labels]
+    labels[:3] = 6  # a class the model may never predict
+    logits[:, 6] -= 10
+    m = classification_metrics(logits.astype(np.float32), labels, 7)
+    pred = logits.argmax(1)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(labels, pred))
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(labels, pred))
+    for avg in ("macro",):
+        p, r, f, _ = skm.precision_recall_fscore_support(labels, pred, average=avg, zero_division=0)
+        assert (m["precision_macro"], m["recall_macro"], m["f1_macro"]) == pytest.approx((p, r, f))
+    p, r, f, s = skm.precision_recall_fscore_support(labels, pred, labels=range(7), zero_division=0)
+    np.testing.assert_allclose(m["precision_per_class"], p)
+    np.testing.assert_allclose(m["recall_per_class"], r)
+    np.testing.assert_allclose(m["f1_per_class"], f)
+    np.testing.assert_array_equal(m["confusion_matrix"], skm.confusion_matrix(labels, pred, labels=range(7)))
+    assert m["top5_accuracy"] == pytest.approx(skm.top_k_accuracy_score(labels, logits, k=5, labels=range(7)))
+    assert m["val_loss"] == pytest.approx(skm.log_loss(labels, np.exp(logits) / np.exp(logits).sum(1, keepdims=True), labels=range(7)))
+
+
+def write_metrics(tmp_path, accuracies, ran=None):
+    paths = []
+    for i, acc in enumerate(accuracies):
+        p = tmp_path / f"m{i}.json"
+        p.write_text(json.dumps({"accuracy": acc, "ran": True if ran is None else ran[i]}))
+        paths.append(p)
+    return paths
+
+
+def test_stop_rule(tmp_path):
+    none = {"target_accuracy": None, "patience": None}
+    assert decide(3, write_metrics(tmp_path, [0.5, 0.6, 0.7]), none)["run"]
+    assert not decide(2, write_metrics(tmp_path, [0.5, 0.91]), {**none, "target_accuracy": 0.9})["run"]
+    assert not decide(3, write_metrics(tmp_path, [0.5, 0.6, 0.6]), {**none, "patience": 1})["run"]
+    assert decide(3, write_metrics(tmp_path, [0.5, 0.6, 0.6]), {**none, "patience": 2})["run"]
+    assert not decide(3, write_metrics(tmp_path, [0.5, 0.6, 0.7], ran=[True, False, False]), none)["run"]
+
+
+def test_confidence_interval():
+    mean, lo, hi, n = mean_ci([0.70, 0.72, 0.74])
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, 2) * np.std([0.70, 0.72, 0.74], ddof=1) / np.sqrt(3)
+    assert (mean, lo, hi, n) == pytest.approx((0.72, 0.72 - half, 0.72 + half, 3))
+    assert np.isnan(mean_ci([0.7])[1])

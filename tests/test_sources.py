@@ -1,0 +1,183 @@
+"""Dataset sources and the prepare stage on real images: sklearn digits and skimage photos."""
+
+import hashlib
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from proxyattention.images import BadImageError, decode_image
+from proxyattention.prepare import draw_split, prepare
+from proxyattention.sources import SourceError, list_items, read_idx
+
+from conftest import DEMO
+
+
+def digits_tree(root, per_class=4, classes=(0, 1, 2), val=True):
+    """An ImageFolder tree of real scikit-learn digits (8x8, upscaled to 16x16 PNGs)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    files = {}
+    for c in classes:
+        picks = np.flatnonzero(digits.target == c)
+        for i, k in enumerate(picks[: per_class + (2 if val else 0)]):
+            split = "val" if val and i >= per_class else "train"
+            image = (digits.images[k] * 255 / 16).astype(np.uint8)
+            image = cv2.resize(image, (16, 16), interpolation=cv2.INTER_NEAREST)
+            path = root / split / f"digit_{c}" / f"{k}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), image)
+            files[str(path)] = (c, split, image)
+    return files
+
+
+def run_prepare(spec, out):
+    prepare(spec, out / "images.npy", out / "index.csv", out / "classes.json", out / "skipped.csv")
+    return np.load(out / "images.npy"), pd.read_csv(out / "index.csv", keep_default_na=False)
+
+
+def spec(path, source="imagefolder", size=16, **kw):
+    return {"source": source, "path": str(path), "classes": "auto", "image_size": size, "val_fraction": 0.25,
+            "split_seed": 0, "on_bad_image": "fail", **kw}
+
+
+def test_imagefolder_arrays_equal_decoding_by_hand(tmp_path):
+    files = digits_tree(tmp_path / "data")
+    images, index = run_prepare(spec(tmp_path / "data"), tmp_path)
+    assert len(index) == len(files) == images.shape[0]
+    assert images.shape[1:] == (16, 16, 3)
+    for row in index.itertuples():
+        c, split, gray = files[row.source]
+        assert row.split == split and row["class"] if False else row.split == split
+        assert row.label == c  # folder names digit_0..digit_2 sort to labels 0..2
+        np.testing.assert_array_equal(images[row.index], np.repeat(gray[:, :, None], 3, axis=2))
+        assert row.sha1 == hashlib.sha1(images[row.index].tobytes()).hexdigest()
+
+
+def test_one_tree_gets_a_fixed_stratified_split(tmp_path):
+    digits_tree(tmp_path / "data", per_class=8, val=False)
+    for sub in ("train",):
+        (tmp_path / "data" / sub).rename(tmp_path / "flat")
+    _, first = run_prepare(spec(tmp_path / "flat"), tmp_path / "a")
+    _, second = run_prepare(spec(tmp_path / "flat"), tmp_path / "b")
+    assert (first.split == second.split).all()
+    assert (first.groupby("label").split.apply(lambda s: (s == "val").sum()) == 2).all()  # 0.25 * 8
+
+
+def test_draw_split_keeps_given_splits_and_is_seeded():
+    labels = np.array([0] * 10 + [1] * 10)
+    given = ["train"] * 5 + [""] * 15
+    a, b = draw_split(labels, given, 0.2, 3), draw_split(labels, given, 0.2, 3)
+    assert (a == b).all() and (a[:5] == "train").all()
+    assert not (a == draw_split(labels, given, 0.2, 4)).all()
+
+
+def test_csv_source(tmp_path):
+    files = digits_tree(tmp_path / "data", val=True)
+    rows = [{"path": str(p.relative_to(tmp_path)) if False else p, "label": f"c{c}", "split": s} for p, (c, s, _) in files.items()]
+    pd.DataFrame(rows).to_csv(tmp_path / "list.csv", index=False)
+    images, index = run_prepare(spec(tmp_path / "list.csv", source="csv"), tmp_path / "out")
+    assert sorted(index["class"].unique()) == ["c0", "c1", "c2"]
+    assert (index.split == "val").sum() == 6
+
+
+def test_idx_source_is_the_demo(tmp_path):
+    items, classes = list_items(spec(DEMO, source="idx"))
+    assert len(items) == 700 and classes == [str(i) for i in range(10)]
+    raw = read_idx(DEMO / "train-images-idx3-ubyte.gz")
+    assert raw.shape == (500, 28, 28)
+    np.testing.assert_array_equal(items[7].load(), raw[7])
+    assert sum(it.split == "val" for it in items) == 200
+
+
+def test_truncated_idx_is_reported(tmp_path):
+    data = (DEMO / "train-labels-idx1-ubyte.gz").read_bytes()
+    import gzip
+
+    raw = gzip.decompress(data)
+    (tmp_path / "bad-idx").write_bytes(raw[:-3])
+    with pytest.raises(SourceError, match="truncated"):
+        read_idx(tmp_path / "bad-idx")
+
+
+def test_image_kinds_decode_to_rgb(tmp_path):
+    from skimage import data
+
+    astronaut = data.astronaut()  # RGB
+    cv2.imwrite(str(tmp_path / "gray.png"), cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY))
+    rgba = np.dstack([astronaut, np.full(astronaut.shape[:2], 128, np.uint8)])
+    cv2.imwrite(str(tmp_path / "rgba.png"), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+    cv2.imwrite(str(tmp_path / "deep.png"), (cv2.cvtColor(astronaut, cv2.COLOR_RGB2BGR).astype(np.uint16) * 257))
+    cv2.imwrite(str(tmp_path / "naïve name.png"), cv2.cvtColor(astronaut, cv2.COLOR_RGB2BGR))
+    np.testing.assert_array_equal(decode_image(tmp_path / "rgba.png"), astronaut)
+    np.testing.assert_array_equal(decode_image(tmp_path / "deep.png"), astronaut)
+    np.testing.assert_array_equal(decode_image(tmp_path / "naïve name.png"), astronaut)
+    gray = decode_image(tmp_path / "gray.png")
+    assert gray.shape == astronaut.shape and (gray[..., 0] == gray[..., 2]).all()
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    wide = np.zeros((20, 40, 3), np.uint8)
+    wide[:, :20] = 255  # left half white
+    image = Image.fromarray(wide)
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
+    image.save(tmp_path / "rotated.jpg", exif=exif, quality=100)
+    out = decode_image(tmp_path / "rotated.jpg")
+    assert out.shape[:2] == (40, 20)
+    assert out[:18].mean() > 200 and out[22:].mean() < 50  # white half is now on top
+
+
+def test_bad_files_fail_naming_every_file(tmp_path):
+    digits_tree(tmp_path / "data")
+    folder = tmp_path / "data" / "train" / "digit_1"
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.jpg").write_text("not an image")
+    good = next(folder.glob("*.png")).read_bytes()
+    (folder / "cut.png").write_bytes(good[:20])
+    with pytest.raises(BadImageError) as err:
+        run_prepare(spec(tmp_path / "data"), tmp_path / "out")
+    message = str(err.value)
+    for name in ("empty.png", "notes.jpg", "cut.png", "on_bad_image: skip"):
+        assert name in message
+    assert not (tmp_path / "out" / "images.npy").exists()
+    assert not list((tmp_path / "out").glob("*.tmp*"))
+
+
+def test_skip_policy_lists_skipped_files(tmp_path):
+    files = digits_tree(tmp_path / "data")
+    (tmp_path / "data" / "train" / "digit_0" / "zero.png").write_bytes(b"")
+    images, index = run_prepare(spec(tmp_path / "data", on_bad_image="skip"), tmp_path / "out")
+    skipped = pd.read_csv(tmp_path / "out" / "skipped.csv")
+    assert list(skipped.source.str.rsplit("/", n=1).str[-1]) == ["zero.png"]
+    assert len(index) == len(files) == len(images)
+
+
+def test_empty_class_folder_is_an_error(tmp_path):
+    digits_tree(tmp_path / "data")
+    (tmp_path / "data" / "train" / "digit_9").mkdir()
+    with pytest.raises(SourceError, match="digit_9: empty class folder"):
+        list_items(spec(tmp_path / "data"))
+
+
+def test_class_missing_from_validation_is_recorded(tmp_path):
+    digits_tree(tmp_path / "data")
+    for f in (tmp_path / "data" / "val" / "digit_2").iterdir():
+        f.unlink()
+    (tmp_path / "data" / "val" / "digit_2").rmdir()
+    run_prepare(spec(tmp_path / "data"), tmp_path / "out")
+    import json
+
+    info = json.loads((tmp_path / "out" / "classes.json").read_text())
+    assert info["classes_without_val"] == ["digit_2"]
+
+
+def test_validation_never_overlaps_training_by_content(prepared):
+    index = pd.read_csv(prepared["index"], keep_default_na=False)
+    train = set(index.loc[index.split == "train", "sha1"])
+    val = set(index.loc[index.split == "val", "sha1"])
+    assert len(train) > 400 and len(val) > 190
+    assert not train & val

@@ -1,0 +1,119 @@
+"""Tiny real training runs on the demo data (32 px, one epoch)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from proxyattention.config import stage_settings
+from proxyattention.evaluate import evaluate
+from proxyattention.train import NonFiniteLossError, train
+
+from conftest import make_config
+
+
+def outputs(folder):
+    return [folder / n for n in ("model.safetensors", "model.json", "epochs.csv", "train_stats.json")]
+
+
+def run(prepared, folder, config, seed=0, **kw):
+    train(stage_settings(config, "fm", "lite0", kw.pop("cycle", 0)), prepared["images"], prepared["index"],
+          prepared["classes"], *outputs(folder), seed=seed, **kw)
+    return folder
+
+
+def test_outputs_and_checkpoint_reproduce_logged_accuracy(prepared, trained, tmp_path):
+    epochs = pd.read_csv(trained["epochs"])
+    stats = json.loads(trained["stats"].read_text())
+    assert list(epochs.columns) == ["epoch", "lr_start", "lr_end", "train_loss", "train_accuracy", "val_loss",
+                                    "val_accuracy", "seconds", "images_per_s"]
+    assert stats["images_seen"] == 500 and stats["device"] == "cpu" and stats["precision"] == "fp32"
+    assert stats["peak_memory_kind"] == "cpu_peak_rss" and stats["peak_memory_mib"] > 0
+    assert not (trained["weights"].parent / ".train_state").exists()
+    evaluate(stage_settings(trained["config"], "fm", "lite0", 0), prepared["images"], prepared["index"],
+             trained["weights"], trained["meta"], trained["stats"], tmp_path / "metrics.json")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(epochs.val_accuracy.iloc[-1], abs=1e-12)
+    assert metrics["val_loss"] == pytest.approx(epochs.val_loss.iloc[-1], rel=1e-5)
+
+
+def test_same_seed_same_numbers_other_seed_differs(prepared, trained, tmp_path):
+    config = trained["config"]
+    again = pd.read_csv(outputs(run(prepared, tmp_path / "a", config))[2])
+    first = pd.read_csv(trained["epochs"])
+    cols = ["train_loss", "train_accuracy", "val_loss", "val_accuracy"]
+    pd.testing.assert_frame_equal(again[cols], first[cols])
+    other = pd.read_csv(outputs(run(prepared, tmp_path / "b", config, seed=1))[2])
+    assert not np.isclose(other.train_loss.iloc[0], first.train_loss.iloc[0])
+
+
+def test_learning_rate_schedule_steps(prepared, tmp_path):
+    config = make_config(training={"epochs_finetune": 3})
+    epochs = pd.read_csv(outputs(run(prepared, tmp_path, config))[2])
+    lr = epochs[["lr_start", "lr_end"]].to_numpy()
+    assert lr[0, 0] < lr[0, 1]  # one-cycle warms up during epoch 1
+    assert lr[-1, 1] < lr[1, 0] / 100  # and anneals to almost nothing at the end
+    assert (lr[1:, 0] == lr[:-1, 1]).all()
+
+
+def test_nan_loss_stops_without_checkpoint(prepared, tmp_path):
+    config = make_config()
+    config["models"]["lite0"]["lr"] = 1e30
+    config["models"]["lite0"]["optimizer"] = "sgd"
+    config["models"]["lite0"]["schedule"] = "constant"
+    with pytest.raises(NonFiniteLossError, match="lr"):
+        run(prepared, tmp_path, config)
+    assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_resume_after_kill_gives_the_same_weights(prepared, tmp_path):
+    """Kill a 3-epoch run after its first epoch; the rerun resumes and ends where an uninterrupted run ends."""
+    config = make_config(training={"epochs_finetune": 3})
+    script = f"""
+import json, os, signal, sys
+import proxyattention.train as t
+from proxyattention.config import validate, stage_settings
+config = validate(json.loads({json.dumps(json.dumps(config))!r}))
+real = t.predict_logits
+calls = []
+def killing(*a, **k):
+    out = real(*a, **k)
+    calls.append(1)
+    if len(calls) == 2:  # during epoch 2's validation: epoch 1's state is on disk
+        os.kill(os.getpid(), signal.SIGKILL)
+    return out
+t.predict_logits = killing
+p = {json.dumps({k: str(v) for k, v in prepared.items()})}
+out = {json.dumps(str(tmp_path / 'killed'))}
+t.train(stage_settings(config, 'fm', 'lite0', 0), p['images'], p['index'], p['classes'],
+        *[os.path.join(out, n) for n in ('model.safetensors', 'model.json', 'epochs.csv', 'train_stats.json')], seed=0)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    killed = tmp_path / "killed"
+    assert (killed / ".train_state" / "state.pt").exists()
+    assert not (killed / "model.safetensors").exists()
+    run(prepared, killed, config)
+    run(prepared, tmp_path / "straight", config)
+    assert json.loads((killed / "train_stats.json").read_text())["resumed_from_epoch"] == 1
+    a, b = load_file(killed / "model.safetensors"), load_file(tmp_path / "straight" / "model.safetensors")
+    for key in b:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    assert not (killed / ".train_state").exists()
+
+
+def test_retrain_adds_erased_images(prepared, trained, tmp_path):
+    images = np.load(prepared["images"])[:7]
+    np.savez(tmp_path / "erased.npz", images=images, labels=np.arange(7), index=np.arange(7))
+    config = trained["config"]
+    run(prepared, tmp_path / "r", config, cycle=1, init_weights=trained["weights"], init_meta=trained["meta"],
+        extra=[tmp_path / "erased.npz"])
+    stats = json.loads((tmp_path / "r" / "train_stats.json").read_text())
+    assert stats["n_train_original"] == 500 and stats["n_train_extra"] == 7 and stats["images_seen"] == 507

@@ -1,0 +1,145 @@
+"""The whole DAG on a tiny config, through the Snakemake command line."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import DEMO, ROOT
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--cores", "2"]
+
+
+def tiny_config(tmp_path, **overrides):
+    config = {
+        "results": "results",
+        "datasets": {"fm": {"source": "idx", "path": str(DEMO), "image_size": 32,
+                            "classes": ["top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
+                                        "sneaker", "bag", "boot"]}},
+        "models": {"lite0": {"timm_name": "efficientnet_lite0", "weights": "bundled", "batch_size": 100}},
+        "training": {"epochs_finetune": 1, "epochs": 1, "num_workers": 0},
+        "arms": ["baseline", "proxy"],
+        "seeds": [0, 1],
+        "cycles": 2,
+    }
+    config.update(overrides)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def snakemake(workdir, *args, check=True):
+    proc = subprocess.run(SNAKEMAKE + ["--directory", str(workdir), "--configfile", str(workdir / "config.yaml"),
+                                       *args], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stdout[-4000:] + proc.stderr[-4000:])
+    return proc
+
+
+def run_dir(workdir, arm, seed, cycle):
+    return workdir / "results" / "runs" / "fm" / "lite0" / f"seed{seed}" / arm / f"cycle{cycle}"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("tiny")
+    tiny_config(workdir)
+    snakemake(workdir)
+    return workdir
+
+
+@pytest.mark.slow
+def test_whole_dag_produces_the_summary_and_figures(tiny_run):
+    summary = pd.read_csv(tiny_run / "results" / "summary.csv")
+    # 2 seeds x (finetune + 2 arms x 2 cycles)
+    assert len(summary) == 2 * (1 + 2 * 2)
+    assert not summary.duplicated(["dataset", "model", "arm", "seed", "cycle"]).any()
+    assert summary.accuracy.between(0, 1).all() and summary.ran.all()
+    proxy = summary[summary.arm == "proxy"]
+    assert (proxy.n_erased > 0).all()
+    assert (summary[summary.arm == "baseline"].n_erased == 0).all()
+    table = pd.read_csv(tiny_run / "results" / "tables" / "fm_comparison.csv")
+    assert {"proxy_mean", "baseline_mean", "proxy_minus_baseline_mean", "proxy_minus_baseline_ci_low"} <= set(table.columns)
+    for name in ("accuracy_by_cycle", "accuracy_by_time", "peak_memory", "time_to_target", "confusion_matrices"):
+        assert (tiny_run / "results" / "figures" / f"{name}.png").stat().st_size > 1000
+        assert (tiny_run / "results" / "figures" / f"{name}.svg").exists()
+    assert (tiny_run / "results" / "figures" / "examples" / "fm" / "lite0.png").exists()
+    assert list((tiny_run / "results" / "logs" / "retrain").rglob("*.log"))
+    assert list((tiny_run / "results" / "benchmarks" / "retrain").rglob("*.tsv"))
+
+
+@pytest.mark.slow
+def test_split_is_the_same_for_every_cycle_and_arm(tiny_run):
+    """Every stage reads the one prepared split, and proxy trains only on training images."""
+    index = pd.read_csv(tiny_run / "results" / "prepared" / "fm" / "index.csv", keep_default_na=False)
+    train_rows = set(index.loc[index.split == "train", "index"])
+    val_hashes = set(index.loc[index.split == "val", "sha1"])
+    for seed in (0, 1):
+        for cycle in (1, 2):
+            predictions = pd.read_csv(run_dir(tiny_run, "proxy", seed, cycle) / "predictions.csv")
+            assert set(predictions["index"]) == train_rows
+            erased = pd.read_csv(run_dir(tiny_run, "proxy", seed, cycle) / "erased.csv")
+            assert set(erased["index"]) <= train_rows
+    metrics = [json.loads((run_dir(tiny_run, arm, 0, c) / "metrics.json").read_text())
+               for arm, c in (("finetune", 0), ("baseline", 1), ("proxy", 2))]
+    assert len({m["n_val"] for m in metrics}) == 1
+    import hashlib
+
+    images = np.load(tiny_run / "results" / "prepared" / "fm" / "images.npy")
+    erased = np.load(run_dir(tiny_run, "proxy", 0, 1) / "erased.npz")
+    sources = {hashlib.sha1(images[i].tobytes()).hexdigest() for i in erased["index"]}
+    assert not sources & val_hashes
+
+
+@pytest.mark.slow
+def test_deleting_one_output_recomputes_only_its_dependents(tiny_run):
+    target = run_dir(tiny_run, "proxy", 1, 2) / "cams.npz"
+    target.unlink()
+    dry = snakemake(tiny_run, "-n", "--quiet", "rules").stdout
+    counts = dict(line.split() for line in dry.splitlines() if line.strip() and line.split()[-1].isdigit()
+                  and len(line.split()) == 2)
+    assert counts.get("compute_cams") == "1" and counts.get("mask_and_save") == "1"
+    assert counts.get("retrain") == "1" and counts.get("evaluate") == "1"
+    assert "finetune" not in counts and "prepare" not in counts and "find_misclassified" not in counts
+    snakemake(tiny_run)
+    assert target.exists()
+
+
+@pytest.mark.slow
+def test_stop_rule_skips_later_cycles(tmp_path):
+    tiny_config(tmp_path, seeds=[0], arms=["proxy"], stop_when={"target_accuracy": 0.01})
+    snakemake(tmp_path)
+    summary = pd.read_csv(tmp_path / "results" / "summary.csv")
+    later = summary[summary.cycle > 0]
+    assert len(later) == 2 and not later.ran.any()
+    assert (later.train_seconds == 0).all() and (later.n_erased == 0).all()
+    assert later.stop_reason.str.contains("reached target").all()
+    first = summary[summary.cycle == 0].accuracy.iloc[0]
+    assert (later.accuracy == first).all()  # the checkpoint carried over unchanged
+
+
+def test_default_config_dry_run_shows_the_full_grid():
+    proc = subprocess.run(SNAKEMAKE + ["-n", "--quiet", "rules"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    n_runs = len(config["models"]) * len(config["seeds"])
+    assert f"finetune {n_runs}".split() in [line.split() for line in proc.stdout.splitlines()]
+
+
+def test_lint_has_no_errors():
+    proc = subprocess.run(SNAKEMAKE + ["--lint"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_bad_config_stops_before_any_job(tmp_path):
+    tiny_config(tmp_path, cycles="two")
+    proc = snakemake(tmp_path, "-n", check=False)
+    assert proc.returncode != 0
+    assert "invalid config at 'cycles'" in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
