@@ -75,6 +75,16 @@ def test_whole_dag_produces_the_summary_and_figures(tiny_run):
 
 
 @pytest.mark.slow
+def test_report_gathers_the_figures(tiny_run):
+    snakemake(tiny_run, "--report", str(tiny_run / "report.zip"))
+    import zipfile
+
+    names = zipfile.ZipFile(tiny_run / "report.zip").namelist()
+    assert any(n.endswith("accuracy_by_cycle.png") for n in names)
+    assert any(n.endswith("summary.csv") for n in names)
+
+
+@pytest.mark.slow
 def test_split_is_the_same_for_every_cycle_and_arm(tiny_run):
     """Every stage reads the one prepared split, and proxy trains only on training images."""
     index = pd.read_csv(tiny_run / "results" / "prepared" / "fm" / "index.csv", keep_default_na=False)

@@ -10,7 +10,8 @@ import pandas as pd
 from .atomic import read_json, write_csv
 
 METRICS = ["accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro", "top5_accuracy", "val_loss"]
-KEYS = ["dataset", "model", "arm", "seed", "cycle"]
+KEYS = ["dataset", "model", "arm", "seed", "cycle"]  # column order of the summary
+CELL = ["dataset", "model", "seed", "arm", "cycle"]  # order of a grid cell (layout.grid)
 
 
 def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = None) -> pd.DataFrame:
@@ -23,7 +24,7 @@ def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = Non
     rows = []
     for cell, path in zip(cells, metrics_paths):
         m = read_json(path)
-        row = dict(zip(KEYS, cell))
+        row = dict(zip(CELL, cell))
         row.update({k: m.get(k, np.nan) for k in METRICS})
         row.update({k: m.get(k) for k in ("train_seconds", "wall_seconds", "epochs", "images_seen", "n_train_extra",
                                           "peak_memory_mib", "peak_memory_kind", "device", "precision", "ran",
@@ -33,11 +34,14 @@ def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = Non
             erased = pd.read_csv(table)
             row["n_erased"] = len(erased)
             row["erased_fraction_mean"] = float(erased["erased_fraction"].mean()) if len(erased) else 0.0
+            # Grad-CAM of the true class can be negative everywhere: an all-zero map erases nothing.
+            row["n_erased_nothing"] = int((erased["erased_fraction"] == 0).sum())
         else:
             row["n_erased"] = 0
             row["erased_fraction_mean"] = np.nan
+            row["n_erased_nothing"] = 0
         rows.append(row)
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)[KEYS + [k for k in rows[0] if k not in KEYS]]
     finetune = frame[frame.cycle == 0].set_index(["dataset", "model", "seed"])
     cum_seconds, cum_images = [], []
     for _, r in frame.iterrows():

@@ -62,9 +62,3 @@ def compute_cams(settings: dict, images_path, index_path, weights, meta, selecte
         "position": np.arange(len(rows)), "index": rows, "target": targets,
         "method": proxy["cam_method"], "implementation": name, "layer": layer, "seconds_total": seconds,
     }))
-
-
-def load_cams(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """maps (float32), prepared-array rows and targets from a ``cams.npz``."""
-    with np.load(path, allow_pickle=False) as data:
-        return data["maps"].astype(np.float32), data["index"], data["target"]

@@ -137,17 +137,44 @@ def epochs_for(config: dict, cycle: int) -> int:
     return epochs[cycle - 1] if isinstance(epochs, list) else epochs
 
 
-def stage_settings(config: dict, dataset: str, model: str, cycle: int = 0) -> dict:
-    """The plain settings mapping a stage needs for one (dataset, model, cycle)."""
-    settings = {
-        "dataset": copy.deepcopy(config["datasets"][dataset]),
+# What each stage reads from the config. Snakemake reruns a job when its params
+# change, so a stage gets only what changes its outputs: choosing another CAM
+# method must not retrain the finetune. Settings that change speed but not
+# results (threads, DataLoader workers) are passed outside the settings.
+STAGE_SECTIONS = {
+    "train": ("model", "training"),
+    "find_misclassified": ("model", "training", "proxy.selection"),
+    "compute_cams": ("model", "proxy.cam_method", "proxy.fast_path", "proxy.target"),
+    "mask_and_save": ("proxy.threshold", "proxy.fill", "proxy.random_erase"),
+    "evaluate": ("model", "training"),
+}
+SPEED_ONLY = {"training": ("threads", "num_workers")}
+
+
+def stage_settings(config: dict, dataset: str, model: str, cycle: int = 0, stage: str | None = None) -> dict:
+    """The plain settings mapping a stage needs for one (dataset, model, cycle).
+
+    With ``stage``, only the sections that stage reads (see STAGE_SECTIONS).
+    """
+    full = {
         "model": copy.deepcopy(config["models"][model]),
-        "training": copy.deepcopy(config["training"]),
+        "training": {k: v for k, v in config["training"].items() if k not in SPEED_ONLY["training"]},
         "proxy": copy.deepcopy(config["proxy"]),
-        "stop_when": copy.deepcopy(config["stop_when"]),
-        "names": {"dataset": dataset, "model": model},
-        "cycle": cycle,
-        "epochs": epochs_for(config, cycle),
     }
-    settings["proxy"]["cam_method"] = cam_method(config, model)
+    full["proxy"]["cam_method"] = cam_method(config, model)
+    if stage == "train":
+        full["epochs"] = epochs_for(config, cycle)
+    settings = {"names": {"dataset": dataset, "model": model}, "cycle": cycle}
+    if "epochs" in full:
+        settings["epochs"] = full.pop("epochs")
+    if stage is None:
+        settings.update(full)
+        settings["epochs"] = epochs_for(config, cycle)
+        return settings
+    for key in STAGE_SECTIONS[stage]:
+        section, _, leaf = key.partition(".")
+        if leaf:
+            settings.setdefault(section, {})[leaf] = full[section][leaf]
+        else:
+            settings[section] = full[section]
     return settings

@@ -48,7 +48,7 @@ def accuracy_by(frame: pd.DataFrame, x: str, out_png, xlabel: str) -> None:
         part = data[(data.dataset == dataset) & (data.model == model)]
         for arm, arm_part in part.groupby("arm", sort=False):
             _curve(ax, arm_part, x, "accuracy", arm)
-        ax.set(title=f"{dataset} / {model}", xlabel=xlabel, ylabel="validation accuracy")
+        ax.set(title=f"{dataset} / {model}", xlabel=xlabel, ylabel="validation accuracy", ylim=(0, 1))
         if x == "cycle":
             ax.set_xticks(sorted(part.cycle.unique()))
         ax.grid(alpha=0.3)
@@ -105,8 +105,7 @@ def confusion_matrices(cells: list, metrics_paths: list, out_png) -> None:
 
 def examples(images_path, cams_path, erased_npz, selected_csv, classes_path, out_png, n: int = 6) -> None:
     """Original, CAM overlay and erased image for selected images of the most-confused class pairs."""
-    from .compute_cams import load_cams
-    from .masking import load_erased
+    from .artifacts import load_cams, load_erased
 
     images = np.load(images_path, mmap_mode="r")
     classes = read_json(classes_path)["classes"]

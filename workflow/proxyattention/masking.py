@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_dir, atomic_path, read_json, write_csv
-from .compute_cams import load_cams
+from .artifacts import load_cams
 from .prepare import load_prepared
 
 
@@ -149,8 +149,3 @@ def mask_and_save(settings: dict, images_path, index_path, classes_path, cams_pa
         "threshold": thresholds, "erased_fraction": fractions,
         "control": control or "cam",
     }))
-
-
-def load_erased(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return data["images"], data["labels"], data["index"]

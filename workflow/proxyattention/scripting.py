@@ -14,11 +14,11 @@ def setup(snakemake) -> None:
         sys.stdout = stream
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if "torch" in sys.modules or snakemake.rule not in LIGHT_RULES:
+    if snakemake.rule in TORCH_RULES:
         import torch
 
         torch.set_num_threads(max(1, int(snakemake.threads)))
 
 
-# Rules that never touch a model: importing torch would cost them seconds.
-LIGHT_RULES = {"decide_cycle", "aggregate", "figures", "examples"}
+# Only these rules run a model; the others must not pay seconds to import torch.
+TORCH_RULES = {"finetune", "retrain", "find_misclassified", "compute_cams", "evaluate"}

@@ -74,12 +74,14 @@ def _fingerprint(*parts) -> str:
 
 
 def train(settings: dict, images_path, index_path, classes_path, out_weights, out_meta, out_epochs, out_stats,
-          *, seed: int, init_weights=None, init_meta=None, extra=(), device: str | None = None) -> None:
+          *, seed: int, init_weights=None, init_meta=None, extra=(), num_workers: int = 0,
+          device: str | None = None) -> None:
     """Train for ``settings['epochs']`` epochs and write the checkpoint, epoch log and stats.
 
     Starts from ``init_weights``/``init_meta`` (a previous checkpoint) when given,
     else from the configured pretrained weights with a new head. ``extra`` lists
     ``erased.npz`` files whose images join the original training images.
+    ``num_workers`` DataLoader processes prepare batches; results do not depend on it.
     """
     wall_start = time.perf_counter()
     out_weights = Path(out_weights)
@@ -106,7 +108,7 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
 
     loader, sampler = make_loader(
         source, mean, std, mset["batch_size"], seed=seed, train=True, hflip=tset["augment"]["hflip"],
-        crop_padding=tset["augment"]["crop_padding"], num_workers=tset["num_workers"],
+        crop_padding=tset["augment"]["crop_padding"], num_workers=num_workers,
         pin_memory=runtime.device.type == "cuda",
     )
     optimizer, scheduler = make_optimizer(model, settings, epochs * len(loader))

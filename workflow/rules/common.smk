@@ -1,4 +1,5 @@
-# Every path pattern and input function of the workflow lives here.
+# Snakemake patterns and input functions of the workflow. The folder layout itself
+# lives in proxyattention/layout.py, shared with the command line.
 import re
 import sys
 from pathlib import Path
@@ -7,6 +8,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from proxyattention.config import ConfigError, check_config, stage_settings, validate as validate_config
 from proxyattention.report import FIGURE_NAMES as FIGURES
+from proxyattention import layout
 
 try:
     validate_config(config)
@@ -16,12 +18,12 @@ except ConfigError as err:
 
 
 RESULTS = config["results"]
-PREPARED = f"{RESULTS}/prepared/{{dataset}}"
-RUN = f"{RESULTS}/runs/{{dataset}}/{{model}}/seed{{seed}}/{{arm}}/cycle{{cycle}}"
+PREPARED = layout.PREPARED.replace("{results}", RESULTS)
+RUN = layout.RUN.replace("{results}", RESULTS)
 LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
 RUN_ID = "{dataset}/{model}/seed{seed}/{arm}/cycle{cycle}"
-FINETUNE_ARM = "finetune"
+
 
 def one_of(names):
     """A wildcard pattern matching exactly the configured names, so paths never collide."""
@@ -52,19 +54,12 @@ def bench_file(stage):
     return f"{BENCH}/{stage}/{RUN_ID}.tsv"
 
 
-def run_dir_of(dataset, model, seed, arm, cycle):
-    return RUN.format(dataset=dataset, model=model, seed=seed, arm=arm, cycle=cycle)
-
-
-def previous_dir(wc):
-    """The run folder of the cycle before this one: cycle 0 is the shared finetune."""
-    cycle = int(wc.cycle)
-    arm = FINETUNE_ARM if cycle == 1 else wc.arm
-    return run_dir_of(wc.dataset, wc.model, wc.seed, arm, cycle - 1)
+def cell_of(wc):
+    return (wc.dataset, wc.model, wc.seed, wc.arm, wc.cycle)
 
 
 def previous_checkpoint(wc):
-    prev = previous_dir(wc)
+    prev = layout.previous_run_dir(RESULTS, *cell_of(wc))
     return {"weights": f"{prev}/model.safetensors", "meta": f"{prev}/model.json"}
 
 
@@ -80,41 +75,28 @@ def init_checkpoint(wc):
 
 
 def previous_metrics(wc):
-    """metrics.json of every cycle before this one, cycle 0 first."""
-    return [
-        f"{run_dir_of(wc.dataset, wc.model, wc.seed, FINETUNE_ARM if c == 0 else wc.arm, c)}/metrics.json"
-        for c in range(int(wc.cycle))
-    ]
+    return layout.metrics_before(RESULTS, *cell_of(wc))
 
 
 def extra_images(wc):
-    """New images this retrain adds to the originals: none for baseline; this cycle's,
-    and with accumulate every earlier cycle's, for the erasing arms."""
-    if wc.arm == "baseline":
-        return []
-    cycle = int(wc.cycle)
-    first = 1 if config["training"]["accumulate"] else cycle
-    return [
-        f"{run_dir_of(wc.dataset, wc.model, wc.seed, wc.arm, c)}/erased.npz"
-        for c in range(first, cycle + 1)
-    ]
+    return layout.erased_for_training(RESULTS, config["training"]["accumulate"], *cell_of(wc))
 
 
-def settings(wc):
-    return stage_settings(config, wc.dataset, wc.model, int(getattr(wc, "cycle", 0)))
+def settings_for(stage):
+    """Input function: the settings ``stage`` reads, for this job's dataset, model and cycle."""
+
+    def settings(wc):
+        return stage_settings(config, wc.dataset, wc.model, int(wc.cycle), stage)
+
+    return settings
 
 
 def grid():
-    """Every (dataset, model, seed, arm, cycle) cell, cycle 0 under the shared finetune."""
-    cells = []
-    for dataset in config["datasets"]:
-        for model in config["models"]:
-            for seed in config["seeds"]:
-                cells.append((dataset, model, seed, FINETUNE_ARM, 0))
-                for arm in config["arms"]:
-                    for cycle in range(1, config["cycles"] + 1):
-                        cells.append((dataset, model, seed, arm, cycle))
-    return cells
+    return layout.grid(config)
+
+
+def run_dir_of(*cell):
+    return layout.run_dir(RESULTS, *cell)
 
 
 def all_metrics():
@@ -144,12 +126,11 @@ def prepared_inputs(wc):
 
 
 def erase_control(wc):
-    """The random_erase arm erases the same area at a random place."""
-    return "random" if wc.arm == "random_erase" else None
+    return layout.erase_control(wc.arm)
 
 
 def mask_seed(wc):
-    return int(wc.seed) * 1000 + int(wc.cycle)
+    return layout.mask_seed(wc.seed, wc.cycle)
 
 
 def cycle_decision(wc):
@@ -157,11 +138,8 @@ def cycle_decision(wc):
     return {} if int(wc.cycle) == 0 else {"decision": run_file("decision.json").format(**wc)}
 
 
-ERASING_ARMS = ("proxy", "random_erase")
-
-
 def erased_cells():
-    return [cell for cell in grid() if cell[3] in ERASING_ARMS]
+    return [cell for cell in grid() if cell[3] in layout.ERASING_ARMS]
 
 
 def all_erased_tables():
@@ -170,7 +148,7 @@ def all_erased_tables():
 
 def example_inputs(wc):
     """The first seed's first Proxy Attention cycle of a (dataset, model)."""
-    run = run_dir_of(wc.dataset, wc.model, min(config["seeds"]), "proxy", 1)
+    run = layout.run_dir(RESULTS, wc.dataset, wc.model, min(config["seeds"]), "proxy", 1)
     return {
         "cams": f"{run}/cams.npz",
         "erased": f"{run}/erased.npz",

@@ -8,7 +8,7 @@ rule evaluate:
     output:
         run_file("metrics.json"),
     params:
-        settings=settings,
+        settings=settings_for("evaluate"),
     log:
         log_file("evaluate"),
     benchmark:

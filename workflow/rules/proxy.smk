@@ -12,7 +12,7 @@ rule find_misclassified:
     wildcard_constraints:
         arm="proxy|random_erase",
     params:
-        settings=settings,
+        settings=settings_for("find_misclassified"),
     log:
         log_file("find_misclassified"),
     benchmark:
@@ -35,7 +35,7 @@ rule compute_cams:
     wildcard_constraints:
         arm="proxy|random_erase",
     params:
-        settings=settings,
+        settings=settings_for("compute_cams"),
     log:
         log_file("compute_cams"),
     benchmark:
@@ -58,7 +58,7 @@ rule mask_and_save:
     wildcard_constraints:
         arm="proxy|random_erase",
     params:
-        settings=settings,
+        settings=settings_for("mask_and_save"),
         control=erase_control,
         seed=mask_seed,
     log:

@@ -15,7 +15,7 @@ rule finetune:
         arm="finetune",
         cycle="0",
     params:
-        settings=settings,
+        settings=settings_for("train"),
     log:
         log_file("finetune"),
     benchmark:
@@ -39,7 +39,7 @@ rule retrain:
     wildcard_constraints:
         arm="baseline|proxy|random_erase",
     params:
-        settings=settings,
+        settings=settings_for("train"),
     log:
         log_file("retrain"),
     benchmark:

@@ -22,4 +22,7 @@ else:
         init_weights=inputs.get("init_weights"),
         init_meta=inputs.get("init_meta"),
         extra=list(inputs.extra) if "extra" in inputs.keys() else [],
+        # Read from the config, not params: the worker count changes speed, not results,
+        # and a params change would make Snakemake retrain everything.
+        num_workers=snakemake.config["training"]["num_workers"],
     )

@@ -1,0 +1,379 @@
+"""Benchmarks of every stage against its anchor, side by side in one process.
+
+    python bench/run.py            # full sizes, 5 repeats, median
+    python bench/run.py --quick    # tiny sizes, one repeat (what the test suite runs)
+
+Writes results/bench/bench.md and bench.json (or --out). Each entry measures the
+workflow's path and its anchor in the same run, on the same inputs, and reports
+the median over repeats and their ratio. No thresholds: this reports, tests assert.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "workflow" / "data" / "fashion_mnist_demo"
+
+
+def median_time(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# 1. compute-CAMs ---------------------------------------------------------------------------
+
+
+def bench_cams(models, sizes, batch: int, repeats: int) -> list[dict]:
+    import timm
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from proxyattention.cams import GapLinearCAM, auto_target_layer, build_cam, compute_maps, fast_path_applies
+
+    rows = []
+    dev = device()
+    for name in models:
+        for size in sizes:
+            torch.manual_seed(0)
+            kwargs = {"img_size": size} if name.startswith("vit") else {}
+            model = timm.create_model(name, num_classes=10, **kwargs).eval().to(dev)
+            x = torch.randn(batch, 3, size, size, device=dev)
+            classes = list(range(batch))
+            classes = [c % 10 for c in classes]
+            layer = auto_target_layer(model, size)
+            targets = [ClassifierOutputTarget(c) for c in classes]
+
+            def forward():
+                with torch.inference_mode():
+                    model(x)
+
+            library = pgc.GradCAM(model=model, target_layers=[dict(model.named_modules())[layer]],
+                                  **({"reshape_transform": build_cam(model, "gradcam", layer, size).reshape_transform}
+                                     if name.startswith("vit") else {}))
+            reference = library(input_tensor=x, targets=targets)
+            t_library = median_time(lambda: library(input_tensor=x, targets=targets), repeats)
+            t_forward = median_time(forward, repeats)
+            row = {"model": name, "size": size, "batch": batch, "method": "gradcam",
+                   "library_img_s": batch / t_library, "forward_only_img_s": batch / t_forward}
+            if fast_path_applies(model, "gradcam", layer, size):
+                fast = GapLinearCAM(model)
+                maps = compute_maps(fast, model, x, classes)
+                t_fast = median_time(lambda: compute_maps(fast, model, x, classes), repeats)
+                row.update({"fast_img_s": batch / t_fast, "fast_vs_library": t_library / t_fast,
+                            "fast_vs_forward_only": t_forward / t_fast,
+                            "max_abs_diff": float(np.abs(maps - reference).max())})
+            library.__exit__(None, None, None)
+            rows.append(row)
+    return rows
+
+
+# 2. training ---------------------------------------------------------------------------------
+
+
+def bench_training(model_name: str, size: int, batch: int, n_images: int, repeats: int) -> dict:
+    """The stage's loop (DataLoader over uint8 arrays, augmentation, AMP on GPU) against a bare
+    timm loop over float tensors already on the device: same model, batch, size, optimiser."""
+    import timm
+    import torch.nn.functional as F
+
+    from proxyattention.data import ArraySource, make_loader
+    from proxyattention.runtime import select_runtime
+
+    runtime = select_runtime("auto", True)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(n_images, size, size, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=n_images)
+    source = ArraySource([(images, np.arange(n_images), labels)])
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+    def fresh():
+        torch.manual_seed(0)
+        model = runtime.prepare_model(timm.create_model(model_name, num_classes=10)).train()
+        return model, torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    model, opt = fresh()
+    scaler = runtime.grad_scaler()
+    loader, sampler = make_loader(source, mean, std, batch, seed=0, train=True, hflip=True, crop_padding=4)
+
+    def stage_epoch():
+        for x, y in loader:
+            x, y = runtime.to_device(x), y.to(runtime.device)
+            with runtime.autocast():
+                loss = F.cross_entropy(model(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            torch.isfinite(loss).item()  # the stage's NaN guard syncs once per batch
+
+    bare_model, bare_opt = fresh()
+    xs = [runtime.to_device(torch.randn(batch, 3, size, size)) for _ in range(n_images // batch)]
+    ys = [torch.randint(0, 10, (batch,), device=runtime.device) for _ in xs]
+
+    def bare_epoch():
+        for x, y in zip(xs, ys):
+            with runtime.autocast():
+                loss = F.cross_entropy(bare_model(x).float(), y)
+            bare_opt.zero_grad(set_to_none=True)
+            loss.backward() if runtime.precision != "fp16" else scaler.scale(loss).backward()
+            bare_opt.step()
+
+    seen_stage = n_images - (n_images % batch if n_images % batch == 1 else 0)
+    seen_bare = batch * len(xs)
+    # Interleave so drift of the machine hits both alike.
+    t_stage, t_bare = [], []
+    stage_epoch(); bare_epoch()
+    for _ in range(repeats):
+        t_stage.append(median_time(stage_epoch, 1, warmup=0))
+        t_bare.append(median_time(bare_epoch, 1, warmup=0))
+    stage_ips, bare_ips = seen_stage / statistics.median(t_stage), seen_bare / statistics.median(t_bare)
+    return {"model": model_name, "size": size, "batch": batch, "device": str(runtime.device),
+            "precision": runtime.precision, "stage_img_s": stage_ips, "bare_loop_img_s": bare_ips,
+            "ratio": stage_ips / bare_ips}
+
+
+# 3. data -------------------------------------------------------------------------------------
+
+
+def bench_data(n_images: int, size: int, repeats: int) -> dict:
+    """One epoch of batches from the prepared array vs decoding and resizing PNGs each epoch."""
+    import cv2
+
+    from proxyattention.data import ArraySource, make_loader
+    from proxyattention.images import decode_image, resize
+    from proxyattention.sources import read_idx
+
+    raw = read_idx(DEMO / "train-images-idx3-ubyte.gz")
+    with tempfile.TemporaryDirectory() as tmp:
+        files = []
+        for i in range(n_images):
+            path = Path(tmp) / f"{i}.png"
+            cv2.imwrite(str(path), raw[i % len(raw)])
+            files.append(path)
+        prepared = np.stack([resize(decode_image(f), size) for f in files])
+        np.save(Path(tmp) / "images.npy", prepared)
+        mapped = np.load(Path(tmp) / "images.npy", mmap_mode="r")
+        source = ArraySource([(mapped, np.arange(n_images), np.zeros(n_images))])
+        loader, _ = make_loader(source, (0.5,) * 3, (0.5,) * 3, 64, train=True, hflip=True, crop_padding=4)
+
+        def from_array():
+            for _ in loader:
+                pass
+
+        def from_files():
+            for start in range(0, n_images, 64):
+                batch = np.stack([resize(decode_image(f), size) for f in files[start : start + 64]])
+                torch.from_numpy(batch.astype(np.float32)).permute(0, 3, 1, 2)
+
+        t_array, t_files = median_time(from_array, repeats), median_time(from_files, repeats)
+    return {"images": n_images, "size": size, "prepared_img_s": n_images / t_array,
+            "decode_each_epoch_img_s": n_images / t_files, "ratio": t_files / t_array}
+
+
+# 4. mask-and-save ----------------------------------------------------------------------------
+
+
+def erase_one(image: np.ndarray, cam: np.ndarray, value: float) -> np.ndarray:
+    """The per-image anchor: the quantile, an OpenCV threshold of one map, a black fill."""
+    import cv2
+
+    _, mask = cv2.threshold(cam, float(np.quantile(cam, value)), 1, cv2.THRESH_BINARY)
+    out = image.copy()
+    out[mask > 0] = 0
+    return out
+
+
+def bench_masking(n_images: int, size: int, repeats: int) -> dict:
+    from proxyattention.masking import erase, threshold_masks
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(n_images, size, size, 3), dtype=np.uint8)
+    maps = rng.random((n_images, size, size), dtype=np.float32)
+
+    def vectorised():
+        masks, _ = threshold_masks(maps, "quantile", 0.9)
+        return erase(images, maps, masks, {"mode": "black"}, rng)
+
+    def loop():
+        return np.stack([erase_one(images[i], maps[i], 0.9) for i in range(n_images)])
+
+    equal = bool((vectorised() == loop()).all())
+    t_vec, t_loop = median_time(vectorised, repeats), median_time(loop, repeats)
+    return {"images": n_images, "size": size, "vectorised_img_s": n_images / t_vec,
+            "per_image_loop_img_s": n_images / t_loop, "ratio": t_loop / t_vec, "identical_output": equal}
+
+
+# 5. whole workflow and import times ------------------------------------------------------------
+
+
+STAGE_MODULES = ["proxyattention.prepare", "proxyattention.train", "proxyattention.misclassified",
+                 "proxyattention.compute_cams", "proxyattention.masking", "proxyattention.evaluate",
+                 "proxyattention.cycles", "proxyattention.aggregate", "proxyattention.figures"]
+
+
+def bench_imports(repeats: int) -> list[dict]:
+    rows = []
+    for module in STAGE_MODULES:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", f"import {module}"], check=True)
+            times.append(time.perf_counter() - t0)
+        rows.append({"module": module, "import_s": statistics.median(times)})
+    return rows
+
+
+def workflow_overhead(results: Path) -> dict | None:
+    """Wall time of a finished demo run against the sum of its jobs' own time (benchmark files)."""
+    import pandas as pd
+
+    bench_dir = results / "benchmarks"
+    log = results / "demo_wall_seconds.txt"
+    if not bench_dir.exists() or not log.exists():
+        return None
+    jobs = [pd.read_csv(p, sep="\t") for p in bench_dir.rglob("*.tsv")]
+    job_seconds = float(sum(j["s"].iloc[-1] for j in jobs))
+    wall = float(log.read_text().split()[0])
+    cores = int(log.read_text().split()[1]) if len(log.read_text().split()) > 1 else 1
+    return {"jobs": len(jobs), "sum_job_seconds": job_seconds, "wall_seconds": wall, "cores": cores,
+            "wall_x_cores_over_job_seconds": wall * cores / job_seconds}
+
+
+# 6. GPU precision ------------------------------------------------------------------------------
+
+
+def bench_precision(models, size: int, batch: int, repeats: int) -> list[dict]:
+    if not torch.cuda.is_available():
+        return []
+    import timm
+    import torch.nn.functional as F
+
+    from proxyattention.runtime import Runtime
+
+    rows = []
+    for name in models:
+        for precision in ("fp32", "bf16" if torch.cuda.is_bf16_supported() else "fp16"):
+            rt = Runtime(torch.device("cuda"), precision, True)
+            torch.manual_seed(0)
+            kwargs = {"img_size": size} if name.startswith("vit") else {}
+            model = rt.prepare_model(timm.create_model(name, num_classes=10, **kwargs)).train()
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            scaler = rt.grad_scaler()
+            x = rt.to_device(torch.randn(batch, 3, size, size))
+            y = torch.randint(0, 10, (batch,), device="cuda")
+
+            def step():
+                with rt.autocast():
+                    loss = F.cross_entropy(model(x).float(), y)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+
+            step()
+            torch.cuda.reset_peak_memory_stats()
+            t = median_time(step, repeats)
+            rows.append({"model": name, "precision": precision, "batch": batch, "size": size,
+                         "img_s": batch / t, "peak_memory_mib": torch.cuda.max_memory_allocated() / 2**20})
+    return rows
+
+
+# report ----------------------------------------------------------------------------------------
+
+
+def table(rows: list[dict]) -> str:
+    if not rows:
+        return "(not run on this machine)\n"
+    keys = list(rows[0])
+    for r in rows[1:]:
+        keys += [k for k in r if k not in keys]
+    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def machine() -> str:
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    import os
+
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads, {gpu}, torch {torch.__version__}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one repeat")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default=str(ROOT / "results" / "bench"))
+    parser.add_argument("--results", default=str(ROOT / "results"), help="a finished demo run, for the overhead entry")
+    args = parser.parse_args(argv)
+    repeats = 1 if args.quick else args.repeats
+    torch.manual_seed(0)
+    if args.quick:
+        report = {
+            "cams": bench_cams(["resnet18"], [32], 4, repeats),
+            "training": [bench_training("resnet18", 32, 16, 32, repeats)],
+            "data": [bench_data(64, 32, repeats)],
+            "masking": [bench_masking(16, 32, repeats)],
+            "imports": bench_imports(1)[:2],
+        }
+    else:
+        report = {
+            "cams": bench_cams(["resnet18", "efficientnet_lite0", "vit_tiny_patch16_224"], [64, 224], 16, repeats),
+            "training": [bench_training("efficientnet_lite0", 64, 50, 500, repeats),
+                         bench_training("resnet18", 64, 50, 500, repeats)],
+            "data": [bench_data(500, 64, repeats)],
+            "masking": [bench_masking(256, 64, repeats), bench_masking(64, 224, repeats)],
+            "imports": bench_imports(3),
+            "precision": bench_precision(["resnet18", "efficientnet_lite0", "vit_tiny_patch16_224"], 224, 64, repeats),
+        }
+    overhead = workflow_overhead(Path(args.results))
+    report["workflow"] = [overhead] if overhead else []
+    report["machine"] = machine()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(report, indent=2))
+    titles = {"cams": "compute-CAMs: fast exact path vs pytorch-grad-cam GradCAM (and forward-only ceiling)",
+              "training": "Training: stage loop vs bare timm loop on in-memory tensors",
+              "data": "Data: prepared uint8 array vs decoding PNGs each epoch",
+              "masking": "Mask-and-save: vectorised vs per-image OpenCV loop",
+              "imports": "Import time of each stage's module (fresh process)",
+              "workflow": "Whole demo: wall time x cores vs the sum of the jobs' own time",
+              "precision": "GPU: fp32 vs mixed precision (training step)"}
+    md = [f"# Benchmarks\n\nMachine: {report['machine']}. Median of {repeats} repeat(s).\n"]
+    for key, title in titles.items():
+        if key in report:
+            md.append(f"## {title}\n\n{table(report[key])}")
+    (out / "bench.md").write_text("\n".join(md))
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""Run every benchmark once at tiny sizes so they cannot rot (no timing is asserted)."""
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_benchmarks_run_and_report(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--out", str(tmp_path),
+                           "--results", str(tmp_path / "none")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "bench.json").read_text())
+    cams = report["cams"][0]
+    assert cams["max_abs_diff"] < 1e-4 and cams["fast_img_s"] > 0
+    assert report["training"][0]["ratio"] > 0
+    assert report["masking"][0]["identical_output"]
+    assert "## Training" in (tmp_path / "bench.md").read_text()

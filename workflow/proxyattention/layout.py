@@ -1,0 +1,64 @@
+"""Where every file of the workflow lives: the one place paths are built.
+
+``workflow/rules/common.smk`` turns these into Snakemake patterns and input
+functions; the ``proxyattention`` command line uses them to run one stage by hand.
+"""
+
+from __future__ import annotations
+
+FINETUNE = "finetune"
+ERASING_ARMS = ("proxy", "random_erase")
+
+PREPARED = "{results}/prepared/{dataset}"
+RUN = "{results}/runs/{dataset}/{model}/seed{seed}/{arm}/cycle{cycle}"
+
+
+def prepared_dir(results: str, dataset: str) -> str:
+    return PREPARED.format(results=results, dataset=dataset)
+
+
+def run_dir(results: str, dataset: str, model: str, seed, arm: str, cycle) -> str:
+    return RUN.format(results=results, dataset=dataset, model=model, seed=seed, arm=arm, cycle=cycle)
+
+
+def previous_run_dir(results: str, dataset: str, model: str, seed, arm: str, cycle) -> str:
+    """The run folder of the cycle before ``cycle``: cycle 0 is the shared finetune."""
+    cycle = int(cycle)
+    return run_dir(results, dataset, model, seed, FINETUNE if cycle == 1 else arm, cycle - 1)
+
+
+def metrics_before(results: str, dataset: str, model: str, seed, arm: str, cycle) -> list[str]:
+    """metrics.json of every cycle before ``cycle``, cycle 0 first."""
+    return [f"{run_dir(results, dataset, model, seed, FINETUNE if c == 0 else arm, c)}/metrics.json"
+            for c in range(int(cycle))]
+
+
+def erased_for_training(results: str, accumulate: bool, dataset: str, model: str, seed, arm: str, cycle) -> list[str]:
+    """erased.npz files a retrain adds to the originals: none for baseline; this cycle's, and
+    with ``accumulate`` every earlier cycle's, for the erasing arms."""
+    if arm not in ERASING_ARMS:
+        return []
+    cycle = int(cycle)
+    first = 1 if accumulate else cycle
+    return [f"{run_dir(results, dataset, model, seed, arm, c)}/erased.npz" for c in range(first, cycle + 1)]
+
+
+def grid(config: dict) -> list[tuple]:
+    """Every (dataset, model, seed, arm, cycle) cell; cycle 0 under the shared finetune."""
+    cells = []
+    for dataset in config["datasets"]:
+        for model in config["models"]:
+            for seed in config["seeds"]:
+                cells.append((dataset, model, seed, FINETUNE, 0))
+                cells += [(dataset, model, seed, arm, c) for arm in config["arms"] for c in range(1, config["cycles"] + 1)]
+    return cells
+
+
+def mask_seed(seed, cycle) -> int:
+    """Seed of a cycle's random draws in mask-and-save: distinct per seed and cycle."""
+    return int(seed) * 1000 + int(cycle)
+
+
+def erase_control(arm: str) -> str | None:
+    """The random_erase arm erases the same area at a random place."""
+    return "random" if arm == "random_erase" else None
