@@ -337,7 +337,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     if args.quick:
         report = {
-            "cams": bench_cams(["resnet18"], [32], 4, repeats),
+            "cams": bench_cams(["resnet18"], [64], 4, repeats),
             "training": [bench_training("resnet18", 32, 16, 32, repeats)],
             "data": [bench_data(64, 32, repeats)],
             "masking": [bench_masking(16, 32, repeats)],

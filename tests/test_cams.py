@@ -67,12 +67,22 @@ def test_every_method_runs_on_a_vit(method):
     with build_cam(model, method, layer, 32, batch_size=16) as cam:
         maps = compute_maps(cam, model, x, [1, 2])
     assert maps.shape == (2, 32, 32) and np.isfinite(maps).all()
-    assert (maps.reshape(2, -1).max(1) > 0).all(), "a ViT map came back empty"
+
+
+def test_vit_gradcam_maps_follow_the_patch_grid():
+    """Grad-CAM of the predicted class on a ViT is a real map on the 4x4 patch grid, not empty."""
+    model, x = model_and_input("vit_tiny_patch16_224", size=64, batch=2)
+    with torch.no_grad():
+        predicted = model(x).argmax(1).tolist()
+    with build_cam(model, "gradcam", auto_target_layer(model, 64), 64) as cam:
+        maps = compute_maps(cam, model, x, predicted)
+    assert (maps.reshape(2, -1).max(1) > 0.99).all(), "a ViT map came back empty"
+    assert (maps.reshape(2, -1).std(1) > 0.05).all()
 
 
 def test_vit_with_register_tokens_drops_them():
-    model = timm.create_model("vit_small_patch16_reg4_dinov2", img_size=32, num_classes=3).eval()
-    assert model.num_prefix_tokens == 5
+    model = timm.create_model("vit_little_patch16_reg4_gap_256", img_size=32, num_classes=3).eval()
+    assert model.num_prefix_tokens == 4  # four register tokens, no class token
     with build_cam(model, "gradcam", auto_target_layer(model, 32), 32) as cam:
         maps = compute_maps(cam, model, torch.randn(1, 3, 32, 32), [0])
     assert maps.shape == (1, 32, 32)
@@ -86,3 +96,11 @@ def test_a_failing_cam_stops_with_a_clear_error():
             compute_maps(cam, model, x, [0])
     with pytest.raises(CamError, match="not a module"):
         build_cam(model, "gradcam", "blocks.99", 32)
+
+
+def test_fast_path_not_used_when_auto_picks_an_earlier_layer():
+    """At 32 px resnet18's final map is 1x1, so auto picks layer3, where Grad-CAM is not the CAM."""
+    model, x = model_and_input("resnet18", size=32)
+    layer = auto_target_layer(model, 32)
+    assert layer == "layer3"
+    assert not fast_path_applies(model, "gradcam", layer, 32)

@@ -72,8 +72,13 @@ def test_local_weights_file_loads_backbone(tmp_path):
     assert model.fc.out_features == 5
 
 
-def test_hub_failure_says_what_to_do(monkeypatch):
+def test_hub_failure_says_what_to_do(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    # Offline with an empty cache: what a machine without internet sees, without waiting on timeouts.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", "/nonexistent-cache")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(WeightsError, match="weights: hub needs internet"):
         create_model("resnet18", "hub", 3, 32)

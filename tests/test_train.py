@@ -80,7 +80,7 @@ def test_resume_after_kill_gives_the_same_weights(prepared, tmp_path):
 import json, os, signal, sys
 import proxyattention.train as t
 from proxyattention.config import validate, stage_settings
-config = validate(json.loads({json.dumps(json.dumps(config))!r}))
+config = validate(json.loads({json.dumps(config)!r}))
 real = t.predict_logits
 calls = []
 def killing(*a, **k):

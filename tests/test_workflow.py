@@ -111,7 +111,8 @@ def test_split_is_the_same_for_every_cycle_and_arm(tiny_run):
 def test_deleting_one_output_recomputes_only_its_dependents(tiny_run):
     target = run_dir(tiny_run, "proxy", 1, 2) / "cams.npz"
     target.unlink()
-    dry = snakemake(tiny_run, "-n", "--quiet", "rules").stdout
+    proc = snakemake(tiny_run, "-n", "--quiet", "rules")
+    dry = proc.stdout + proc.stderr
     counts = dict(line.split() for line in dry.splitlines() if line.strip() and line.split()[-1].isdigit()
                   and len(line.split()) == 2)
     assert counts.get("compute_cams") == "1" and counts.get("mask_and_save") == "1"
@@ -129,7 +130,8 @@ def test_stop_rule_skips_later_cycles(tmp_path):
     later = summary[summary.cycle > 0]
     assert len(later) == 2 and not later.ran.any()
     assert (later.train_seconds == 0).all() and (later.n_erased == 0).all()
-    assert later.stop_reason.str.contains("reached target").all()
+    assert later.stop_reason.iloc[0].endswith("reached target 0.01")
+    assert later.stop_reason.iloc[1] == "an earlier cycle was already stopped"
     first = summary[summary.cycle == 0].accuracy.iloc[0]
     assert (later.accuracy == first).all()  # the checkpoint carried over unchanged
 
@@ -139,7 +141,9 @@ def test_default_config_dry_run_shows_the_full_grid():
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     n_runs = len(config["models"]) * len(config["seeds"])
-    assert f"finetune {n_runs}".split() in [line.split() for line in proc.stdout.splitlines()]
+    lines = [line.split() for line in (proc.stdout + proc.stderr).splitlines()]
+    assert ["finetune", str(n_runs)] in lines
+    assert ["evaluate", str(n_runs * (1 + len(config["arms"]) * config["cycles"]))] in lines
 
 
 def test_lint_has_no_errors():

@@ -29,6 +29,7 @@ def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = Non
         row.update({k: m.get(k) for k in ("train_seconds", "wall_seconds", "epochs", "images_seen", "n_train_extra",
                                           "peak_memory_mib", "peak_memory_kind", "device", "precision", "ran",
                                           "stop_reason", "n_val")})
+        row["run_dir_mib"] = _folder_mib(Path(path).parent)
         table = (erased_tables or {}).get(tuple(cell))
         if table is not None:
             erased = pd.read_csv(table)
@@ -53,6 +54,11 @@ def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = Non
     frame["cumulative_train_seconds"] = cum_seconds
     frame["cumulative_images_seen"] = cum_images
     return frame.sort_values(KEYS, key=lambda s: s.map(_arm_order) if s.name == "arm" else s).reset_index(drop=True)
+
+
+def _folder_mib(folder: Path) -> float:
+    """Disk use of a run folder (checkpoint, maps, erased images), in MiB."""
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
 
 
 def _arm_order(arm: str) -> int:

@@ -67,17 +67,9 @@ def _pool_and_linear(model: torch.nn.Module):
     return pool, linear
 
 
-def auto_target_layer(model: torch.nn.Module, image_size: int) -> str:
-    """Name of the layer CAMs are taken from when the config says ``auto``.
-
-    ViTs: the first norm of the last block (the usual choice for Grad-CAM on
-    ViTs). Other networks: the last module, in execution order, whose output is
-    a 4D feature map larger than 1x1, outside the pooling and the head: the
-    final feature map (for MobileNetV3, whose head convolves after pooling, the
-    last block).
-    """
-    if is_vit(model):
-        return f"blocks.{len(model.blocks) - 1}.norm1"
+def _feature_maps(model: torch.nn.Module, image_size: int) -> list[tuple[str, int]]:
+    """(name, h * w) of every module whose output is a 4D map, in execution order,
+    outside the pooling and the head."""
     order: list[tuple[str, int]] = []
     hooks = []
     for name, module in model.named_modules():
@@ -97,6 +89,26 @@ def auto_target_layer(model: torch.nn.Module, image_size: int) -> str:
             h.remove()
     if not order:
         raise CamError(f"{type(model).__name__}: no 4D feature map found; name target_layer in the config")
+    return order
+
+
+def final_feature_layer(model: torch.nn.Module, image_size: int) -> str:
+    """The module whose output is the final feature map, the one global pooling reads."""
+    return _feature_maps(model, image_size)[-1][0]
+
+
+def auto_target_layer(model: torch.nn.Module, image_size: int) -> str:
+    """Name of the layer CAMs are taken from when the config says ``auto``.
+
+    ViTs: the first norm of the last block (the usual choice for Grad-CAM on
+    ViTs). Other networks: the last module, in execution order, whose output is
+    a 4D feature map larger than 1x1, outside the pooling and the head: the
+    final feature map (for MobileNetV3, whose head convolves after pooling, the
+    last block; for images so small that the final map is 1x1, an earlier one).
+    """
+    if is_vit(model):
+        return f"blocks.{len(model.blocks) - 1}.norm1"
+    order = _feature_maps(model, image_size)
     spatial = [name for name, area in order if area > 1]
     return (spatial or [name for name, _ in order])[-1]
 
@@ -154,7 +166,7 @@ def fast_path_applies(model: torch.nn.Module, method: str, layer_name: str, imag
     head, and the target layer is the final feature map."""
     if method != "gradcam" or _pool_and_linear(model) is None:
         return False
-    return layer_name == auto_target_layer(model, image_size)
+    return layer_name == final_feature_layer(model, image_size)
 
 
 def build_cam(model: torch.nn.Module, method: str, layer_name: str, image_size: int, fast_path: bool = True,
