@@ -117,20 +117,15 @@ def bench_training(model_name: str, size: int, batch: int, n_images: int, repeat
         model = runtime.prepare_model(timm.create_model(model_name, num_classes=10)).train()
         return model, torch.optim.AdamW(model.parameters(), lr=1e-4)
 
+    from proxyattention.train import train_one_epoch
+
     model, opt = fresh()
     scaler = runtime.grad_scaler()
+    constant = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     loader, sampler = make_loader(source, mean, std, batch, seed=0, train=True, hflip=True, crop_padding=4)
 
     def stage_epoch():
-        for x, y in loader:
-            x, y = runtime.to_device(x), y.to(runtime.device)
-            with runtime.autocast():
-                loss = F.cross_entropy(model(x).float(), y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            torch.isfinite(loss).item()  # the stage's NaN guard syncs once per batch
+        train_one_epoch(model, loader, opt, constant, scaler, runtime)
 
     bare_model, bare_opt = fresh()
     xs = [runtime.to_device(torch.randn(batch, 3, size, size)) for _ in range(n_images // batch)]
@@ -141,7 +136,7 @@ def bench_training(model_name: str, size: int, batch: int, n_images: int, repeat
             with runtime.autocast():
                 loss = F.cross_entropy(bare_model(x).float(), y)
             bare_opt.zero_grad(set_to_none=True)
-            loss.backward() if runtime.precision != "fp16" else scaler.scale(loss).backward()
+            loss.backward()
             bare_opt.step()
 
     seen_stage = n_images - (n_images % batch if n_images % batch == 1 else 0)
@@ -275,6 +270,7 @@ def bench_precision(models, size: int, batch: int, repeats: int) -> list[dict]:
     import torch.nn.functional as F
 
     from proxyattention.runtime import Runtime
+    from proxyattention.train import train_one_epoch
 
     rows = []
     for name in models:
@@ -284,23 +280,18 @@ def bench_precision(models, size: int, batch: int, repeats: int) -> list[dict]:
             kwargs = {"img_size": size} if name.startswith("vit") else {}
             model = rt.prepare_model(timm.create_model(name, num_classes=10, **kwargs)).train()
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            constant = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
             scaler = rt.grad_scaler()
-            x = rt.to_device(torch.randn(batch, 3, size, size))
-            y = torch.randint(0, 10, (batch,), device="cuda")
+            batches = [(torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))) for _ in range(4)]
 
             def step():
-                with rt.autocast():
-                    loss = F.cross_entropy(model(x).float(), y)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
+                train_one_epoch(model, batches, opt, constant, scaler, rt)
 
             step()
             torch.cuda.reset_peak_memory_stats()
             t = median_time(step, repeats)
             rows.append({"model": name, "precision": precision, "batch": batch, "size": size,
-                         "img_s": batch / t, "peak_memory_mib": torch.cuda.max_memory_allocated() / 2**20})
+                         "img_s": 4 * batch / t, "peak_memory_mib": torch.cuda.max_memory_allocated() / 2**20})
     return rows
 
 

@@ -96,3 +96,20 @@ def test_confidence_interval():
     half = stats.t.ppf(0.975, 2) * np.std([0.70, 0.72, 0.74], ddof=1) / np.sqrt(3)
     assert (mean, lo, hi, n) == pytest.approx((0.72, 0.72 - half, 0.72 + half, 3))
     assert np.isnan(mean_ci([0.7])[1])
+
+
+def test_atomic_writes_leave_nothing_on_failure_and_use_umask(tmp_path):
+    import os
+
+    from proxyattention.atomic import atomic_path, write_json
+
+    target = tmp_path / "out.json"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("{half")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+    write_json(target, {"a": 1})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask

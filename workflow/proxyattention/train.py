@@ -69,6 +69,47 @@ def make_optimizer(model, settings: dict, steps: int):
     return opt, sched
 
 
+def train_one_epoch(model, batches, optimizer, scheduler, scaler, runtime, epoch: int = 0,
+                    model_name: str = "<model>", batch_size: int | None = None):
+    """One pass over ``batches``; returns (summed loss, correct predictions, images seen).
+
+    Stops with NonFiniteLossError on a NaN or infinite loss, and turns a CUDA
+    out-of-memory error into one that names the batch size setting.
+    """
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
+    correct = torch.zeros((), dtype=torch.int64, device=runtime.device)
+    seen = 0
+    for step, (x, y) in enumerate(batches):
+        x, y = runtime.to_device(x), y.to(runtime.device, non_blocking=True)
+        try:
+            with runtime.autocast():
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"loss is {loss.item()} at epoch {epoch + 1}, batch {step + 1} "
+                    f"(lr {optimizer.param_groups[0]['lr']:.3g}); training diverged and no checkpoint was written. "
+                    f"Lower models.{model_name}.lr or use precision: fp32."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        except torch.cuda.OutOfMemoryError:
+            raise RuntimeError(
+                f"CUDA out of memory with batch size {batch_size} at image size {tuple(x.shape[-2:])}; "
+                f"lower models.{model_name}.batch_size in the config"
+            ) from None
+        scheduler.step()
+        loss_sum += loss.detach().double() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+    if runtime.device.type == "cuda":
+        torch.cuda.synchronize()
+    return loss_sum.item(), correct.item(), seen
+
+
 def _fingerprint(*parts) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -135,10 +176,6 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
     show_bar = sys.stderr.isatty()
     for epoch in range(start_epoch, epochs):
         sampler.set_epoch(epoch)
-        model.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
-        correct = torch.zeros((), dtype=torch.int64, device=runtime.device)
-        seen = 0
         lr_start = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
         batches = loader
@@ -146,33 +183,8 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
             from tqdm import tqdm
 
             batches = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False)
-        for step, (x, y) in enumerate(batches):
-            x, y = runtime.to_device(x), y.to(runtime.device, non_blocking=True)
-            try:
-                with runtime.autocast():
-                    logits = model(x)
-                    loss = F.cross_entropy(logits.float(), y)
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(
-                        f"loss is {loss.item()} at epoch {epoch + 1}, batch {step + 1} "
-                        f"(lr {optimizer.param_groups[0]['lr']:.3g}); training diverged and no checkpoint was written. "
-                        f"Lower models.{names.get('model', '<model>')}.lr or use precision: fp32."
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            except torch.cuda.OutOfMemoryError:
-                raise RuntimeError(
-                    f"CUDA out of memory with batch size {mset['batch_size']} at image size {info['image_size']}; "
-                    f"lower models.{names.get('model', '<model>')}.batch_size in the config"
-                ) from None
-            scheduler.step()
-            loss_sum += loss.detach().double() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(y)
-        if runtime.device.type == "cuda":
-            torch.cuda.synchronize()
+        loss_sum, correct, seen = train_one_epoch(model, batches, optimizer, scheduler, scaler, runtime,
+                                                  epoch, names.get("model", "<model>"), mset["batch_size"])
         seconds = time.perf_counter() - t0
         train_seconds += seconds
         images_seen += seen
@@ -182,8 +194,8 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
             "epoch": epoch + 1,
             "lr_start": lr_start,
             "lr_end": optimizer.param_groups[0]["lr"],
-            "train_loss": loss_sum.item() / max(seen, 1),
-            "train_accuracy": correct.item() / max(seen, 1),
+            "train_loss": loss_sum / max(seen, 1),
+            "train_accuracy": correct / max(seen, 1),
             "val_loss": float(cross_entropy(val_logits, val_labels).mean()) if len(val_labels) else math.nan,
             "val_accuracy": float((val_logits.argmax(1) == val_labels).mean()) if len(val_labels) else math.nan,
             "seconds": seconds,

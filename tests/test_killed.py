@@ -1,0 +1,54 @@
+"""SIGKILL the whole workflow at a random moment; the rerun finishes and every output decodes."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from safetensors.torch import load_file
+
+from test_workflow import SNAKEMAKE, tiny_config
+
+
+def decodes(path) -> None:
+    """Open a workflow output fully; raise if it is truncated or malformed."""
+    suffix = path.suffix
+    if suffix == ".npy":
+        np.load(path)
+    elif suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            [data[k] for k in data.files]
+    elif suffix == ".csv":
+        pd.read_csv(path)
+    elif suffix == ".json":
+        json.loads(path.read_text())
+    elif suffix == ".safetensors":
+        load_file(path)
+    elif suffix == ".png":
+        assert cv2.imread(str(path)) is not None, path
+
+
+@pytest.mark.slow
+def test_rerun_after_sigkill_completes_with_whole_files(tmp_path):
+    tiny_config(tmp_path, seeds=[0], arms=["proxy"], cycles=1,
+                training={"epochs_finetune": 3, "epochs": 1, "num_workers": 0, "threads": 1})
+    args = SNAKEMAKE + ["--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml")]
+    moment = random.Random().uniform(10, 30)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    time.sleep(moment)
+    os.killpg(proc.pid, signal.SIGKILL)  # snakemake and every job it started
+    proc.wait()
+    rerun = subprocess.run(args, capture_output=True, text=True)
+    assert rerun.returncode == 0, f"killed after {moment:.1f} s\n" + rerun.stderr[-4000:]
+    results = tmp_path / "results"
+    assert (results / "summary.csv").exists()
+    finals = [p for p in results.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    for path in finals:
+        decodes(path)
+    assert not list(results.rglob(".train_state")), "training state is removed once a stage completes"
