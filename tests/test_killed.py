@@ -44,6 +44,8 @@ def test_rerun_after_sigkill_completes_with_whole_files(tmp_path):
     time.sleep(moment)
     os.killpg(proc.pid, signal.SIGKILL)  # snakemake and every job it started
     proc.wait()
+    # A killed Snakemake leaves its lock; the documented recovery is --unlock, then the same command.
+    subprocess.run(args + ["--unlock"], capture_output=True, check=True)
     rerun = subprocess.run(args, capture_output=True, text=True)
     assert rerun.returncode == 0, f"killed after {moment:.1f} s\n" + rerun.stderr[-4000:]
     results = tmp_path / "results"

@@ -35,8 +35,9 @@ def tiny_config(tmp_path, **overrides):
 
 
 def snakemake(workdir, *args, check=True):
-    proc = subprocess.run(SNAKEMAKE + ["--directory", str(workdir), "--configfile", str(workdir / "config.yaml"),
-                                       *args], capture_output=True, text=True)
+    # targets first: --configfile takes every word after it
+    proc = subprocess.run(SNAKEMAKE + [*args, "--directory", str(workdir), "--configfile", str(workdir / "config.yaml")],
+                          capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(proc.stdout[-4000:] + proc.stderr[-4000:])
     return proc
@@ -61,8 +62,12 @@ def test_whole_dag_produces_the_summary_and_figures(tiny_run):
     assert len(summary) == 2 * (1 + 2 * 2)
     assert not summary.duplicated(["dataset", "model", "arm", "seed", "cycle"]).any()
     assert summary.accuracy.between(0, 1).all() and summary.ran.all()
+    assert (summary.n_skipped_images == 0).all() and (summary.run_dir_mib > 0).all()
     proxy = summary[summary.arm == "proxy"]
     assert (proxy.n_erased > 0).all()
+    for row in proxy.itertuples():  # each cycle stores only the images it made
+        erased = np.load(run_dir(tiny_run, "proxy", row.seed, row.cycle) / "erased.npz")
+        assert len(erased["labels"]) == row.n_erased
     assert (summary[summary.arm == "baseline"].n_erased == 0).all()
     table = pd.read_csv(tiny_run / "results" / "tables" / "fm_comparison.csv")
     assert {"proxy_mean", "baseline_mean", "proxy_minus_baseline_mean", "proxy_minus_baseline_ci_low"} <= set(table.columns)
@@ -112,7 +117,7 @@ def job_counts(proc) -> dict:
     counts = {}
     for line in (proc.stdout + proc.stderr).splitlines():
         parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
+        if len(parts) == 2 and parts[0].isidentifier() and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
     return counts
 
@@ -148,7 +153,7 @@ def test_stop_rule_skips_later_cycles(tmp_path):
 
 
 def test_default_config_dry_run_shows_the_full_grid():
-    proc = subprocess.run(SNAKEMAKE + ["-n", "--quiet", "rules"], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(SNAKEMAKE + ["-n", "--forceall", "--quiet", "rules"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     n_runs = len(config["models"]) * len(config["seeds"])

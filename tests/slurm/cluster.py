@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -63,13 +64,18 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 class Cluster:
     def __init__(self, root: Path):
         self.root = Path(root)
-        self.conf = self.root / "slurm.conf"
+        # Job steps (srun inside a batch job) read the default path, not $SLURM_CONF.
+        self.conf = Path("/etc/slurm/slurm.conf")
         self.pids: list[int] = []
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
 
     def start(self) -> "Cluster":
         ensure_installed()
-        for sub in ("state", "spool", "munge"):
+        if self.conf.exists():
+            raise ClusterUnavailable(f"{self.conf} exists: this machine has a SLURM setup the test must not touch")
+        self.conf.parent.mkdir(parents=True, exist_ok=True)
+        self._wrote_conf = True
+        for sub in ("state", "spool"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._start_munge()
         host = socket.gethostname().split(".")[0]
@@ -87,10 +93,12 @@ class Cluster:
         return self
 
     def _start_munge(self) -> None:
-        socket_path = self.root / "munge" / "munge.socket"
-        pid_file = self.root / "munge" / "munged.pid"
-        shutil.chown(self.root / "munge", "munge", "munge")
-        os.chmod(self.root, 0o755)
+        # munged runs as the munge user: its folder must not sit below a private (0700) one.
+        self.munge_dir = Path(tempfile.mkdtemp(prefix="proxyattention-munge-"))
+        os.chmod(self.munge_dir, 0o755)
+        shutil.chown(self.munge_dir, "munge", "munge")
+        socket_path = self.munge_dir / "munge.socket"
+        pid_file = self.munge_dir / "munged.pid"
         proc = subprocess.run(["runuser", "-u", "munge", "--", "munged", f"--socket={socket_path}",
                                f"--pid-file={pid_file}", "--force"], capture_output=True, text=True)
         if proc.returncode != 0:
@@ -135,3 +143,8 @@ class Cluster:
         link = getattr(self, "_made_link", None)
         if link is not None and link.is_symlink():
             link.unlink()
+        if getattr(self, "_wrote_conf", False):
+            self.conf.unlink(missing_ok=True)
+            self._wrote_conf = False
+        if getattr(self, "munge_dir", None) is not None:
+            shutil.rmtree(self.munge_dir, ignore_errors=True)

@@ -14,13 +14,16 @@ KEYS = ["dataset", "model", "arm", "seed", "cycle"]  # column order of the summa
 CELL = ["dataset", "model", "seed", "arm", "cycle"]  # order of a grid cell (layout.grid)
 
 
-def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = None) -> pd.DataFrame:
+def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = None,
+              dataset_infos: dict | None = None) -> pd.DataFrame:
     """One row per (dataset, model, arm, seed, cycle) with every metric, time and memory.
 
     ``cells`` and ``metrics_paths`` are parallel. Cumulative time and images add
     the shared finetune (cycle 0) to each arm's cycles. ``erased_tables`` maps a
-    cell to its ``erased.csv`` for the arms that erase.
+    cell to its ``erased.csv`` for the arms that erase; ``dataset_infos`` a dataset
+    to its prepared ``classes.json`` (for the count of skipped bad images).
     """
+    skipped = {d: read_json(p)["n_skipped"] for d, p in (dataset_infos or {}).items()}
     rows = []
     for cell, path in zip(cells, metrics_paths):
         m = read_json(path)
@@ -30,6 +33,7 @@ def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = Non
                                           "peak_memory_mib", "peak_memory_kind", "device", "precision", "ran",
                                           "stop_reason", "n_val")})
         row["run_dir_mib"] = _folder_mib(Path(path).parent)
+        row["n_skipped_images"] = skipped.get(row["dataset"], 0)
         table = (erased_tables or {}).get(tuple(cell))
         if table is not None:
             erased = pd.read_csv(table)
@@ -112,9 +116,10 @@ def comparison(frame: pd.DataFrame, dataset: str, metric: str = "accuracy") -> p
     return pd.DataFrame(rows)
 
 
-def aggregate(cells: list, metrics_paths: list, erased_tables: dict, out_summary, out_tables: dict) -> None:
+def aggregate(cells: list, metrics_paths: list, erased_tables: dict, out_summary, out_tables: dict,
+              dataset_infos: dict | None = None) -> None:
     """Write ``summary.csv`` and one comparison table per dataset (``out_tables``: dataset -> path)."""
-    frame = summarise(cells, metrics_paths, erased_tables)
+    frame = summarise(cells, metrics_paths, erased_tables, dataset_infos)
     write_csv(out_summary, frame)
     for dataset, path in out_tables.items():
         write_csv(path, comparison(frame, dataset))

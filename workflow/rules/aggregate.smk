@@ -8,6 +8,7 @@ rule aggregate:
     input:
         metrics=all_metrics(),
         erased=all_erased_tables(),
+        infos=expand(prepared("classes.json"), dataset=config["datasets"]),
     output:
         summary=report(
             f"{RESULTS}/summary.csv",

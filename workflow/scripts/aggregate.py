@@ -9,4 +9,5 @@ aggregate(
     {tuple(cell): path for cell, path in zip(snakemake.params.erased_cells, snakemake.input.erased)},
     snakemake.output.summary,
     dict(zip(snakemake.params.datasets, snakemake.output.tables)),
+    dict(zip(snakemake.params.datasets, snakemake.input.infos)),
 )
