@@ -48,28 +48,33 @@ def threshold_masks(maps: np.ndarray, mode: str, value: float) -> tuple[np.ndarr
 
 
 def fill_values(images: np.ndarray, mode: str, rng: np.random.Generator) -> np.ndarray:
-    """What masked pixels become, per pixel (N, H, W, 3) float32, for black/mean/blur/noise."""
-    if mode == "black":
-        return np.zeros(images.shape, dtype=np.float32)
+    """What masked pixels become, per pixel (N, H, W, 3) uint8, for mean/blur/noise."""
     if mode == "mean":
-        return np.broadcast_to(images.mean(axis=(1, 2), keepdims=True, dtype=np.float32), images.shape)
+        means = np.rint(images.mean(axis=(1, 2), keepdims=True)).astype(np.uint8)
+        return np.broadcast_to(means, images.shape)
     if mode == "noise":
-        return rng.integers(0, 256, size=images.shape).astype(np.float32)
+        return rng.integers(0, 256, size=images.shape, dtype=np.uint8)
     if mode == "blur":
         k = max(3, (images.shape[1] // 8) | 1)
-        return np.stack([cv2.GaussianBlur(im, (k, k), 0) for im in images]).astype(np.float32)
+        return np.stack([cv2.GaussianBlur(im, (k, k), 0) for im in images])
     raise ValueError(f"unknown fill mode '{mode}'")
 
 
 def erase(images: np.ndarray, maps: np.ndarray, masks: np.ndarray, fill: dict,
           rng: np.random.Generator) -> np.ndarray:
-    """Paint masked pixels of uint8 images (N, H, W, 3); ``blend`` dims by (1 - lambda * cam)."""
-    if fill["mode"] == "blend":
-        factor = np.where(masks, 1.0 - fill["blend_lambda"] * maps, 1.0).astype(np.float32)
-        out = images.astype(np.float32) * factor[..., None]
+    """Paint masked pixels of uint8 images (N, H, W, 3); ``blend`` dims by (1 - lambda * cam).
+
+    Only the masked pixels are touched; only ``blend`` needs floating point.
+    """
+    out = np.array(images, dtype=np.uint8, copy=True)
+    if fill["mode"] == "black":
+        out[masks] = 0
+    elif fill["mode"] == "blend":
+        factor = (1.0 - fill["blend_lambda"] * maps[masks]).astype(np.float32)
+        out[masks] = np.clip(np.rint(out[masks].astype(np.float32) * factor[:, None]), 0, 255).astype(np.uint8)
     else:
-        out = np.where(masks[..., None], fill_values(images, fill["mode"], rng), images.astype(np.float32))
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        out[masks] = fill_values(images, fill["mode"], rng)[masks]
+    return out
 
 
 def random_masks(masks: np.ndarray, shape: str, rng: np.random.Generator) -> np.ndarray:
