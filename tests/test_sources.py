@@ -51,7 +51,7 @@ def test_imagefolder_arrays_equal_decoding_by_hand(tmp_path):
     assert images.shape[1:] == (16, 16, 3)
     for row in index.itertuples():
         c, split, gray = files[row.source]
-        assert row.split == split and row["class"] if False else row.split == split
+        assert row.split == split
         assert row.label == c  # folder names digit_0..digit_2 sort to labels 0..2
         np.testing.assert_array_equal(images[row.index], np.repeat(gray[:, :, None], 3, axis=2))
         assert row.sha1 == hashlib.sha1(images[row.index].tobytes()).hexdigest()
@@ -59,8 +59,7 @@ def test_imagefolder_arrays_equal_decoding_by_hand(tmp_path):
 
 def test_one_tree_gets_a_fixed_stratified_split(tmp_path):
     digits_tree(tmp_path / "data", per_class=8, val=False)
-    for sub in ("train",):
-        (tmp_path / "data" / sub).rename(tmp_path / "flat")
+    (tmp_path / "data" / "train").rename(tmp_path / "flat")  # one tree, no train/val folders
     _, first = run_prepare(spec(tmp_path / "flat"), tmp_path / "a")
     _, second = run_prepare(spec(tmp_path / "flat"), tmp_path / "b")
     assert (first.split == second.split).all()
@@ -77,7 +76,7 @@ def test_draw_split_keeps_given_splits_and_is_seeded():
 
 def test_csv_source(tmp_path):
     files = digits_tree(tmp_path / "data", val=True)
-    rows = [{"path": str(p.relative_to(tmp_path)) if False else p, "label": f"c{c}", "split": s} for p, (c, s, _) in files.items()]
+    rows = [{"path": p, "label": f"c{c}", "split": s} for p, (c, s, _) in files.items()]
     pd.DataFrame(rows).to_csv(tmp_path / "list.csv", index=False)
     images, index = run_prepare(spec(tmp_path / "list.csv", source="csv"), tmp_path / "out")
     assert sorted(index["class"].unique()) == ["c0", "c1", "c2"]

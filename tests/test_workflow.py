@@ -173,3 +173,16 @@ def test_bad_config_stops_before_any_job(tmp_path):
     assert proc.returncode != 0
     assert "invalid config at 'cycles'" in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_a_stage_rerun_by_hand_writes_what_the_workflow_wrote(tiny_run, tmp_path):
+    """`proxyattention mask-and-save ...` on the workflow's files reproduces its outputs exactly."""
+    run = run_dir(tiny_run, "proxy", 0, 1)
+    before = np.load(run / "erased.npz")["images"].copy()
+    (run / "erased.npz").rename(tmp_path / "erased.npz")
+    proc = subprocess.run([sys.executable, "-m", "proxyattention", "mask-and-save", "--config", "config.yaml",
+                           "--dataset", "fm", "--model", "lite0", "--seed", "0", "--arm", "proxy", "--cycle", "1"],
+                          cwd=tiny_run, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    np.testing.assert_array_equal(np.load(run / "erased.npz")["images"], before)

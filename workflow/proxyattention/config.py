@@ -121,7 +121,7 @@ def check_config(config: dict, base: str | os.PathLike = ".") -> None:
 
 
 def is_vit_name(timm_name: str) -> bool:
-    return timm_name.split("_")[0] in {"vit", "deit", "deit3", "beit", "eva", "eva02", "flexivit", "vit"}
+    return timm_name.split("_")[0] in {"vit", "deit", "deit3", "beit", "eva", "eva02", "flexivit"}
 
 
 def cam_method(config: dict, model: str) -> str:
