@@ -272,7 +272,6 @@ def bench_precision(models, size: int, batch: int, repeats: int) -> list[dict]:
     if not torch.cuda.is_available():
         return []
     import timm
-    import torch.nn.functional as F
 
     from proxyattention.runtime import Runtime
     from proxyattention.train import train_one_epoch

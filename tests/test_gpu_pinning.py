@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-import time
 
 
 def test_concurrent_jobs_get_distinct_gpus_and_wait_for_a_free_one(tmp_path):

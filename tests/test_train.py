@@ -1,7 +1,6 @@
 """Tiny real training runs on the demo data (32 px, one epoch)."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

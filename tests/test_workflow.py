@@ -1,10 +1,8 @@
 """The whole DAG on a tiny config, through the Snakemake command line."""
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

@@ -12,7 +12,6 @@ import time
 
 import numpy as np
 import pandas as pd
-import torch
 
 from .atomic import atomic_path, write_csv
 from .cams import auto_target_layer, build_cam, compute_maps

@@ -8,7 +8,6 @@ and the summary says where each run stopped.
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pandas as pd
 

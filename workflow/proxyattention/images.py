@@ -56,13 +56,3 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
         return image
     interpolation = cv2.INTER_AREA if size < min(h, w) else cv2.INTER_LINEAR
     return cv2.resize(image, (size, size), interpolation=interpolation)
-
-
-def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Write an RGB uint8 array as PNG (lossless), atomically."""
-    from .atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        ok = cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-        if not ok:
-            raise OSError(f"OpenCV could not write {path}")

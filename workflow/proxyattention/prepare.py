@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
