@@ -17,9 +17,18 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/aggregate.smk"
 
 
+onstart:
+    start_warm_server()
+
+
 onsuccess:
+    stop_warm_server()
     print(f"\nDone. Summary table: {RESULTS}/summary.csv")
     print(f"Build the report with: snakemake --report {RESULTS}/report.html\n")
+
+
+onerror:
+    stop_warm_server()
 
 
 rule all:

@@ -248,21 +248,62 @@ def bench_imports(repeats: int) -> list[dict]:
     return rows
 
 
-def workflow_overhead(results: Path, wall: float | None, cores: int) -> dict | None:
-    """Wall time of a finished demo run (measured by the caller, e.g. with `time`) against the
-    jobs' own time from Snakemake's benchmark files, and against their pure training time."""
+def run_workflow(config_path: Path, workdir: Path, cores: int, warm_start: bool) -> dict:
+    """Run the whole workflow on ``config_path`` in a fresh ``workdir``; wall time against the jobs'
+    wall times (Snakemake's benchmark files) and the stages' own time (the `stage X took S s` log lines)."""
     import pandas as pd
+    import yaml
 
-    bench_dir = results / "benchmarks"
-    if wall is None or not bench_dir.exists():
-        return None
-    jobs = {p: pd.read_csv(p, sep="\t") for p in bench_dir.rglob("*.tsv")}
-    job_seconds = float(sum(j["s"].iloc[-1] for j in jobs.values()))
-    train_seconds = sum(json.loads(p.read_text())["train_seconds"] for p in (results / "runs").rglob("train_stats.json"))
-    return {"jobs": len(jobs), "cores": cores, "wall_seconds": wall, "sum_job_seconds": job_seconds,
-            "sum_pure_training_seconds": train_seconds,
-            "wall_x_cores_over_job_seconds": wall * cores / job_seconds,
-            "job_seconds_over_pure_training": job_seconds / train_seconds if train_seconds else None}
+    from proxyattention.timing import stage_seconds
+
+    config = yaml.safe_load(config_path.read_text())
+    for dataset in config["datasets"].values():  # the copy runs elsewhere: anchor data paths at the repo
+        dataset["path"] = str((ROOT / dataset["path"]).resolve())
+    config["results"] = "results"
+    config["warm_start"] = warm_start
+    workdir.mkdir(parents=True)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+                           "--cores", str(cores), "--directory", str(workdir), "--configfile", str(workdir / "config.yaml")],
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"the workflow run in {workdir} failed:\n{proc.stderr[-3000:]}")
+    results = workdir / "results"
+    jobs = {p.relative_to(results / "benchmarks").with_suffix(""): float(pd.read_csv(p, sep="\t")["s"].iloc[-1])
+            for p in (results / "benchmarks").rglob("*.tsv")}
+    stages = {p.relative_to(results / "logs").with_suffix(""): stage_seconds(p.read_text())
+              for p in (results / "logs").rglob("*.log") if p.name != "warm_start.log"}
+    overhead = [jobs[k] - stages[k] for k in jobs if k in stages]
+    job_s, stage_s = sum(jobs.values()), sum(stages.values())
+    return {"warm_start": warm_start, "jobs": len(stages), "cores": cores, "wall_s": wall,
+            "sum_job_s": job_s, "sum_stage_s": stage_s,
+            "median_overhead_per_job_s": statistics.median(overhead) if overhead else None,
+            "wall_x_cores_over_stage_s": wall * cores / stage_s}
+
+
+def quick_config(config_path: Path, out: Path) -> Path:
+    """One model, one seed, the finetune only: the smallest run that still goes through Snakemake."""
+    import yaml
+
+    config = yaml.safe_load(config_path.read_text())
+    first = next(iter(config["models"]))
+    config.update(models={first: config["models"][first]}, seeds=[0], cycles=0,
+                  training={**config.get("training", {}), "epochs_finetune": 1})
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "quick_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def bench_workflow(config_path: Path, cores: int) -> list[dict]:
+    """The same workflow cold (a fresh Python per job) and warm (each job a fork of a warm server)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [run_workflow(config_path, Path(tmp) / name, cores, warm)
+                for name, warm in (("cold", False), ("warm", True))]
+    rows[1]["wall_vs_cold"] = rows[1]["wall_s"] / rows[0]["wall_s"]
+    return rows
 
 
 # 6. GPU precision ------------------------------------------------------------------------------
@@ -326,9 +367,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repeat")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default=str(ROOT / "results" / "bench"))
-    parser.add_argument("--results", default=str(ROOT / "results"), help="a finished demo run, for the overhead entry")
-    parser.add_argument("--demo-wall", type=float, help="wall seconds the demo run in --results took")
-    parser.add_argument("--demo-cores", type=int, default=2, help="--cores of that demo run")
+    parser.add_argument("--workflow-config", default=str(ROOT / "config.yaml"),
+                        help="config of the whole-workflow entry (default: the demo); --quick uses a one-cell cut of it")
+    parser.add_argument("--cores", type=int, default=2, help="--cores of the whole-workflow runs")
     args = parser.parse_args(argv)
     repeats = 1 if args.quick else args.repeats
     torch.manual_seed(0)
@@ -350,8 +391,8 @@ def main(argv=None) -> int:
             "imports": bench_imports(3),
             "precision": bench_precision(["resnet18", "efficientnet_lite0", "vit_tiny_patch16_224"], 224, 64, repeats),
         }
-    overhead = workflow_overhead(Path(args.results), args.demo_wall, args.demo_cores)
-    report["workflow"] = [overhead] if overhead else []
+    report["workflow"] = bench_workflow(quick_config(Path(args.workflow_config), Path(args.out)) if args.quick
+                                        else Path(args.workflow_config), args.cores)
     report["machine"] = machine()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -361,7 +402,7 @@ def main(argv=None) -> int:
               "data": "Data: prepared uint8 array vs decoding the source JPEGs each epoch",
               "masking": "Mask-and-save: vectorised vs per-image OpenCV loop",
               "imports": "Import time of each stage's module (fresh process)",
-              "workflow": "Whole demo: wall time x cores vs the sum of the jobs' own time, and jobs vs pure training",
+              "workflow": "Whole workflow: wall time x cores vs the stages' own time, cold and with warm start",
               "precision": "GPU: fp32 vs mixed precision (training step)"}
     md = [f"# Benchmarks\n\nMachine: {report['machine']}. Median of {repeats} repeat(s).\n"]
     for key, title in titles.items():

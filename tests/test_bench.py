@@ -8,12 +8,15 @@ from conftest import ROOT
 
 
 def test_benchmarks_run_and_report(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--out", str(tmp_path),
-                           "--results", str(tmp_path / "none")], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "bench.json").read_text())
     cams = report["cams"][0]
     assert cams["max_abs_diff"] < 1e-4 and cams["fast_img_s"] > 0
     assert report["training"][0]["ratio"] > 0
     assert report["masking"][0]["identical_output"]
+    cold, warm = report["workflow"]
+    assert (cold["warm_start"], warm["warm_start"]) == (False, True)
+    assert cold["jobs"] == warm["jobs"] > 0 and cold["sum_stage_s"] > 0 and warm["wall_x_cores_over_stage_s"] > 0
     assert "## Training" in (tmp_path / "bench.md").read_text()

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from proxyattention.aggregate import mean_ci
+from proxyattention.aggregate import mean_ci, with_shared_finetune
 from proxyattention.cycles import decide
 from proxyattention.evaluate import classification_metrics
 from proxyattention.misclassified import prediction_table, select
@@ -96,6 +96,15 @@ def test_confidence_interval():
     half = stats.t.ppf(0.975, 2) * np.std([0.70, 0.72, 0.74], ddof=1) / np.sqrt(3)
     assert (mean, lo, hi, n) == pytest.approx((0.72, 0.72 - half, 0.72 + half, 3))
     assert np.isnan(mean_ci([0.7])[1])
+
+
+def test_curves_start_at_the_shared_finetune_even_without_cycles():
+    frame = pd.DataFrame({"arm": ["finetune", "proxy", "baseline"], "cycle": [0, 1, 1], "accuracy": [0.5, 0.6, 0.55]})
+    curves = with_shared_finetune(frame)
+    assert sorted(zip(curves.arm, curves.cycle)) == [("baseline", 0), ("baseline", 1), ("proxy", 0), ("proxy", 1)]
+    assert (curves[curves.cycle == 0].accuracy == 0.5).all()
+    finetune_only = with_shared_finetune(frame[frame.cycle == 0])  # cycles: 0
+    assert list(zip(finetune_only.arm, finetune_only.cycle)) == [("finetune", 0)]
 
 
 def test_atomic_writes_leave_nothing_on_failure_and_use_umask(tmp_path):

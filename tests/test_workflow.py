@@ -75,6 +75,11 @@ def test_whole_dag_produces_the_summary_and_figures(tiny_run):
     assert (tiny_run / "results" / "figures" / "examples" / "fm" / "lite0.png").exists()
     assert list((tiny_run / "results" / "logs" / "retrain").rglob("*.log"))
     assert list((tiny_run / "results" / "benchmarks" / "retrain").rglob("*.tsv"))
+    # warm_start is on by default: every script job ran as a fork of the server, and says so in its log
+    logs = list((tiny_run / "results" / "logs").rglob("*.log"))
+    job_logs = [p for p in logs if p.name != "warm_start.log"]
+    assert all("running in a fork of the warm-start server" in p.read_text() for p in job_logs)
+    assert all("stage " in p.read_text() for p in job_logs)
 
 
 @pytest.mark.slow
@@ -184,3 +189,12 @@ def test_a_stage_rerun_by_hand_writes_what_the_workflow_wrote(tiny_run, tmp_path
                           cwd=tiny_run, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     np.testing.assert_array_equal(np.load(run / "erased.npz")["images"], before)
+    # a model stage too: the workflow ran it in a warm-start fork, by hand it runs cold
+    weights = run / "model.safetensors"
+    workflow_bytes = weights.read_bytes()
+    weights.unlink()
+    proc = subprocess.run([sys.executable, "-m", "proxyattention", "retrain", "--config", "config.yaml",
+                           "--dataset", "fm", "--model", "lite0", "--seed", "0", "--arm", "proxy", "--cycle", "1"],
+                          cwd=tiny_run, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert weights.read_bytes() == workflow_bytes

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import read_json, write_csv
+from .timing import timed_stage
 
 METRICS = ["accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro", "top5_accuracy", "val_loss"]
 KEYS = ["dataset", "model", "arm", "seed", "cycle"]  # column order of the summary
@@ -70,8 +71,9 @@ def _arm_order(arm: str) -> int:
 
 
 def with_shared_finetune(frame: pd.DataFrame) -> pd.DataFrame:
-    """Copy each cycle-0 row into every arm, so curves per arm start at the shared finetune."""
-    arms = [a for a in frame.arm.unique() if a != "finetune"]
+    """Copy each cycle-0 row into every arm, so curves per arm start at the shared finetune.
+    With no cycles after the finetune (``cycles: 0``), the finetune rows stay as they are."""
+    arms = [a for a in frame.arm.unique() if a != "finetune"] or ["finetune"]
     zero = frame[frame.cycle == 0]
     copies = [zero.assign(arm=a) for a in arms]
     return pd.concat([frame[frame.cycle > 0], *copies], ignore_index=True)
@@ -116,6 +118,7 @@ def comparison(frame: pd.DataFrame, dataset: str, metric: str = "accuracy") -> p
     return pd.DataFrame(rows)
 
 
+@timed_stage
 def aggregate(cells: list, metrics_paths: list, erased_tables: dict, out_summary, out_tables: dict,
               dataset_infos: dict | None = None) -> None:
     """Write ``summary.csv`` and one comparison table per dataset (``out_tables``: dataset -> path)."""

@@ -19,10 +19,12 @@ from .data import ArraySource, make_loader
 from .models import load_checkpoint
 from .prepare import load_prepared
 from .runtime import select_runtime
+from .timing import timed_stage
 
 log = logging.getLogger(__name__)
 
 
+@timed_stage
 def compute_cams(settings: dict, images_path, index_path, weights, meta, selected_csv, out_cams, out_table,
                  device: str | None = None) -> None:
     """Compute a CAM for each row of ``selected_csv`` explaining its label (or prediction)."""

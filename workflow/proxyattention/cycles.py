@@ -12,6 +12,7 @@ import shutil
 import pandas as pd
 
 from .atomic import atomic_path, read_json, write_csv, write_json
+from .timing import timed_stage
 
 
 def decide(cycle: int, metrics_paths: list, stop_when: dict) -> dict:
@@ -31,6 +32,7 @@ def decide(cycle: int, metrics_paths: list, stop_when: dict) -> dict:
     return {"cycle": cycle, "run": True, "reason": ""}
 
 
+@timed_stage
 def write_decision(cycle: int, metrics_paths: list, stop_when: dict, out) -> None:
     write_json(out, decide(cycle, metrics_paths, stop_when))
 
@@ -39,6 +41,7 @@ def should_run(decision_path) -> bool:
     return bool(read_json(decision_path)["run"])
 
 
+@timed_stage
 def skip_training(init_weights, init_meta, out_weights, out_meta, out_epochs, out_stats, reason: str) -> None:
     """Outputs of a stopped cycle's training: the previous checkpoint, no epochs, zero cost."""
     for src, dst in ((init_weights, out_weights), (init_meta, out_meta)):

@@ -14,6 +14,7 @@ from .inference import cross_entropy, predict_logits
 from .models import load_checkpoint
 from .prepare import load_prepared
 from .runtime import select_runtime
+from .timing import timed_stage
 from .train import validation_source
 
 
@@ -49,6 +50,7 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, n_classes: in
     return out
 
 
+@timed_stage
 def evaluate(settings: dict, images_path, index_path, weights, meta, train_stats, out_metrics,
              decision=None, device: str | None = None) -> None:
     """Evaluate the checkpoint on the validation split; add the training cost from its stats."""

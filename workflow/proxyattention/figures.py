@@ -13,6 +13,7 @@ import pandas as pd  # noqa: E402
 
 from .aggregate import mean_ci, with_shared_finetune  # noqa: E402
 from .atomic import atomic_path, read_json  # noqa: E402
+from .timing import timed_stage  # noqa: E402
 
 ARM_COLOURS = {"baseline": "tab:blue", "proxy": "tab:red", "random_erase": "tab:green", "finetune": "tab:gray"}
 
@@ -103,6 +104,7 @@ def confusion_matrices(cells: list, metrics_paths: list, out_png) -> None:
     _save(fig, out_png)
 
 
+@timed_stage
 def examples(images_path, cams_path, erased_npz, selected_csv, classes_path, out_png, n: int = 6) -> None:
     """Original, CAM overlay and erased image for selected images of the most-confused class pairs."""
     from .artifacts import load_cams, load_erased
@@ -139,6 +141,7 @@ def examples(images_path, cams_path, erased_npz, selected_csv, classes_path, out
     _save(fig, out_png)
 
 
+@timed_stage
 def figures(summary_csv, cells: list, metrics_paths: list, outputs: dict) -> None:
     frame = pd.read_csv(summary_csv, keep_default_na=False, na_values=[""])
     accuracy_by(frame, "cycle", outputs["accuracy_by_cycle"], "cycle")

@@ -16,9 +16,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_dir, atomic_path, read_json, write_csv
 from .artifacts import load_cams
+from .atomic import atomic_dir, atomic_path, read_json, write_csv
 from .prepare import load_prepared
+from .timing import timed_stage
 
 
 def threshold_masks(maps: np.ndarray, mode: str, value: float) -> tuple[np.ndarray, np.ndarray]:
@@ -107,6 +108,7 @@ def _folder_name(label: int, name: str) -> str:
     return f"{label:03d}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}"
 
 
+@timed_stage
 def mask_and_save(settings: dict, images_path, index_path, classes_path, cams_path, out_dir, out_npz, out_table,
                   *, control: str | None = None, seed: int = 0, batch_size: int = 256) -> None:
     """Erase each selected image's top-activated pixels (or, with ``control='random'``,

@@ -9,11 +9,12 @@ import numpy as np
 import pandas as pd
 
 from .atomic import write_csv
+from .data import ArraySource
 from .inference import cross_entropy, predict_logits, softmax
 from .models import load_checkpoint
 from .prepare import load_prepared
 from .runtime import select_runtime
-from .data import ArraySource
+from .timing import timed_stage
 
 
 def prediction_table(logits: np.ndarray, index: pd.DataFrame) -> pd.DataFrame:
@@ -54,6 +55,7 @@ def select(table: pd.DataFrame, rule: str, confidence_below: float = 0.5, max_co
 COLUMNS = ["index", "source", "label", "prediction", "confidence", "true_probability", "loss"]
 
 
+@timed_stage
 def find_misclassified(settings: dict, images_path, index_path, weights, meta, out_predictions, out_selected,
                        run: bool = True, device: str | None = None) -> None:
     """Predict the training images with the checkpoint; write all predictions and the selection.

@@ -20,6 +20,7 @@ import pandas as pd
 from .atomic import atomic_path, write_csv, write_json
 from .images import BadImageError, decode_image, resize, to_rgb
 from .sources import Item, SourceError, list_items
+from .timing import timed_stage
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ def _load(item: Item, size: int) -> np.ndarray:
     return resize(image, size)
 
 
+@timed_stage
 def prepare(dataset: dict, images_path, index_path, classes_path, skipped_path, threads: int = 4) -> None:
     """Decode, convert to RGB and resize every image of ``dataset`` (a config entry) once."""
     items, classes = list_items(dataset)

@@ -5,19 +5,25 @@ from __future__ import annotations
 import logging
 import sys
 
+from .warm import run_in_server
+
 
 def setup(snakemake) -> None:
-    """Send stderr and logging to the rule's log file, pin a local GPU, use the rule's threads."""
+    """Send stderr and logging to the rule's log file, pin a local GPU, hand the job to a warm-start
+    server if one runs (this process then exits with the job's status), use the rule's threads."""
     if snakemake.log:
         stream = open(snakemake.log[0], "a", buffering=1)
         sys.stderr = stream
         sys.stdout = stream
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if snakemake.rule in TORCH_RULES:
-        gpu = pin_local_gpu()
+    torch_rule = snakemake.rule in TORCH_RULES
+    if torch_rule:
+        gpu = pin_local_gpu()  # here, not in the warm-start child: this process holds the lock
         if gpu is not None:
             logging.info("CUDA_VISIBLE_DEVICES=%s (local GPU slot)", gpu)
+    run_in_server()
+    if torch_rule:
         import torch
 
         torch.set_num_threads(max(1, int(snakemake.threads)))

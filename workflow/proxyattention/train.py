@@ -27,6 +27,7 @@ from .inference import cross_entropy, predict_logits
 from .models import create_model, data_config, load_checkpoint, save_checkpoint
 from .prepare import load_prepared
 from .runtime import peak_memory, reset_peak_memory, seed_everything, select_runtime, versions
+from .timing import timed_stage
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ def _fingerprint(*parts) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+@timed_stage
 def train(settings: dict, images_path, index_path, classes_path, out_weights, out_meta, out_epochs, out_stats,
           *, seed: int, init_weights=None, init_meta=None, extra=(), num_workers: int = 0,
           device: str | None = None) -> None:

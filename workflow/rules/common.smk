@@ -8,7 +8,8 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from proxyattention.config import ConfigError, check_config, stage_settings, validate as validate_config
 from proxyattention.report import FIGURE_NAMES as FIGURES
-from proxyattention import layout
+from proxyattention import layout, warm
+from snakemake.logging import logger
 
 try:
     validate_config(config)
@@ -23,6 +24,25 @@ RUN = layout.RUN.replace("{results}", RESULTS)
 LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
 RUN_ID = "{dataset}/{model}/seed{seed}/{arm}/cycle{cycle}"
+
+
+WARM_SERVER = []
+
+
+def start_warm_server():
+    """Local runs: one process imports torch once and forks a child per script job (proxyattention/warm.py)."""
+    if not config["warm_start"] or not workflow.local_exec:
+        return
+    server = warm.start_server(f"{LOGS}/warm_start.log", extra_path=str(Path(workflow.basedir) / "workflow"))
+    if server is None:
+        logger.warning(f"warm start: the server did not start (see {LOGS}/warm_start.log); jobs start cold")
+    else:
+        WARM_SERVER.append(server)
+
+
+def stop_warm_server():
+    while WARM_SERVER:
+        WARM_SERVER.pop().stop()
 
 
 def one_of(names):

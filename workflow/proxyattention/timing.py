@@ -1,0 +1,35 @@
+"""The log line that says how long a stage's own work took (imports and process start excluded).
+
+``bench/run.py`` reads these lines from a finished run's logs to split each job's wall time into
+the stage's own work and the overhead around it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import time
+
+log = logging.getLogger("proxyattention.stage")
+
+PATTERN = re.compile(r"stage (\w+) took ([0-9.]+) s")
+
+
+def timed_stage(fn):
+    """Log ``stage NAME took S s`` when ``fn`` returns (or raises)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            log.info("stage %s took %.3f s", fn.__name__, time.perf_counter() - start)
+
+    return wrapper
+
+
+def stage_seconds(log_text: str) -> float:
+    """Sum of the stage times logged in one log file's text."""
+    return sum(float(seconds) for _, seconds in PATTERN.findall(log_text))
