@@ -80,6 +80,7 @@ def test_whole_dag_produces_the_summary_and_figures(tiny_run):
     job_logs = [p for p in logs if p.name != "warm_start.log"]
     assert all("running in a fork of the warm-start server" in p.read_text() for p in job_logs)
     assert all("stage " in p.read_text() for p in job_logs)
+    assert (summary.peak_memory_kind == "cpu_peak_rss_warm_fork").all()  # not comparable with a cold RSS
 
 
 @pytest.mark.slow

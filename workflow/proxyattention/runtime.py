@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .warm import in_warm_child
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -67,11 +69,16 @@ def reset_peak_memory(runtime: Runtime) -> None:
 
 
 def peak_memory(runtime: Runtime) -> dict:
-    """Peak GPU memory allocated by tensors (CUDA) or the process's peak RSS (CPU), in MiB."""
+    """Peak GPU memory allocated by tensors (CUDA) or the process's peak RSS (CPU), in MiB.
+
+    A warm-start child's RSS leaves out the library pages its server loaded that it never
+    touched, so its CPU figure is smaller than a cold process's; the kind says which it is.
+    """
     if runtime.device.type == "cuda":
         return {"peak_memory_mib": torch.cuda.max_memory_allocated(runtime.device) / 2**20, "peak_memory_kind": "cuda_max_allocated"}
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return {"peak_memory_mib": rss_kib / 1024, "peak_memory_kind": "cpu_peak_rss"}
+    kind = "cpu_peak_rss_warm_fork" if in_warm_child() else "cpu_peak_rss"
+    return {"peak_memory_mib": rss_kib / 1024, "peak_memory_kind": kind}
 
 
 def versions() -> dict:

@@ -42,6 +42,11 @@ log = logging.getLogger(__name__)
 _in_child = False  # set in a forked child, so the script it runs does not delegate again
 
 
+def in_warm_child() -> bool:
+    """Whether this process is a warm-start child (a fork of the server), not a fresh process."""
+    return _in_child
+
+
 # Messages: the job sends one request (a 4-byte length, its three standard fds attached, then JSON);
 # the server answers with JSON lines: {"status": "refused"|"started"|"exited", ...}.
 
