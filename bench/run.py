@@ -5,7 +5,9 @@
 
 Writes results/bench/bench.md and bench.json (or --out). Each entry measures the
 workflow's path and its anchor in the same run, on the same inputs, and reports
-the median over repeats and their ratio. No thresholds: this reports, tests assert.
+the median over repeats and their ratio. The whole-workflow entry runs the demo
+config (--workflow-config) twice in a temporary folder, cold and with warm start,
+about 13 minutes on a 2-core CPU. No thresholds: this reports, tests assert.
 """
 
 from __future__ import annotations
@@ -27,19 +29,31 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "workflow" / "data" / "fashion_mnist_demo"
 
 
+def _timed(fn) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
 def median_time(fn, repeats: int, warmup: int = 1) -> float:
+    return median_times([fn], repeats, warmup)[0]
+
+
+def median_times(fns, repeats: int, warmup: int = 1) -> list[float]:
+    """Median seconds of each of ``fns``, timed in turn within each repeat (A B A B ...), so a slow
+    spell of a shared machine falls on all of them rather than on one."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, out in zip(fns, times):
+            out.append(_timed(fn))
+    return [statistics.median(t) for t in times]
 
 
 def device() -> torch.device:
@@ -77,19 +91,56 @@ def bench_cams(models, sizes, batch: int, repeats: int) -> list[dict]:
                                   **({"reshape_transform": build_cam(model, "gradcam", layer, size).reshape_transform}
                                      if name.startswith("vit") else {}))
             reference = library(input_tensor=x, targets=targets)
-            t_library = median_time(lambda: library(input_tensor=x, targets=targets), repeats)
-            t_forward = median_time(forward, repeats)
+            fast = GapLinearCAM(model) if fast_path_applies(model, "gradcam", layer, size) else None
+            runs = [lambda: library(input_tensor=x, targets=targets), forward]
+            if fast is not None:
+                runs.append(lambda: compute_maps(fast, model, x, classes))
+            t_library, t_forward, *t_fast = median_times(runs, repeats)
             row = {"model": name, "size": size, "batch": batch, "method": "gradcam",
                    "library_img_s": batch / t_library, "forward_only_img_s": batch / t_forward}
-            if fast_path_applies(model, "gradcam", layer, size):
-                fast = GapLinearCAM(model)
+            if fast is not None:
                 maps = compute_maps(fast, model, x, classes)
-                t_fast = median_time(lambda: compute_maps(fast, model, x, classes), repeats)
-                row.update({"fast_img_s": batch / t_fast, "fast_vs_library": t_library / t_fast,
-                            "fast_vs_forward_only": t_forward / t_fast,
+                row.update({"fast_img_s": batch / t_fast[0], "fast_vs_library": t_library / t_fast[0],
+                            "fast_vs_forward_only": t_forward / t_fast[0],
                             "max_abs_diff": float(np.abs(maps - reference).max())})
             library.__exit__(None, None, None)
             rows.append(row)
+    return rows
+
+
+def bench_cam_methods(models, methods, size: int, batch: int, repeats: int) -> list[dict]:
+    """The stage's path for methods without a fast path (build_cam + compute_maps) against calling
+    the library's class directly on the same model, layer, images and classes."""
+    import timm
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from proxyattention.cams import CAM_METHODS, auto_target_layer, build_cam, compute_maps
+
+    rows = []
+    dev = device()
+    for name in models:
+        torch.manual_seed(0)
+        kwargs = {"img_size": size} if name.startswith("vit") else {}
+        model = timm.create_model(name, num_classes=10, **kwargs).eval().to(dev)
+        x = torch.randn(batch, 3, size, size, device=dev)
+        classes = [c % 10 for c in range(batch)]
+        layer = auto_target_layer(model, size)
+        for method in methods:
+            stage = build_cam(model, method, layer, size, fast_path=False, batch_size=batch)
+            library = getattr(pgc, CAM_METHODS[method])(
+                model=model, target_layers=[dict(model.named_modules())[layer]],
+                **({"reshape_transform": stage.reshape_transform} if name.startswith("vit") else {}))
+            targets = [ClassifierOutputTarget(c) for c in classes]
+            reference = library(input_tensor=x, targets=targets)
+            maps = compute_maps(stage, model, x, classes)
+            t_library, t_stage = median_times([lambda: library(input_tensor=x, targets=targets),
+                                               lambda: compute_maps(stage, model, x, classes)], repeats)
+            rows.append({"model": name, "size": size, "batch": batch, "method": method,
+                         "stage_img_s": batch / t_stage, "library_img_s": batch / t_library,
+                         "ratio": t_library / t_stage, "max_abs_diff": float(np.abs(maps - reference).max())})
+            for cam in (stage, library):
+                cam.__exit__(None, None, None)
     return rows
 
 
@@ -141,13 +192,8 @@ def bench_training(model_name: str, size: int, batch: int, n_images: int, repeat
 
     seen_stage = n_images - (n_images % batch if n_images % batch == 1 else 0)
     seen_bare = batch * len(xs)
-    # Interleave so drift of the machine hits both alike.
-    t_stage, t_bare = [], []
-    stage_epoch(); bare_epoch()
-    for _ in range(repeats):
-        t_stage.append(median_time(stage_epoch, 1, warmup=0))
-        t_bare.append(median_time(bare_epoch, 1, warmup=0))
-    stage_ips, bare_ips = seen_stage / statistics.median(t_stage), seen_bare / statistics.median(t_bare)
+    t_stage, t_bare = median_times([stage_epoch, bare_epoch], repeats)
+    stage_ips, bare_ips = seen_stage / t_stage, seen_bare / t_bare
     return {"model": model_name, "size": size, "batch": batch, "device": str(runtime.device),
             "precision": runtime.precision, "stage_img_s": stage_ips, "bare_loop_img_s": bare_ips,
             "ratio": stage_ips / bare_ips}
@@ -190,7 +236,7 @@ def bench_data(n_images: int, size: int, repeats: int, source_size: int = 512) -
                 batch = np.stack([resize(decode_image(f), size) for f in files[start : start + 64]])
                 normalise(augment(batch, rng, True, 4), mean, std)
 
-        t_array, t_files = median_time(from_array, repeats), median_time(from_files, repeats)
+        t_array, t_files = median_times([from_array, from_files], repeats)
     return {"images": n_images, "source": f"{source_size}px JPEG", "size": size, "prepared_img_s": n_images / t_array,
             "decode_each_epoch_img_s": n_images / t_files, "ratio": t_files / t_array}
 
@@ -223,7 +269,7 @@ def bench_masking(n_images: int, size: int, repeats: int) -> dict:
         return np.stack([erase_one(images[i], maps[i], 0.9) for i in range(n_images)])
 
     equal = bool((vectorised() == loop()).all())
-    t_vec, t_loop = median_time(vectorised, repeats), median_time(loop, repeats)
+    t_vec, t_loop = median_times([vectorised, loop], repeats)
     return {"images": n_images, "size": size, "vectorised_img_s": n_images / t_vec,
             "per_image_loop_img_s": n_images / t_loop, "ratio": t_loop / t_vec, "identical_output": equal}
 
@@ -376,6 +422,7 @@ def main(argv=None) -> int:
     if args.quick:
         report = {
             "cams": bench_cams(["resnet18"], [64], 4, repeats),
+            "cam_methods": bench_cam_methods(["resnet18"], ["gradcam++"], 32, 4, repeats),
             "training": [bench_training("resnet18", 32, 16, 32, repeats)],
             "data": [bench_data(16, 32, repeats, source_size=64)],
             "masking": [bench_masking(16, 32, repeats)],
@@ -384,6 +431,9 @@ def main(argv=None) -> int:
     else:
         report = {
             "cams": bench_cams(["resnet18", "efficientnet_lite0", "vit_tiny_patch16_224"], [64, 224], 16, repeats),
+            "cam_methods": bench_cam_methods(["resnet18", "vit_tiny_patch16_224"],
+                                             ["gradcam++", "xgradcam", "hirescam", "layercam", "eigencam"], 64, 16,
+                                             repeats),
             "training": [bench_training("efficientnet_lite0", 64, 50, 500, repeats),
                          bench_training("resnet18", 64, 50, 500, repeats)],
             "data": [bench_data(256, 224, repeats), bench_data(512, 64, repeats, source_size=256)],
@@ -398,6 +448,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(report, indent=2))
     titles = {"cams": "compute-CAMs: fast exact path vs pytorch-grad-cam GradCAM (and forward-only ceiling)",
+              "cam_methods": "compute-CAMs, other methods: the stage's path vs the library's own class",
               "training": "Training: stage loop vs bare timm loop on in-memory tensors",
               "data": "Data: prepared uint8 array vs decoding the source JPEGs each epoch",
               "masking": "Mask-and-save: vectorised vs per-image OpenCV loop",

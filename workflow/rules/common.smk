@@ -31,8 +31,8 @@ WARM_SERVER = []
 
 def start_warm_server():
     """Local runs: one process imports torch once and forks a child per script job (proxyattention/warm.py)."""
-    if not config["warm_start"] or not workflow.local_exec:
-        return
+    if not config["warm_start"] or not workflow.local_exec or workflow.deployment_settings.deployment_method:
+        return  # off for cluster executors, and for --use-conda/--sdm: jobs run another Python
     server = warm.start_server(f"{LOGS}/warm_start.log", extra_path=str(Path(workflow.basedir) / "workflow"))
     if server is None:
         logger.warning(f"warm start: the server did not start (see {LOGS}/warm_start.log); jobs start cold")
