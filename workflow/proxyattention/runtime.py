@@ -87,12 +87,11 @@ def versions() -> dict:
 
     out = {"python": sys.version.split()[0], "torch": torch.__version__, "timm": timm.__version__,
            "numpy": numpy.__version__, "platform": platform.platform()}
-    try:
-        import pytorch_grad_cam  # noqa: F401
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:  # from the installed metadata: importing the library would cost a training job ~3 s
         out["grad_cam"] = version("grad-cam")
-    except Exception:
+    except PackageNotFoundError:
         pass
     if torch.cuda.is_available():
         out["cuda"] = torch.version.cuda
