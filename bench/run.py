@@ -431,9 +431,9 @@ def main(argv=None) -> int:
     else:
         report = {
             "cams": bench_cams(["resnet18", "efficientnet_lite0", "vit_tiny_patch16_224"], [64, 224], 16, repeats),
-            "cam_methods": bench_cam_methods(["resnet18", "vit_tiny_patch16_224"],
-                                             ["gradcam++", "xgradcam", "hirescam", "layercam", "eigencam"], 64, 16,
-                                             repeats),
+            "cam_methods": [row for size in (64, 224) for row in bench_cam_methods(
+                ["resnet18", "efficientnet_lite0", "vit_tiny_patch16_224"],
+                ["gradcam++", "xgradcam", "hirescam", "layercam", "eigencam"], size, 16, repeats)],
             "training": [bench_training("efficientnet_lite0", 64, 50, 500, repeats),
                          bench_training("resnet18", 64, 50, 500, repeats)],
             "data": [bench_data(256, 224, repeats), bench_data(512, 64, repeats, source_size=256)],
