@@ -26,6 +26,11 @@ if mode == "fail":
     raise RuntimeError("stage failed on purpose")
 if mode == "exit":
     sys.exit(3)
+if mode == "loader":  # DataLoader workers are forked from the warm-start child
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+    loader = DataLoader(TensorDataset(torch.arange(64.0)), batch_size=4, num_workers=2, persistent_workers=True)
+    print(json.dumps({{"sum": sum(float(batch[0].sum()) for batch in loader)}}), flush=True)
 if mode == "sleep":
     open(sys.argv[2], "w").write(str(os.getpid()))
     time.sleep(120)
@@ -79,6 +84,13 @@ def test_job_runs_in_a_fork_with_its_own_folder_argv_and_environment(server, tmp
     assert seen["cwd"] == str(tmp_path)
     assert seen["argv"] == [str(tmp_path / "job.py"), "ok"]
     assert seen["marker"] == "from-the-job"
+
+
+def test_dataloader_workers_run_inside_a_warm_child(server, tmp_path):
+    proc = job(tmp_path, "loader")
+    assert proc.returncode == 0, proc.stderr
+    first, second = map(json.loads, proc.stdout.splitlines())
+    assert first["torch_loaded"] and second["sum"] == sum(range(64))
 
 
 def test_exit_status_and_traceback_reach_the_job(server, tmp_path):
