@@ -12,13 +12,22 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "workflow" / "data" / "fashion_mnist_demo"
 
 
+def user_command(*words: str) -> list[str]:
+    """A command as the README writes it, run with this environment's own entry point
+    (``snakemake ...`` is the ``snakemake`` beside this Python, whatever PATH says)."""
+    import sys
+
+    program = Path(sys.executable).parent / words[0]
+    return [str(program) if program.exists() else words[0], *words[1:]]
+
+
 def make_config(**overrides) -> dict:
     """A validated config on the demo data at 32 px with efficientnet_lite0's bundled weights."""
     from proxyattention.config import validate
 
     config = {
         "datasets": {"fm": {"source": "idx", "path": str(DEMO), "image_size": 32}},
-        "models": {"lite0": {"timm_name": "efficientnet_lite0", "weights": "bundled", "batch_size": 50}},
+        "models": {"lite0": {"timm_name": "tf_efficientnet_lite0", "weights": "bundled", "batch_size": 50}},
         "training": {"epochs_finetune": 1, "epochs": 1, "num_workers": 0},
     }
     for key, value in overrides.items():

@@ -104,3 +104,71 @@ def test_fast_path_not_used_when_auto_picks_an_earlier_layer():
     layer = auto_target_layer(model, 32)
     assert layer == "layer3"
     assert not fast_path_applies(model, "gradcam", layer, 32)
+
+
+def stage_settings_for(trained, **proxy):
+    from proxyattention.config import stage_settings
+
+    config = trained["config"]
+    config = {**config, "proxy": {**config["proxy"], **proxy}}
+    return stage_settings(config, "fm", "lite0", 1, "compute_cams")
+
+
+def selected_table(prepared, tmp_path, n=40):
+    import pandas as pd
+
+    index = pd.read_csv(prepared["index"], keep_default_na=False)
+    train = index[index.split == "train"].head(n)
+    table = pd.DataFrame({"index": train["index"], "label": train["label"], "prediction": (train["label"] + 1) % 10})
+    table.to_csv(tmp_path / "selected.csv", index=False)
+    return table
+
+
+def run_compute_cams(settings, prepared, trained, tmp_path):
+    import pandas as pd
+
+    from proxyattention.compute_cams import compute_cams
+
+    compute_cams(settings, prepared["images"], prepared["index"], trained["weights"], trained["meta"],
+                 tmp_path / "selected.csv", tmp_path / "cams.npz", tmp_path / "cams.csv")
+    return pd.read_csv(tmp_path / "cams.csv", keep_default_na=False), np.load(tmp_path / "cams.npz")
+
+
+def test_empty_maps_of_the_label_are_explained_again_for_the_prediction(prepared, trained, tmp_path):
+    """At 32 px the explained layer is tiny and many label maps are empty; explain_prediction
+    recomputes exactly those for the predicted class and says so."""
+    from proxyattention.artifacts import empty_maps
+
+    selected = selected_table(prepared, tmp_path)
+    first, first_npz = run_compute_cams(stage_settings_for(trained), prepared, trained, tmp_path)
+    assert first["empty"].any(), "the test needs some empty maps"
+    assert list(first["empty"]) == list(empty_maps(first_npz["maps"].astype(np.float32)))
+    assert (first["explains"] == "label").all()
+    again, again_npz = run_compute_cams(stage_settings_for(trained, empty_maps="explain_prediction"), prepared,
+                                        trained, tmp_path)
+    redone = again["explains"] == "prediction"
+    assert list(redone) == list(first["empty"])  # exactly the empty ones, all of them wrong predictions here
+    np.testing.assert_array_equal(again.loc[redone, "target"], selected.loc[redone.to_numpy(), "prediction"])
+    np.testing.assert_array_equal(again_npz["maps"][~redone.to_numpy()], first_npz["maps"][~redone.to_numpy()])
+    assert again["empty"].sum() <= first["empty"].sum()
+
+
+def test_an_error_while_loading_images_is_not_swallowed(prepared, trained, tmp_path, monkeypatch):
+    """pytorch-grad-cam's __exit__ prints and swallows an IndexError raised inside `with cam:`;
+    the stage loads images outside it, so the error stops the stage instead of leaving zero maps."""
+    from proxyattention import data
+
+    selected_table(prepared, tmp_path, n=120)
+    real = data.ArraySource.gather
+    calls = []
+
+    def failing(self, indices):
+        calls.append(1)
+        if len(calls) == 2:
+            raise IndexError("simulated failure while loading the second batch")
+        return real(self, indices)
+
+    monkeypatch.setattr(data.ArraySource, "gather", failing)
+    with pytest.raises(IndexError, match="second batch"):
+        run_compute_cams(stage_settings_for(trained, cam_method="gradcam++"), prepared, trained, tmp_path)
+    assert not (tmp_path / "cams.npz").exists()

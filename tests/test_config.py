@@ -17,7 +17,7 @@ def test_defaults_come_from_the_schema():
     assert config["datasets"]["d"]["image_size"] == 224
     assert config["proxy"]["threshold"] == {"mode": "quantile", "value": 0.9}
     assert config["proxy"]["fill"]["mode"] == "black"
-    assert config["arms"] == ["baseline", "proxy", "random_erase"]
+    assert config["arms"] == ["baseline", "duplicate", "proxy", "random_erase"]
 
 
 @pytest.mark.parametrize("mutate, words", [
@@ -26,7 +26,7 @@ def test_defaults_come_from_the_schema():
     (lambda c: c["models"]["m"].update(batch_size="big"), ["models.m.batch_size", "not of type 'integer'"]),
     (lambda c: c.update(proxy={"threshold": {"value": 1.5}}), ["proxy.threshold.value"]),
     (lambda c: c.update(proxy={"threshold": {"value": 0}}), ["proxy.threshold.value"]),
-    (lambda c: c.update(arms=["proxy", "magic"]), ["arms.1", "allowed: baseline, proxy, random_erase"]),
+    (lambda c: c.update(arms=["proxy", "magic"]), ["arms.1", "allowed: baseline, duplicate, proxy, random_erase"]),
     (lambda c: c.update(proxy={"cam_method": "gradcam3"}), ["proxy.cam_method", "allowed: gradcam"]),
 ])
 def test_schema_rejects_with_one_readable_line(mutate, words):
@@ -43,7 +43,7 @@ def test_schema_rejects_with_one_readable_line(mutate, words):
 @pytest.mark.parametrize("mutate, words", [
     (lambda c: c["datasets"]["d"].update(path="/no/such/folder"), ["datasets.d.path", "does not exist"]),
     (lambda c: c["models"]["m"].update(timm_name="resnet_eighteen"), ["models.m.timm_name", "resnet_eighteen"]),
-    (lambda c: c["models"]["m"].update(weights="bundled"), ["models.m.weights", "efficientnet_lite0"]),
+    (lambda c: c["models"]["m"].update(weights="bundled"), ["models.m.weights", "tf_efficientnet_lite0"]),
     (lambda c: c["models"]["m"].update(weights="/no/weights.pth"), ["models.m.weights", "does not exist"]),
     (lambda c: c["models"]["m"].update(timm_name="vit_tiny_patch16_224", cam_method="fullgrad"), ["fullgrad", "ViT"]),
     (lambda c: c.update(training={"epochs": [1]}, cycles=3), ["training.epochs", "one entry per cycle"]),

@@ -1,8 +1,13 @@
 """The conda environment for cluster users asks for what pyproject.toml asks for."""
 
-import tomllib
+import sys
 
 import yaml
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10, which pyproject.toml allows: tomllib's origin
+    import tomli as tomllib
 
 from conftest import ROOT
 

@@ -8,7 +8,7 @@ import pytest
 from proxyattention.masking import erase, mask_and_save, random_masks, threshold_masks
 
 SETTINGS = {"proxy": {"threshold": {"mode": "quantile", "value": 0.9}, "fill": {"mode": "black", "blend_lambda": 0.4},
-                      "random_erase": {"shape": "rectangle"}}}
+                      "random_erase": {"shape": "rectangle"}, "empty_maps": "skip"}}
 
 
 def ramp_maps(n=3, size=20):
@@ -32,11 +32,24 @@ def test_value_mode_counts_pixels_above_the_value():
 def test_topk_area_is_exact_even_with_ties():
     maps = np.zeros((2, 10, 10), np.float32)
     maps[0, :5] = 1.0  # 50 tied maxima
+    maps[1, 3, 3] = 0.5  # one maximum, 99 tied zeros after it
     masks, _ = threshold_masks(maps, "topk_area", 0.9)
     assert (masks.reshape(2, -1).sum(1) == 10).all()
     assert masks[0, :5].sum() == 10  # taken from the highest values
+    assert masks[1, 3, 3]
     quantile_masks, _ = threshold_masks(maps, "quantile", 0.9)
-    assert quantile_masks[0].sum() == 0 and quantile_masks[1].sum() == 0  # ties: nothing strictly above
+    assert quantile_masks[0].sum() == 0  # ties: nothing strictly above
+    assert quantile_masks[1].sum() == 1
+
+
+@pytest.mark.parametrize("mode, value", [("topk_area", 0.9), ("quantile", 0.9), ("value", 0.5), ("topk_area", 0.01)])
+@pytest.mark.parametrize("level", [0.0, 0.7, 1.0])
+def test_a_constant_map_erases_nothing(mode, value, level):
+    """An all-zero (or any constant) map ranks no pixel above another: no erasure in any mode,
+    not the first pixels in memory order."""
+    maps = np.full((2, 12, 12), level, np.float32)
+    masks, _ = threshold_masks(maps, mode, value)
+    assert masks.sum() == 0
 
 
 def test_black_pixels_exactly_where_the_mask_is():
@@ -110,3 +123,65 @@ def test_stage_with_nothing_selected_writes_empty_outputs(prepared, tmp_path):
                   tmp_path / "erased", tmp_path / "erased.npz", tmp_path / "erased.csv", control="random")
     assert len(pd.read_csv(tmp_path / "erased.csv")) == 0
     assert np.load(tmp_path / "erased.npz")["images"].shape == (0, size, size, 3)
+
+
+def run_stage(prepared, tmp_path, maps, rows, empty_maps="skip", control=None):
+    np.savez(tmp_path / "cams.npz", maps=maps.astype(np.float16), index=rows, target=np.zeros(len(rows), np.int64))
+    settings = {"proxy": {**SETTINGS["proxy"], "empty_maps": empty_maps}}
+    mask_and_save(settings, prepared["images"], prepared["index"], prepared["classes"], tmp_path / "cams.npz",
+                  tmp_path / "erased", tmp_path / "erased.npz", tmp_path / "erased.csv", control=control, seed=3)
+    return pd.read_csv(tmp_path / "erased.csv", keep_default_na=False), np.load(tmp_path / "erased.npz")
+
+
+def hand_made_maps(size):
+    """Four maps: a ramp, all zeros (Grad-CAM negative everywhere), a ramp, a constant 0.5."""
+    maps = ramp_maps(n=4, size=size)
+    maps[1] = 0.0
+    maps[3] = 0.5
+    return maps
+
+
+@pytest.mark.parametrize("control", [None, "random", "duplicate"])
+def test_empty_maps_are_left_out_by_default(prepared, tmp_path, control):
+    """No arm adds an unchanged copy of an image whose map was empty; the table counts them."""
+    size = np.load(prepared["images"], mmap_mode="r").shape[1]
+    rows = np.array([3, 10, 42, 77])
+    table, saved = run_stage(prepared, tmp_path, hand_made_maps(size), rows, control=control)
+    assert list(table["index"]) == list(rows)  # one row per selected image
+    assert list(table["empty_map"]) == [False, True, False, True]
+    assert list(table["added"]) == [False if e else True for e in table["empty_map"]]
+    assert list(saved["index"]) == [3, 42] and len(saved["images"]) == 2
+    assert len(list((tmp_path / "erased").rglob("*.png"))) == 2
+    assert (table.loc[table.empty_map, "png"] == "").all()
+    erased = table.loc[table.added, "erased_fraction"]
+    if control == "duplicate":
+        assert (erased == 0).all()
+    else:  # the top 10% of distinct values, at the map's place or elsewhere
+        np.testing.assert_allclose(erased, (size * size - int(np.ceil(0.9 * (size * size - 1)))) / size**2, atol=2 / size**2)
+
+
+def test_duplicate_control_adds_the_same_images_unchanged(prepared, tmp_path):
+    images = np.load(prepared["images"])
+    size = images.shape[1]
+    rows = np.array([3, 10, 42, 77])
+    _, saved = run_stage(prepared, tmp_path, hand_made_maps(size), rows, control="duplicate")
+    np.testing.assert_array_equal(saved["images"], images[[3, 42]])
+    proxy_dir = tmp_path / "proxy"
+    proxy_dir.mkdir()
+    _, proxied = run_stage(prepared, proxy_dir, hand_made_maps(size), rows)
+    np.testing.assert_array_equal(saved["index"], proxied["index"])  # same images as the erasing arm adds
+    assert (saved["images"] != proxied["images"]).any()
+
+
+def test_keep_adds_empty_maps_unchanged_and_says_so(prepared, tmp_path):
+    images = np.load(prepared["images"])
+    rows = np.array([3, 10, 42, 77])
+    table, saved = run_stage(prepared, tmp_path, hand_made_maps(images.shape[1]), rows, empty_maps="keep")
+    assert table["added"].all() and len(saved["images"]) == 4
+    assert list(table["erased_fraction"] == 0) == [False, True, False, True]
+    np.testing.assert_array_equal(saved["images"][1], images[10])
+    from proxyattention.aggregate import added_counts
+
+    counts = added_counts(tmp_path / "erased.csv")
+    assert counts == {"n_selected": 4, "n_empty_maps": 2, "empty_map_fraction": 0.5, "n_added": 4, "n_erased": 2,
+                      "n_added_unchanged": 2, "erased_fraction_mean": pytest.approx(table.erased_fraction[[0, 2]].mean())}

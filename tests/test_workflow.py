@@ -21,9 +21,9 @@ def tiny_config(tmp_path, **overrides):
         "datasets": {"fm": {"source": "idx", "path": str(DEMO), "image_size": 32,
                             "classes": ["top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
                                         "sneaker", "bag", "boot"]}},
-        "models": {"lite0": {"timm_name": "efficientnet_lite0", "weights": "bundled", "batch_size": 100}},
+        "models": {"lite0": {"timm_name": "tf_efficientnet_lite0", "weights": "bundled", "batch_size": 100}},
         "training": {"epochs_finetune": 1, "epochs": 1, "num_workers": 0},
-        "arms": ["baseline", "proxy"],
+        "arms": ["baseline", "duplicate", "proxy"],
         "seeds": [0, 1],
         "cycles": 2,
     }
@@ -57,19 +57,32 @@ def tiny_run(tmp_path_factory):
 @pytest.mark.slow
 def test_whole_dag_produces_the_summary_and_figures(tiny_run):
     summary = pd.read_csv(tiny_run / "results" / "summary.csv")
-    # 2 seeds x (finetune + 2 arms x 2 cycles)
-    assert len(summary) == 2 * (1 + 2 * 2)
+    # 2 seeds x (finetune + 3 arms x 2 cycles)
+    assert len(summary) == 2 * (1 + 3 * 2)
     assert not summary.duplicated(["dataset", "model", "arm", "seed", "cycle"]).any()
     assert summary.accuracy.between(0, 1).all() and summary.ran.all()
     assert (summary.n_skipped_images == 0).all() and (summary.run_dir_mib > 0).all()
-    proxy = summary[summary.arm == "proxy"]
+    proxy, duplicate = summary[summary.arm == "proxy"], summary[summary.arm == "duplicate"]
     assert (proxy.n_erased > 0).all()
-    for row in proxy.itertuples():  # each cycle stores only the images it made
-        erased = np.load(run_dir(tiny_run, "proxy", row.seed, row.cycle) / "erased.npz")
-        assert len(erased["labels"]) == row.n_erased
-    assert (summary[summary.arm == "baseline"].n_erased == 0).all()
+    for arm, rows in (("proxy", proxy), ("duplicate", duplicate)):
+        for row in rows.itertuples():  # each cycle stores only the images it added
+            erased = np.load(run_dir(tiny_run, arm, row.seed, row.cycle) / "erased.npz")
+            assert len(erased["labels"]) == row.n_added == row.n_selected - row.n_empty_maps
+            table = pd.read_csv(run_dir(tiny_run, arm, row.seed, row.cycle) / "erased.csv")
+            assert not table.loc[table.empty_map, "added"].any()  # no empty map joins training by default
+    assert (proxy.n_added_unchanged == 0).all()  # proxy adds no unchanged copy under the name of erasing
+    assert (duplicate.n_erased == 0).all() and (duplicate.n_added == duplicate.n_added_unchanged).all()
+    # cycle 1 starts from the one shared finetune: duplicate adds exactly the images proxy adds, unchanged
+    for seed in (0, 1):
+        dup = np.load(run_dir(tiny_run, "duplicate", seed, 1) / "erased.npz")
+        pro = np.load(run_dir(tiny_run, "proxy", seed, 1) / "erased.npz")
+        np.testing.assert_array_equal(dup["index"], pro["index"])
+        images = np.load(tiny_run / "results" / "prepared" / "fm" / "images.npy")
+        np.testing.assert_array_equal(dup["images"], images[dup["index"]])
+    assert (summary[summary.arm == "baseline"].n_added == 0).all()
     table = pd.read_csv(tiny_run / "results" / "tables" / "fm_comparison.csv")
-    assert {"proxy_mean", "baseline_mean", "proxy_minus_baseline_mean", "proxy_minus_baseline_ci_low"} <= set(table.columns)
+    assert {"proxy_mean", "baseline_mean", "duplicate_mean", "proxy_minus_baseline_mean",
+            "proxy_minus_baseline_ci_low", "proxy_minus_duplicate_mean", "duplicate_minus_baseline_mean"} <= set(table.columns)
     for name in ("accuracy_by_cycle", "accuracy_by_time", "peak_memory", "time_to_target", "confusion_matrices"):
         assert (tiny_run / "results" / "figures" / f"{name}.png").stat().st_size > 1000
         assert (tiny_run / "results" / "figures" / f"{name}.svg").exists()
@@ -141,6 +154,25 @@ def test_deleting_one_output_recomputes_only_its_dependents(tiny_run):
                           "mask_and_save": 1, "retrain": 1, "aggregate": 1, "figures": 1, "all": 1,
                           "total": 10}, downstream
     snakemake(tiny_run)
+
+
+@pytest.mark.slow
+def test_editing_a_later_cycles_epochs_reruns_only_that_cycle(tiny_run):
+    """A stage's params hold only what changes its outputs: more epochs for cycle 2 retrain cycle 2
+    of every arm and what follows it, never the shared finetune or cycle 1."""
+    config = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    original = (tiny_run / "config.yaml").read_text()
+    config["training"]["epochs"] = [1, 2]
+    config["training"]["accumulate"] = True  # the default, written out: not a change
+    (tiny_run / "config.yaml").write_text(yaml.safe_dump(config))
+    try:
+        proc = snakemake(tiny_run, "-n")
+        counts = job_counts(proc)
+        assert counts["retrain"] == 2 * 3, counts  # cycle 2 of 3 arms x 2 seeds
+        assert "finetune" not in counts and "find_misclassified" not in counts and "compute_cams" not in counts
+        assert counts["evaluate"] == 2 * 3
+    finally:
+        (tiny_run / "config.yaml").write_text(original)
 
 
 @pytest.mark.slow

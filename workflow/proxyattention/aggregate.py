@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,8 @@ import pandas as pd
 
 from .atomic import read_json, write_csv
 from .timing import timed_stage
+
+log = logging.getLogger(__name__)
 
 METRICS = ["accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro", "top5_accuracy", "val_loss"]
 KEYS = ["dataset", "model", "arm", "seed", "cycle"]  # column order of the summary
@@ -35,17 +38,7 @@ def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = Non
                                           "stop_reason", "n_val")})
         row["run_dir_mib"] = _folder_mib(Path(path).parent)
         row["n_skipped_images"] = skipped.get(row["dataset"], 0)
-        table = (erased_tables or {}).get(tuple(cell))
-        if table is not None:
-            erased = pd.read_csv(table)
-            row["n_erased"] = len(erased)
-            row["erased_fraction_mean"] = float(erased["erased_fraction"].mean()) if len(erased) else 0.0
-            # Grad-CAM of the true class can be negative everywhere: an all-zero map erases nothing.
-            row["n_erased_nothing"] = int((erased["erased_fraction"] == 0).sum())
-        else:
-            row["n_erased"] = 0
-            row["erased_fraction_mean"] = np.nan
-            row["n_erased_nothing"] = 0
+        row.update(added_counts((erased_tables or {}).get(tuple(cell))))
         rows.append(row)
     frame = pd.DataFrame(rows)[KEYS + [k for k in rows[0] if k not in KEYS]]
     finetune = frame[frame.cycle == 0].set_index(["dataset", "model", "seed"])
@@ -61,13 +54,39 @@ def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = Non
     return frame.sort_values(KEYS, key=lambda s: s.map(_arm_order) if s.name == "arm" else s).reset_index(drop=True)
 
 
+def added_counts(table) -> dict:
+    """What a cycle added to training, from its ``erased.csv`` (None: an arm that adds nothing).
+
+    n_selected: images the selection rule chose; n_empty_maps: of those, maps that were
+    constant (nothing to erase); n_added: images that joined training; n_erased: added with
+    at least one pixel changed; n_added_unchanged: added with none changed (the duplicate
+    arm's, or proxy.empty_maps: keep).
+    """
+    if table is None:
+        return {"n_selected": 0, "n_empty_maps": 0, "empty_map_fraction": np.nan, "n_added": 0, "n_erased": 0,
+                "n_added_unchanged": 0, "erased_fraction_mean": np.nan}
+    erased = pd.read_csv(table, keep_default_na=False)
+    added = erased[erased["added"].astype(bool)]
+    changed = added["erased_fraction"] > 0
+    n = len(erased)
+    return {
+        "n_selected": n,
+        "n_empty_maps": int(erased["empty_map"].astype(bool).sum()),
+        "empty_map_fraction": float(erased["empty_map"].astype(bool).mean()) if n else np.nan,
+        "n_added": len(added),
+        "n_erased": int(changed.sum()),
+        "n_added_unchanged": int((~changed).sum()),
+        "erased_fraction_mean": float(added.loc[changed, "erased_fraction"].mean()) if changed.any() else np.nan,
+    }
+
+
 def _folder_mib(folder: Path) -> float:
     """Disk use of a run folder (checkpoint, maps, erased images), in MiB."""
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
 
 
 def _arm_order(arm: str) -> int:
-    return ["finetune", "baseline", "proxy", "random_erase"].index(arm)
+    return ["finetune", "baseline", "duplicate", "proxy", "random_erase"].index(arm)
 
 
 def with_shared_finetune(frame: pd.DataFrame) -> pd.DataFrame:
@@ -93,6 +112,12 @@ def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, float, int]
     return float(x.mean()), float(x.mean() - half), float(x.mean() + half), n
 
 
+# Paired differences over seeds: every arm against baseline, and proxy against its controls
+# (duplicate: the same images unchanged; random_erase: the same area at a random place).
+COMPARISONS = [("duplicate", "baseline"), ("proxy", "baseline"), ("random_erase", "baseline"),
+               ("proxy", "duplicate"), ("proxy", "random_erase")]
+
+
 def comparison(frame: pd.DataFrame, dataset: str, metric: str = "accuracy") -> pd.DataFrame:
     """Arms side by side at the last cycle, mean and 95% CI over seeds, and paired differences."""
     data = frame[frame.dataset == dataset]
@@ -108,12 +133,12 @@ def comparison(frame: pd.DataFrame, dataset: str, metric: str = "accuracy") -> p
             row[f"{arm}_train_seconds_mean"] = float(per_model[per_model.arm.isin([arm, "finetune"])]
                                                      .groupby("seed").train_seconds.sum().mean())
         by_arm = final.pivot_table(index="seed", columns="arm", values=metric)
-        for other in ("baseline", "random_erase"):
-            if "proxy" in by_arm and other in by_arm:
-                diff = (by_arm["proxy"] - by_arm[other]).dropna()
+        for arm, other in COMPARISONS:
+            if arm in by_arm and other in by_arm:
+                diff = (by_arm[arm] - by_arm[other]).dropna()
                 mean, lo, hi, n = mean_ci(diff)
-                row.update({f"proxy_minus_{other}_mean": mean, f"proxy_minus_{other}_ci_low": lo,
-                            f"proxy_minus_{other}_ci_high": hi, f"proxy_minus_{other}_pairs": n})
+                row.update({f"{arm}_minus_{other}_mean": mean, f"{arm}_minus_{other}_ci_low": lo,
+                            f"{arm}_minus_{other}_ci_high": hi, f"{arm}_minus_{other}_pairs": n})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -123,6 +148,9 @@ def aggregate(cells: list, metrics_paths: list, erased_tables: dict, out_summary
               dataset_infos: dict | None = None) -> None:
     """Write ``summary.csv`` and one comparison table per dataset (``out_tables``: dataset -> path)."""
     frame = summarise(cells, metrics_paths, erased_tables, dataset_infos)
+    for r in frame[frame.empty_map_fraction > 0.5].itertuples():
+        log.warning("%s/%s seed %s %s cycle %s: %d of %d maps were empty (nothing to erase)", r.dataset, r.model,
+                    r.seed, r.arm, r.cycle, r.n_empty_maps, r.n_selected)
     write_csv(out_summary, frame)
     for dataset, path in out_tables.items():
         write_csv(path, comparison(frame, dataset))

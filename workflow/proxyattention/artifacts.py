@@ -5,6 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 
+def empty_maps(maps: np.ndarray) -> np.ndarray:
+    """True for each map (N, H, W) that is constant: nothing in it to threshold or erase."""
+    if not len(maps):
+        return np.zeros(0, dtype=bool)
+    flat = maps.reshape(len(maps), -1)
+    return flat.max(1) <= flat.min(1)
+
+
 def load_cams(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """maps (float32, N x S x S), prepared-array rows and explained classes from ``cams.npz``."""
     with np.load(path, allow_pickle=False) as data:

@@ -67,17 +67,13 @@ def _pool_and_linear(model: torch.nn.Module):
     return pool, linear
 
 
-def _feature_maps(model: torch.nn.Module, image_size: int) -> list[tuple[str, int]]:
-    """(name, h * w) of every module whose output is a 4D map, in execution order,
-    outside the pooling and the head."""
-    order: list[tuple[str, int]] = []
-    hooks = []
-    for name, module in model.named_modules():
-        if not name or name.split(".")[0] in {"global_pool", "head", "fc", "classifier", "head_drop"}:
-            continue
-        hooks.append(module.register_forward_hook(
-            lambda m, i, o, name=name: order.append((name, o.shape[-1] * o.shape[-2]))
-            if isinstance(o, torch.Tensor) and o.ndim == 4 else None))
+def _map_sizes(model: torch.nn.Module, image_size: int, modules) -> list[tuple[str, tuple[int, int]]]:
+    """(name, (h, w)) of each of ``modules`` (name, module) whose output is a 4D map, in execution
+    order, from one forward pass of a blank image in eval mode."""
+    order: list[tuple[str, tuple[int, int]]] = []
+    hooks = [module.register_forward_hook(
+        lambda m, i, o, name=name: order.append((name, tuple(o.shape[-2:])))
+        if isinstance(o, torch.Tensor) and o.ndim == 4 else None) for name, module in modules]
     try:
         was_training = model.training
         model.eval()
@@ -87,6 +83,15 @@ def _feature_maps(model: torch.nn.Module, image_size: int) -> list[tuple[str, in
     finally:
         for h in hooks:
             h.remove()
+    return order
+
+
+def _feature_maps(model: torch.nn.Module, image_size: int) -> list[tuple[str, int]]:
+    """(name, h * w) of every module whose output is a 4D map, in execution order,
+    outside the pooling and the head."""
+    modules = [(name, module) for name, module in model.named_modules()
+               if name and name.split(".")[0] not in {"global_pool", "head", "fc", "classifier", "head_drop"}]
+    order = [(name, h * w) for name, (h, w) in _map_sizes(model, image_size, modules)]
     if not order:
         raise CamError(f"{type(model).__name__}: no 4D feature map found; name target_layer in the config")
     return order
@@ -111,6 +116,17 @@ def auto_target_layer(model: torch.nn.Module, image_size: int) -> str:
     order = _feature_maps(model, image_size)
     spatial = [name for name, area in order if area > 1]
     return (spatial or [name for name, _ in order])[-1]
+
+
+def explained_grid(model: torch.nn.Module, layer_name: str, image_size: int) -> tuple[int, int]:
+    """(h, w) of the map a CAM at ``layer_name`` is made from, at ``image_size``: the patch grid for
+    a ViT, else the layer's output size."""
+    if is_vit(model):
+        return tuple(model.patch_embed.grid_size)
+    sizes = _map_sizes(model, image_size, [(layer_name, get_layer(model, layer_name))])
+    if not sizes:
+        raise CamError(f"target_layer '{layer_name}' gives no 4D feature map; choose a convolutional layer")
+    return sizes[-1][1]
 
 
 def get_layer(model: torch.nn.Module, name: str) -> torch.nn.Module:

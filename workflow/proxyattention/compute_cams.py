@@ -13,8 +13,9 @@ import time
 import numpy as np
 import pandas as pd
 
+from .artifacts import empty_maps
 from .atomic import atomic_path, write_csv
-from .cams import auto_target_layer, build_cam, compute_maps
+from .cams import CamError, auto_target_layer, build_cam, compute_maps
 from .data import ArraySource, make_loader
 from .models import load_checkpoint
 from .prepare import load_prepared
@@ -24,17 +25,44 @@ from .timing import timed_stage
 log = logging.getLogger(__name__)
 
 
+def release(cam) -> None:
+    """Remove the library's hooks: what ``with cam:`` does on exit, without its ``__exit__``,
+    which prints and swallows an IndexError raised inside the block."""
+    hooks = getattr(cam, "activations_and_grads", None)
+    if hooks is not None:
+        hooks.release()
+
+
+def explain(cam, model, runtime, images, rows: np.ndarray, classes: np.ndarray, mean, std, batch_size: int,
+            out: np.ndarray) -> None:
+    """Write the float16 map of each (row, class) into ``out``; every row gets its map or this raises."""
+    loader, _ = make_loader(ArraySource([(images, rows, classes)]), mean, std, batch_size)
+    start = 0
+    for x, targets in loader:  # data loading outside the library's code: its errors surface as they are
+        batch = compute_maps(cam, model, runtime.to_device(x), targets.tolist())
+        out[start : start + len(batch)] = batch.astype(np.float16)
+        start += len(batch)
+    if start != len(rows):
+        raise CamError(f"computed {start} maps for {len(rows)} selected images; no map may be left out")
+
+
 @timed_stage
 def compute_cams(settings: dict, images_path, index_path, weights, meta, selected_csv, out_cams, out_table,
                  device: str | None = None) -> None:
-    """Compute a CAM for each row of ``selected_csv`` explaining its label (or prediction)."""
+    """Compute a CAM for each row of ``selected_csv`` explaining its label (or prediction).
+
+    ``proxy.empty_maps: explain_prediction`` explains the predicted class where the label's
+    map is empty. ``cams.csv`` says which class each map explains and whether it is empty.
+    """
     proxy, mset = settings["proxy"], settings["model"]
     selected = pd.read_csv(selected_csv, keep_default_na=False)
     images, _ = load_prepared(images_path, index_path)
     size = images.shape[1]
     target_column = "label" if proxy["target"] == "label" else "prediction"
-    targets = selected[target_column].to_numpy(dtype=np.int64) if len(selected) else np.zeros(0, np.int64)
+    targets = selected[target_column].to_numpy(dtype=np.int64, copy=True) if len(selected) else np.zeros(0, np.int64)
+    predictions = selected["prediction"].to_numpy(dtype=np.int64) if len(selected) else np.zeros(0, np.int64)
     rows = selected["index"].to_numpy(dtype=np.int64) if len(selected) else np.zeros(0, np.int64)
+    explained = np.full(len(rows), target_column, dtype=object)
 
     runtime = select_runtime("fp32", False, device)  # gradients of CAMs in full precision
     model, info = load_checkpoint(weights, meta)
@@ -48,18 +76,29 @@ def compute_cams(settings: dict, images_path, index_path, weights, meta, selecte
     if len(rows):
         cam = build_cam(model, proxy["cam_method"], layer, size, proxy["fast_path"], mset["batch_size"])
         name = type(cam).__name__
-        loader, _ = make_loader(ArraySource([(images, rows, targets)]), info["mean"], info["std"], mset["batch_size"])
-        start = 0
-        with cam:
-            for x, classes in loader:
-                batch = compute_maps(cam, model, runtime.to_device(x), classes.tolist())
-                maps[start : start + len(batch)] = batch.astype(np.float16)
-                start += len(batch)
+        try:
+            explain(cam, model, runtime, images, rows, targets, info["mean"], info["std"], mset["batch_size"], maps)
+            redo = np.flatnonzero(empty_maps(maps) & (targets != predictions))
+            if proxy["empty_maps"] == "explain_prediction" and len(redo):
+                again = np.zeros((len(redo), size, size), dtype=np.float16)
+                explain(cam, model, runtime, images, rows[redo], predictions[redo], info["mean"], info["std"],
+                        mset["batch_size"], again)
+                maps[redo], targets[redo], explained[redo] = again, predictions[redo], "prediction"
+                log.info("%d empty maps of the %s explained again for the predicted class", len(redo), target_column)
+        finally:
+            release(cam)
     seconds = time.perf_counter() - t0
-    log.info("%d maps with %s at %s in %.2f s", len(rows), name, layer, seconds)
+    empty = empty_maps(maps)
+    log.info("%d maps with %s at %s in %.2f s; %d empty", len(rows), name, layer, seconds, int(empty.sum()))
+    if len(rows) and empty.mean() > 0.5:
+        log.warning("%d of %d maps are empty (constant): nothing to erase in them (proxy.empty_maps: %s). "
+                    "A target layer whose map is tiny at this image size, or explaining the true class of wrong "
+                    "predictions, does this; see target_layer, proxy.target and proxy.empty_maps",
+                    int(empty.sum()), len(rows), proxy["empty_maps"])
     with atomic_path(out_cams) as tmp:
         np.savez(tmp, maps=maps, index=rows, target=targets)
     write_csv(out_table, pd.DataFrame({
-        "position": np.arange(len(rows)), "index": rows, "target": targets,
-        "method": proxy["cam_method"], "implementation": name, "layer": layer, "seconds_total": seconds,
+        "position": np.arange(len(rows)), "index": rows, "target": targets, "explains": explained,
+        "empty": empty, "method": proxy["cam_method"], "implementation": name, "layer": layer,
+        "seconds_total": seconds,
     }))

@@ -87,6 +87,8 @@ def check_config(config: dict, base: str | os.PathLike = ".") -> None:
     """Checks the schema cannot express; raise ConfigError naming the key."""
     import timm
 
+    from .models import BUNDLED
+
     for name, ds in config["datasets"].items():
         if not Path(base, ds["path"]).exists():
             raise ConfigError(
@@ -99,9 +101,12 @@ def check_config(config: dict, base: str | os.PathLike = ".") -> None:
             hint = f"; similar names: {', '.join(close)}" if close else ""
             raise ConfigError(f"models.{name}.timm_name: timm has no model '{model['timm_name']}'{hint}")
         weights = model["weights"]
-        if weights == "bundled" and model["timm_name"] != "efficientnet_lite0":
+        if weights == "bundled" and model["timm_name"] not in BUNDLED:
+            hint = (" (the bundled file is a TensorFlow port: SAME padding, BatchNorm eps 1e-3, inputs in [-1, 1];"
+                    " set timm_name: tf_efficientnet_lite0)") if model["timm_name"] == "efficientnet_lite0" else ""
             raise ConfigError(
-                f"models.{name}.weights: 'bundled' weights exist only for efficientnet_lite0; use hub, none or a file path"
+                f"models.{name}.weights: 'bundled' weights exist only for timm's {', '.join(BUNDLED)}{hint}; "
+                "use hub, none or a file path"
             )
         if weights not in ("hub", "none", "bundled") and not Path(base, weights).exists():
             raise ConfigError(f"models.{name}.weights: file {weights} does not exist; use hub, none, bundled or an existing file")
@@ -118,6 +123,34 @@ def check_config(config: dict, base: str | os.PathLike = ".") -> None:
         raise ConfigError(
             f"training.epochs: a list of {len(epochs)} entries but cycles is {config['cycles']}; give one entry per cycle"
         )
+
+
+def cam_grid_warnings(config: dict) -> list[str]:
+    """One message per (model, dataset) whose explained layer gives a map of 2 x 2 cells or fewer at the
+    dataset's image size: such maps are coarse or, often, empty (nothing to erase). Builds each
+    model once without weights; empty when no arm explains anything."""
+    from .layout import ERASING_ARMS
+
+    if not set(config["arms"]) & set(ERASING_ARMS) or config["cycles"] < 1:
+        return []
+    import timm
+
+    from .cams import auto_target_layer, explained_grid
+
+    messages = []
+    for name, spec in config["models"].items():
+        for dataset, ds in config["datasets"].items():
+            size = ds["image_size"]
+            kwargs = {"img_size": size} if is_vit_name(spec["timm_name"]) else {}
+            model = timm.create_model(spec["timm_name"], pretrained=False, num_classes=2, **kwargs).eval()
+            layer = spec["target_layer"] if spec["target_layer"] != "auto" else auto_target_layer(model, size)
+            h, w = explained_grid(model, layer, size)
+            if h * w <= 4:
+                messages.append(
+                    f"models.{name}: CAMs of {dataset} at {size} px come from a {h}x{w} map (layer {layer}); "
+                    f"many will be empty or coarse. Raise datasets.{dataset}.image_size or set "
+                    f"models.{name}.target_layer to an earlier layer")
+    return messages
 
 
 def is_vit_name(timm_name: str) -> bool:
@@ -139,14 +172,19 @@ def epochs_for(config: dict, cycle: int) -> int:
 
 # What each stage reads from the config. Snakemake reruns a job when its params
 # change, so a stage gets only what changes its outputs: choosing another CAM
-# method must not retrain the finetune. Settings that change speed but not
-# results (threads, DataLoader workers) are passed outside the settings.
+# method must not retrain the finetune, and editing the epochs of cycle 4 must not
+# retrain cycle 1. Settings that change speed but not results (threads, DataLoader
+# workers) are passed outside the settings; what only chooses inputs (accumulate,
+# retrain_from) shows in the job's input files instead.
+TRAIN_MODEL_KEYS = ("timm_name", "weights", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "schedule")
 STAGE_SECTIONS = {
-    "train": ("model", "training"),
-    "find_misclassified": ("model", "training", "proxy.selection"),
-    "compute_cams": ("model", "proxy.cam_method", "proxy.fast_path", "proxy.target"),
-    "mask_and_save": ("proxy.threshold", "proxy.fill", "proxy.random_erase"),
-    "evaluate": ("model", "training"),
+    "train": tuple(f"model.{k}" for k in TRAIN_MODEL_KEYS)
+    + ("training.augment", "training.precision", "training.channels_last"),
+    "find_misclassified": ("model.batch_size", "training.precision", "training.channels_last", "proxy.selection"),
+    "compute_cams": ("model.batch_size", "model.target_layer", "proxy.cam_method", "proxy.fast_path", "proxy.target",
+                     "proxy.empty_maps"),
+    "mask_and_save": ("proxy.threshold", "proxy.fill", "proxy.random_erase", "proxy.empty_maps"),
+    "evaluate": ("model.batch_size", "training.precision", "training.channels_last"),
 }
 SPEED_ONLY = {"training": ("threads", "num_workers")}
 

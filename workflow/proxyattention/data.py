@@ -4,8 +4,10 @@ A batch is gathered from memory-mapped arrays with one fancy-indexing call per
 source, augmented (random crop after padding, horizontal flip) and normalised
 in numpy inside the worker, so the training process only moves a ready float
 tensor to the device. Every random choice comes from a generator seeded by
-(seed, epoch, batch), so results do not depend on the number of workers and a
-resumed run draws exactly what an uninterrupted one would.
+(seed, cycle, epoch, batch), so results do not depend on the number of workers, a
+resumed run draws exactly what an uninterrupted one would, each cycle draws a
+fresh stream, and every arm draws the same stream within a cycle (common random
+numbers keep paired differences between arms tight).
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ class ArraySource:
         return images, labels
 
 
+def stream_key(seed) -> tuple[int, ...]:
+    """The random stream of a training job: ``seed`` or a tuple such as (seed, cycle)."""
+    return tuple(int(s) for s in seed) if isinstance(seed, (tuple, list)) else (int(seed),)
+
+
 def augment(images: np.ndarray, rng: np.random.Generator, hflip: bool, crop_padding: int) -> np.ndarray:
     """Random crop after zero padding and random horizontal flip, per image, on a uint8 batch."""
     b, h, w, _ = images.shape
@@ -81,8 +88,8 @@ def normalise(images: np.ndarray, mean, std) -> torch.Tensor:
 class BatchDataset(Dataset):
     """Map-style dataset whose items are whole batches: ``dataset[(epoch, batch, indices)]``."""
 
-    def __init__(self, source: ArraySource, mean, std, seed: int, train: bool, hflip=False, crop_padding=0):
-        self.source, self.mean, self.std, self.seed = source, mean, std, seed
+    def __init__(self, source: ArraySource, mean, std, seed, train: bool, hflip=False, crop_padding=0):
+        self.source, self.mean, self.std, self.seed = source, mean, std, stream_key(seed)
         self.train, self.hflip, self.crop_padding = train, hflip, crop_padding
 
     def __len__(self) -> int:
@@ -92,7 +99,7 @@ class BatchDataset(Dataset):
         epoch, batch, indices = key
         images, labels = self.source.gather(indices)
         if self.train:
-            rng = np.random.default_rng((self.seed, epoch, batch))
+            rng = np.random.default_rng((*self.seed, epoch, batch))
             images = augment(images, rng, self.hflip, self.crop_padding)
         return normalise(images, self.mean, self.std), torch.from_numpy(labels)
 
@@ -100,8 +107,9 @@ class BatchDataset(Dataset):
 class EpochBatches(torch.utils.data.Sampler):
     """Yields (epoch, batch, indices): a fresh permutation per epoch when shuffling."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool, drop_last: bool = False):
-        self.n, self.batch_size, self.seed, self.shuffle, self.drop_last = n, batch_size, seed, shuffle, drop_last
+    def __init__(self, n: int, batch_size: int, seed, shuffle: bool, drop_last: bool = False):
+        self.n, self.batch_size, self.shuffle, self.drop_last = n, batch_size, shuffle, drop_last
+        self.seed = stream_key(seed)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -111,12 +119,12 @@ class EpochBatches(torch.utils.data.Sampler):
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
 
     def __iter__(self):
-        order = np.random.default_rng((self.seed, self.epoch, 7)).permutation(self.n) if self.shuffle else np.arange(self.n)
+        order = np.random.default_rng((*self.seed, self.epoch, 7)).permutation(self.n) if self.shuffle else np.arange(self.n)
         for b in range(len(self)):
             yield self.epoch, b, order[b * self.batch_size : (b + 1) * self.batch_size]
 
 
-def make_loader(source: ArraySource, mean, std, batch_size: int, seed: int = 0, train: bool = False,
+def make_loader(source: ArraySource, mean, std, batch_size: int, seed=0, train: bool = False,
                 hflip: bool = False, crop_padding: int = 0, num_workers: int = 0, pin_memory: bool = False):
     """A DataLoader over ``source`` and its sampler (call ``sampler.set_epoch`` each epoch)."""
     dataset = BatchDataset(source, mean, std, seed, train, hflip, crop_padding)

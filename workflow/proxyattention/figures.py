@@ -15,7 +15,8 @@ from .aggregate import mean_ci, with_shared_finetune  # noqa: E402
 from .atomic import atomic_path, read_json  # noqa: E402
 from .timing import timed_stage  # noqa: E402
 
-ARM_COLOURS = {"baseline": "tab:blue", "proxy": "tab:red", "random_erase": "tab:green", "finetune": "tab:gray"}
+ARM_COLOURS = {"baseline": "tab:blue", "duplicate": "tab:orange", "proxy": "tab:red", "random_erase": "tab:green",
+               "finetune": "tab:gray"}
 
 
 def _save(fig, png_path) -> None:
@@ -112,7 +113,8 @@ def examples(images_path, cams_path, erased_npz, selected_csv, classes_path, out
     images = np.load(images_path, mmap_mode="r")
     classes = read_json(classes_path)["classes"]
     maps, rows, _ = load_cams(cams_path)
-    erased, _, _ = load_erased(erased_npz)
+    erased, _, erased_rows = load_erased(erased_npz)
+    erased_of = {int(r): image for r, image in zip(erased_rows, erased)}  # only images that joined training
     selected = pd.read_csv(selected_csv)
     fig, axes = plt.subplots(3, max(1, min(n, len(rows))), figsize=(2.0 * max(1, min(n, len(rows))), 6.4), squeeze=False)
     if len(rows) == 0:
@@ -121,10 +123,11 @@ def examples(images_path, cams_path, erased_npz, selected_csv, classes_path, out
             ax.axis("off")
         _save(fig, out_png)
         return
+    # one image of each confusion in turn (most frequent first), so the grid spreads over classes
     pairs = selected.groupby(["label", "prediction"]).size().sort_values(ascending=False)
-    order = []
-    for (label, pred), _ in pairs.items():
-        order += list(selected.index[(selected.label == label) & (selected.prediction == pred)])
+    queues = [list(selected.index[(selected.label == label) & (selected.prediction == pred)])
+              for (label, pred), _ in pairs.items()]
+    order = [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
     for col, pos in enumerate(order[:n]):
         row = selected.loc[pos]
         original = images[int(row["index"])]
@@ -132,7 +135,11 @@ def examples(images_path, cams_path, erased_npz, selected_csv, classes_path, out
         axes[0, col].set_title(f"{classes[int(row.label)]}\nas {classes[int(row.prediction)]}", fontsize=7)
         axes[1, col].imshow(original)
         axes[1, col].imshow(maps[pos], cmap="jet", alpha=0.45, vmin=0, vmax=1)
-        axes[2, col].imshow(erased[pos])
+        if int(row["index"]) in erased_of:
+            axes[2, col].imshow(erased_of[int(row["index"])])
+        else:
+            axes[2, col].imshow(original, alpha=0.3)
+            axes[2, col].set_title("empty map:\nnot added", fontsize=7)
     for ax, label in zip(axes[:, 0], ["original", "CAM", "erased"]):
         ax.set_ylabel(label)
     for ax in axes.ravel():

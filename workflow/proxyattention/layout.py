@@ -7,7 +7,10 @@ functions; the ``proxyattention`` command line uses them to run one stage by han
 from __future__ import annotations
 
 FINETUNE = "finetune"
-ERASING_ARMS = ("proxy", "random_erase")
+ARMS = ("baseline", "duplicate", "proxy", "random_erase")
+# Arms that add the selected images of each cycle to training: erased where the model
+# looks (proxy), erased at a random place (random_erase), or unchanged (duplicate).
+ERASING_ARMS = ("duplicate", "proxy", "random_erase")
 
 PREPARED = "{results}/prepared/{dataset}"
 RUN = "{results}/runs/{dataset}/{model}/seed{seed}/{arm}/cycle{cycle}"
@@ -54,11 +57,22 @@ def grid(config: dict) -> list[tuple]:
     return cells
 
 
+def describe_grid(config: dict, configfiles=()) -> str:
+    """One line saying what a run will compute: datasets x models x arms x seeds x cycles."""
+    parts = [(key, list(config[key])) for key in ("datasets", "models", "arms", "seeds")]
+    text = " x ".join(f"{len(v)} {k if len(v) != 1 else k[:-1]} ({', '.join(map(str, v))})" for k, v in parts)
+    n = len(config["datasets"]) * len(config["models"]) * len(config["seeds"])
+    source = f" from {', '.join(map(str, configfiles))}" if configfiles else ""
+    return (f"proxyattention grid{source}: {text} x {config['cycles']} cycles = "
+            f"{n * len(config['arms']) * config['cycles']} arm-cycles after {n} shared finetunes; "
+            f"results in {config['results']}/")
+
+
 def mask_seed(seed, cycle) -> int:
     """Seed of a cycle's random draws in mask-and-save: distinct per seed and cycle."""
     return int(seed) * 1000 + int(cycle)
 
 
 def erase_control(arm: str) -> str | None:
-    """The random_erase arm erases the same area at a random place."""
-    return "random" if arm == "random_erase" else None
+    """The random_erase arm erases the same area at a random place; duplicate erases nothing."""
+    return {"random_erase": "random", "duplicate": "duplicate"}.get(arm)

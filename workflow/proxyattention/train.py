@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .atomic import atomic_path, read_json, write_csv, write_json
 from .data import ArraySource, make_loader
 from .inference import cross_entropy, predict_logits
-from .models import create_model, data_config, load_checkpoint, save_checkpoint
+from .models import create_model, data_config, load_checkpoint, save_checkpoint, weights_source
 from .prepare import load_prepared
 from .runtime import peak_memory, reset_peak_memory, seed_everything, select_runtime, versions
 from .timing import timed_stage
@@ -133,7 +133,9 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
     epochs = settings["epochs"]
     names = settings.get("names", {})
     runtime = select_runtime(tset["precision"], tset["channels_last"], device)
-    seed_everything(seed)
+    # One random stream per (seed, cycle): fresh each cycle, shared by every arm of a cycle.
+    stream = (int(seed), int(settings.get("cycle", 0)))
+    seed_everything(int(np.random.SeedSequence(stream).generate_state(1)[0]))
     torch.use_deterministic_algorithms(runtime.device.type == "cpu", warn_only=True)
 
     images, index = load_prepared(images_path, index_path)
@@ -145,12 +147,14 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
         model, meta = load_checkpoint(init_weights, init_meta)
     else:
         model = create_model(mset["timm_name"], mset["weights"], len(info["classes"]), info["image_size"])
-        meta = {"timm_name": mset["timm_name"], "classes": info["classes"], "image_size": info["image_size"], **data_config(model)}
+        meta = {"timm_name": mset["timm_name"], "classes": info["classes"], "image_size": info["image_size"],
+                "pretrained": weights_source(mset["timm_name"], mset["weights"]),
+                **data_config(model, mset["timm_name"], mset["weights"])}
     model = runtime.prepare_model(model)
     mean, std = meta["mean"], meta["std"]
 
     loader, sampler = make_loader(
-        source, mean, std, mset["batch_size"], seed=seed, train=True, hflip=tset["augment"]["hflip"],
+        source, mean, std, mset["batch_size"], seed=stream, train=True, hflip=tset["augment"]["hflip"],
         crop_padding=tset["augment"]["crop_padding"], num_workers=num_workers,
         pin_memory=runtime.device.type == "cuda",
     )

@@ -1,12 +1,19 @@
 # Snakemake patterns and input functions of the workflow. The folder layout itself
 # lives in proxyattention/layout.py, shared with the command line.
+import os
 import re
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
-from proxyattention.config import ConfigError, check_config, stage_settings, validate as validate_config
+from proxyattention.config import (
+    ConfigError,
+    cam_grid_warnings,
+    check_config,
+    stage_settings,
+    validate as validate_config,
+)
 from proxyattention.report import FIGURE_NAMES as FIGURES
 from proxyattention import layout, warm
 from snakemake.logging import logger
@@ -17,6 +24,18 @@ try:
 except ConfigError as err:
     raise WorkflowError(f"{err}\n(config file: {', '.join(map(str, workflow.configfiles)) or 'none'})")
 
+
+if workflow.is_main_process:
+    logger.info(layout.describe_grid(config, workflow.configfiles))
+    for message in cam_grid_warnings(config):
+        logger.warning(f"warning: {message}")
+
+# profiles/slurm reads these as "$VAR" (Snakemake expands environment variables in resource
+# values when it evaluates them). An unset variable would stay the literal "$VAR" and reach
+# sbatch; set to empty it is left out of the sbatch call.
+for variable, default in (("PA_SLURM_ACCOUNT", ""), ("PA_SLURM_PARTITION", ""), ("PA_SLURM_GPU_MODEL", ""),
+                          ("PA_SLURM_GPUS", "1")):
+    os.environ.setdefault(variable, default)
 
 RESULTS = config["results"]
 PREPARED = layout.PREPARED.replace("{results}", RESULTS)
@@ -53,7 +72,7 @@ def one_of(names):
 wildcard_constraints:
     dataset=one_of(config["datasets"]),
     model=one_of(config["models"]),
-    arm="finetune|baseline|proxy|random_erase",
+    arm=f"finetune|{one_of(layout.ARMS)}",
     seed=r"\d+",
     cycle=r"\d+",
 

@@ -14,6 +14,8 @@ rule evaluate:
     benchmark:
         bench_file("evaluate")
     threads: 1
+    resources:
+        gpu=1,  # a local GPU slot (profiles/default); GPUs per SLURM job: profiles/slurm
     conda:
         "../../envs/proxyattention.yaml"
     script:

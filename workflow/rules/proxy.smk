@@ -10,7 +10,7 @@ rule find_misclassified:
         predictions=run_file("predictions.csv"),
         selected=run_file("selected.csv"),
     wildcard_constraints:
-        arm="proxy|random_erase",
+        arm=one_of(layout.ERASING_ARMS),
     params:
         settings=settings_for("find_misclassified"),
     log:
@@ -18,6 +18,8 @@ rule find_misclassified:
     benchmark:
         bench_file("find_misclassified")
     threads: 1
+    resources:
+        gpu=1,  # a local GPU slot (profiles/default); GPUs per SLURM job: profiles/slurm
     conda:
         "../../envs/proxyattention.yaml"
     script:
@@ -33,7 +35,7 @@ rule compute_cams:
         cams=run_file("cams.npz"),
         table=run_file("cams.csv"),
     wildcard_constraints:
-        arm="proxy|random_erase",
+        arm=one_of(layout.ERASING_ARMS),
     params:
         settings=settings_for("compute_cams"),
     log:
@@ -41,6 +43,8 @@ rule compute_cams:
     benchmark:
         bench_file("compute_cams")
     threads: 1
+    resources:
+        gpu=1,  # a local GPU slot (profiles/default); GPUs per SLURM job: profiles/slurm
     conda:
         "../../envs/proxyattention.yaml"
     script:
@@ -56,7 +60,7 @@ rule mask_and_save:
         npz=run_file("erased.npz"),
         table=run_file("erased.csv"),
     wildcard_constraints:
-        arm="proxy|random_erase",
+        arm=one_of(layout.ERASING_ARMS),
     params:
         settings=settings_for("mask_and_save"),
         control=erase_control,

@@ -21,6 +21,8 @@ rule finetune:
     benchmark:
         bench_file("finetune")
     threads: config["training"]["threads"]
+    resources:
+        gpu=1,  # a local GPU slot (profiles/default); GPUs per SLURM job: profiles/slurm
     conda:
         "../../envs/proxyattention.yaml"
     script:
@@ -37,7 +39,7 @@ rule retrain:
     output:
         **TRAIN_OUTPUTS,
     wildcard_constraints:
-        arm="baseline|proxy|random_erase",
+        arm=one_of(layout.ARMS),
     params:
         settings=settings_for("train"),
     log:
@@ -45,6 +47,8 @@ rule retrain:
     benchmark:
         bench_file("retrain")
     threads: config["training"]["threads"]
+    resources:
+        gpu=1,  # a local GPU slot (profiles/default); GPUs per SLURM job: profiles/slurm
     conda:
         "../../envs/proxyattention.yaml"
     script:
@@ -57,7 +61,7 @@ rule decide_cycle:
     output:
         run_file("decision.json"),
     wildcard_constraints:
-        arm="baseline|proxy|random_erase",
+        arm=one_of(layout.ARMS),
     params:
         stop_when=config["stop_when"],
     log:
