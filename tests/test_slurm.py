@@ -7,6 +7,7 @@ stage ran as a SLURM job and that the results equal a local run. Skips with the
 reason where it cannot start a cluster (not root, no apt).
 """
 
+import os
 import re
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import sys
 import pandas as pd
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, user_command
 from test_workflow import SNAKEMAKE, tiny_config
 
 sys.path.insert(0, str(ROOT / "tests" / "slurm"))
@@ -22,6 +23,53 @@ from cluster import Cluster, ClusterUnavailable  # noqa: E402
 
 GRID = dict(seeds=[0], arms=["proxy"], cycles=1)
 CLUSTER_RULES = {"prepare", "finetune", "evaluate", "find_misclassified", "compute_cams", "mask_and_save", "retrain"}
+
+
+# What profiles/slurm promises each rule (attempt 1): memory, time, GPUs and CPUs per GPU.
+PROFILE = {
+    "finetune": {"mem_mb": "32000", "runtime": "240", "gpu": "1", "cpus_per_gpu": "8"},
+    "retrain": {"mem_mb": "32000", "runtime": "240", "gpu": "1", "cpus_per_gpu": "8"},
+    "find_misclassified": {"mem_mb": "16000", "runtime": "30", "gpu": "1", "cpus_per_gpu": "4"},
+    "compute_cams": {"mem_mb": "16000", "runtime": "60", "gpu": "1", "cpus_per_gpu": "4"},
+    "evaluate": {"mem_mb": "16000", "runtime": "30", "gpu": "1", "cpus_per_gpu": "4"},
+    "prepare": {"mem_mb": "16000", "runtime": "120", "cpus_per_task": "8"},
+    "mask_and_save": {"mem_mb": "8000", "runtime": "30"},
+}
+
+
+def planned_resources(env_overrides):
+    """Each rule's resources in `snakemake --profile profiles/slurm -n`, typed as the README has it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PA_SLURM_")}
+    env.update(env_overrides)
+    proc = subprocess.run(user_command("snakemake", "--profile", "profiles/slurm", "-n", "--forceall"), cwd=ROOT,
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    planned, rule = {}, None
+    for line in proc.stdout.splitlines():
+        if line.startswith("rule ") or line.startswith("localrule "):
+            rule = line.split()[1].rstrip(":")
+        elif line.strip().startswith("resources:") and rule:
+            planned[rule] = dict(item.split("=", 1) for item in line.split(":", 1)[1].strip().split(", "))
+    return planned
+
+
+@pytest.mark.parametrize("env", [{}, {"PA_SLURM_ACCOUNT": "proj7", "PA_SLURM_PARTITION": "gpu",
+                                      "PA_SLURM_GPU_MODEL": "a100"}])
+def test_the_documented_slurm_command_plans_the_profiles_resources(env):
+    """`snakemake --profile profiles/slurm` as the README has it: the local workflow profile must not
+    replace the SLURM profile's resources, and account, partition and GPU model come from the
+    environment (empty, and so left out of sbatch, when unset)."""
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    planned = planned_resources(env)
+    assert set(PROFILE) <= set(planned), planned
+    for rule, expected in PROFILE.items():
+        got = planned[rule]
+        assert {k: got.get(k) for k in expected} == expected, (rule, got)
+        assert got["slurm_account"] == env.get("PA_SLURM_ACCOUNT", "")
+        assert got["slurm_partition"] == env.get("PA_SLURM_PARTITION", "")
+        if "gpu" in expected:
+            assert got["gpu_model"] == env.get("PA_SLURM_GPU_MODEL", "")
+    assert not any("$" in value or "environ" in value for got in planned.values() for value in got.values())
 
 
 @pytest.fixture(scope="module")
