@@ -108,42 +108,6 @@ def bench_cams(models, sizes, batch: int, repeats: int) -> list[dict]:
     return rows
 
 
-def bench_cam_methods(models, methods, size: int, batch: int, repeats: int) -> list[dict]:
-    """The stage's path for methods without a fast path (build_cam + compute_maps) against calling
-    the library's class directly on the same model, layer, images and classes."""
-    import timm
-    import pytorch_grad_cam as pgc
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    from proxyattention.cams import CAM_METHODS, auto_target_layer, build_cam, compute_maps
-
-    rows = []
-    dev = device()
-    for name in models:
-        torch.manual_seed(0)
-        kwargs = {"img_size": size} if name.startswith("vit") else {}
-        model = timm.create_model(name, num_classes=10, **kwargs).eval().to(dev)
-        x = torch.randn(batch, 3, size, size, device=dev)
-        classes = [c % 10 for c in range(batch)]
-        layer = auto_target_layer(model, size)
-        for method in methods:
-            stage = build_cam(model, method, layer, size, fast_path=False, batch_size=batch)
-            library = getattr(pgc, CAM_METHODS[method])(
-                model=model, target_layers=[dict(model.named_modules())[layer]],
-                **({"reshape_transform": stage.reshape_transform} if name.startswith("vit") else {}))
-            targets = [ClassifierOutputTarget(c) for c in classes]
-            reference = library(input_tensor=x, targets=targets)
-            maps = compute_maps(stage, model, x, classes)
-            t_library, t_stage = median_times([lambda: library(input_tensor=x, targets=targets),
-                                               lambda: compute_maps(stage, model, x, classes)], repeats)
-            rows.append({"model": name, "size": size, "batch": batch, "method": method,
-                         "stage_img_s": batch / t_stage, "library_img_s": batch / t_library,
-                         "ratio": t_library / t_stage, "max_abs_diff": float(np.abs(maps - reference).max())})
-            for cam in (stage, library):
-                cam.__exit__(None, None, None)
-    return rows
-
-
 # 2. training ---------------------------------------------------------------------------------
 
 
@@ -422,7 +386,6 @@ def main(argv=None) -> int:
     if args.quick:
         report = {
             "cams": bench_cams(["resnet18"], [64], 4, repeats),
-            "cam_methods": bench_cam_methods(["resnet18"], ["gradcam++"], 32, 4, repeats),
             "training": [bench_training("resnet18", 32, 16, 32, repeats)],
             "data": [bench_data(16, 32, repeats, source_size=64)],
             "masking": [bench_masking(16, 32, repeats)],
@@ -431,9 +394,6 @@ def main(argv=None) -> int:
     else:
         report = {
             "cams": bench_cams(["resnet18", "efficientnet_lite0", "vit_tiny_patch16_224"], [64, 224], 16, repeats),
-            "cam_methods": [row for size in (64, 224) for row in bench_cam_methods(
-                ["resnet18", "efficientnet_lite0", "vit_tiny_patch16_224"],
-                ["gradcam++", "xgradcam", "hirescam", "layercam", "eigencam"], size, 16, repeats)],
             "training": [bench_training("efficientnet_lite0", 64, 50, 500, repeats),
                          bench_training("resnet18", 64, 50, 500, repeats)],
             "data": [bench_data(256, 224, repeats), bench_data(512, 64, repeats, source_size=256)],
@@ -448,7 +408,6 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(report, indent=2))
     titles = {"cams": "compute-CAMs: fast exact path vs pytorch-grad-cam GradCAM (and forward-only ceiling)",
-              "cam_methods": "compute-CAMs, other methods: the stage's path vs the library's own class",
               "training": "Training: stage loop vs bare timm loop on in-memory tensors",
               "data": "Data: prepared uint8 array vs decoding the source JPEGs each epoch",
               "masking": "Mask-and-save: vectorised vs per-image OpenCV loop",

@@ -14,7 +14,6 @@ def test_benchmarks_run_and_report(tmp_path):
     report = json.loads((tmp_path / "bench.json").read_text())
     cams = report["cams"][0]
     assert cams["max_abs_diff"] < 1e-4 and cams["fast_img_s"] > 0
-    assert report["cam_methods"][0]["max_abs_diff"] == 0  # the stage's path is the library's own
     assert report["training"][0]["ratio"] > 0
     assert report["masking"][0]["identical_output"]
     cold, warm = report["workflow"]

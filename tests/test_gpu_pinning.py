@@ -25,4 +25,73 @@ def test_scheduler_assignment_is_kept(monkeypatch, tmp_path):
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
     monkeypatch.setenv("PA_LOCAL_GPUS", "4")
-    assert pin_local_gpu(lock_dir=str(tmp_path)) is None
+    assert pin_local_gpu(lock_dir=str(tmp_path)) is None  # one GPU visible: nothing to choose
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    monkeypatch.setenv("SLURM_JOB_ID", "17")
+    assert pin_local_gpu(lock_dir=str(tmp_path)) is None  # inside a SLURM job the scheduler chose
+    assert not list(tmp_path.iterdir())
+
+
+def concurrent_pins(tmp_path, env, n=3, hold=1.0):
+    script = (
+        "import os, sys, time; from proxyattention.scripting import pin_local_gpu; "
+        "gpu = pin_local_gpu(poll_seconds=0.1); "
+        "print(gpu, time.time(), flush=True); time.sleep(float(sys.argv[1]))"
+    )
+    env = {"PATH": "/usr/bin:/bin", "PA_GPU_LOCK_DIR": str(tmp_path / "locks"), **env}
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(hold)], stdout=subprocess.PIPE, text=True, env=env)
+             for _ in range(n)]
+    return [p.communicate()[0].split() for p in procs]
+
+
+def test_a_restricted_visible_set_is_pinned_within(tmp_path):
+    """CUDA_VISIBLE_DEVICES=2,3 set by the user: each job gets 2 or 3 alone, never 0 or 1."""
+    (tmp_path / "locks").mkdir(mode=0o700)
+    out = concurrent_pins(tmp_path, {"CUDA_VISIBLE_DEVICES": "2,3", "PA_LOCAL_GPUS": "4"})
+    gpus = sorted(o[0] for o in out)
+    assert set(gpus) == {"2", "3"} and len(gpus) == 3
+    starts = sorted(float(o[1]) for o in out)
+    assert starts[2] - starts[0] > 0.8, "the third job waited for 2 or 3 to be freed"
+
+
+def test_lock_folder_is_private_and_refuses_anything_else(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    import pytest
+
+    from proxyattention.scripting import gpu_lock_dir
+
+    monkeypatch.delenv("PA_GPU_LOCK_DIR", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    made = gpu_lock_dir()
+    assert made == str(tmp_path / f"proxyattention-gpus-{os.getuid()}")
+    assert stat.S_IMODE(os.stat(made).st_mode) == 0o700
+    os.chmod(made, 0o777)  # another user could hold or plant locks here
+    with pytest.raises(RuntimeError, match="only this user"):
+        gpu_lock_dir()
+    os.rmdir(made)
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    os.symlink(tmp_path / "elsewhere", made)
+    with pytest.raises(RuntimeError, match="not a link"):
+        gpu_lock_dir()
+
+
+def test_a_planted_link_is_not_followed_or_truncated(tmp_path, monkeypatch):
+    import os
+
+    import pytest
+
+    from proxyattention.scripting import pin_local_gpu
+
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me")
+    locks = tmp_path / "locks"
+    locks.mkdir(mode=0o700)
+    os.symlink(victim, locks / "gpu-0.lock")
+    monkeypatch.setenv("PA_LOCAL_GPUS", "2")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    with pytest.raises(OSError):
+        pin_local_gpu(lock_dir=str(locks))
+    assert victim.read_text() == "keep me"

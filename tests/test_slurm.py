@@ -1,10 +1,11 @@
 """The tiny config through `snakemake --profile profiles/slurm` on a real one-node SLURM cluster.
 
 Starts munged, slurmctld and slurmd on this machine (tests/slurm/cluster.py),
-runs the workflow through snakemake-executor-plugin-slurm with the overlay
-tests/slurm/profile (no GPU request, squeue for status), checks that every
-stage ran as a SLURM job and that the results equal a local run. Skips with the
-reason where it cannot start a cluster (not root, no apt).
+runs the workflow through snakemake-executor-plugin-slurm with profiles/slurm
+itself and only what a user of a cluster without GPUs and accounting adds on the
+command line, checks that every stage ran as a SLURM job with the profile's
+limits and that the results equal a local run. Skips with the reason where it
+cannot start a cluster (not root, no apt).
 """
 
 import os
@@ -90,15 +91,31 @@ def run(workdir, *args, env=None):
     return proc
 
 
+# What a user of a cluster without GPUs and without accounting adds to the README's command.
+GPU_LESS = {"PA_SLURM_PARTITION": "debug", "PA_SLURM_GPUS": "0"}
+NO_ACCOUNTING = ["--slurm-no-account", "--slurm-status-command", "squeue",
+                 "--slurm-keep-successful-logs",  # the test reads the job ids from the logs
+                 "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2"]
+
+
+def job_limits(cluster, job_id: int) -> dict:
+    out = subprocess.run(["scontrol", "show", "job", str(job_id)], env=cluster.env, capture_output=True,
+                         text=True).stdout
+    return dict(re.findall(r"(\w+)=(\S+)", out))
+
+
 @pytest.mark.slow
 def test_workflow_runs_as_slurm_jobs_and_matches_a_local_run(cluster, tmp_path):
+    """`snakemake --profile profiles/slurm` itself, no overlay: each stage is a SLURM job with the
+    profile's memory, time and CPUs, and the results equal a local run with the same threads."""
     slurm_dir, local_dir = tmp_path / "slurm", tmp_path / "local"
     for d in (slurm_dir, local_dir):
         d.mkdir()
-        tiny_config(d, training={"epochs_finetune": 1, "epochs": 1, "num_workers": 0, "threads": 1}, **GRID)
-    run(slurm_dir, "--profile", str(ROOT / "profiles" / "slurm"),
-        "--workflow-profile", str(ROOT / "tests" / "slurm" / "profile"), env=cluster.env)
-    run(local_dir, "--cores", "1")
+        tiny_config(d, training={"epochs_finetune": 1, "epochs": 1, "num_workers": 0}, **GRID)
+    env = {**{k: v for k, v in cluster.env.items() if not k.startswith("PA_SLURM_")}, **GPU_LESS}
+    run(slurm_dir, "--profile", str(ROOT / "profiles" / "slurm"), *NO_ACCOUNTING, env=env)
+    # the same threads as the profile gives each job (set-threads), so the sums add up alike
+    run(local_dir, "--cores", "8", "--set-threads", "finetune=8", "retrain=8", "prepare=8")
 
     logs = list((slurm_dir / ".snakemake" / "slurm_logs").rglob("*.log"))
     ran = {}
@@ -109,8 +126,16 @@ def test_workflow_runs_as_slurm_jobs_and_matches_a_local_run(cluster, tmp_path):
         ran.setdefault(rule, []).append(int(job_id.group(1)))
     assert set(ran) == CLUSTER_RULES, ran  # every stage went through sbatch; light rules stayed local
     assert len({j for ids in ran.values() for j in ids}) == sum(map(len, ran.values()))
+    for rule, ids in ran.items():  # what SLURM granted each job: the profile's limits (attempt 1)
+        limits = job_limits(cluster, ids[0])
+        expected = PROFILE[rule]
+        assert limits["MinMemoryNode"] == f"{expected['mem_mb']}M", (rule, limits)
+        assert limits["TimeLimit"] == f"{int(expected['runtime']) // 60:02d}:{int(expected['runtime']) % 60:02d}:00"
+        assert limits["Partition"] == "debug"
+        if rule in ("finetune", "retrain", "prepare"):
+            assert limits["NumCPUs"] == "8", (rule, limits)
 
     slurm = pd.read_csv(slurm_dir / "results" / "summary.csv")
     local = pd.read_csv(local_dir / "results" / "summary.csv")
-    columns = ["dataset", "model", "arm", "seed", "cycle", "accuracy", "f1_macro", "val_loss", "n_erased"]
+    columns = ["dataset", "model", "arm", "seed", "cycle", "accuracy", "f1_macro", "val_loss", "n_added"]
     pd.testing.assert_frame_equal(slurm[columns], local[columns])

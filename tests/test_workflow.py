@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import DEMO, ROOT
+from conftest import DEMO, ROOT, user_command
 from proxyattention.timing import PATTERN
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--cores", "2"]
@@ -175,11 +175,17 @@ def test_editing_a_later_cycles_epochs_reruns_only_that_cycle(tiny_run):
         (tiny_run / "config.yaml").write_text(original)
 
 
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("stopped")
+    tiny_config(workdir, seeds=[0], arms=["proxy"], stop_when={"target_accuracy": 0.01})
+    snakemake(workdir)
+    return workdir
+
+
 @pytest.mark.slow
-def test_stop_rule_skips_later_cycles(tmp_path):
-    tiny_config(tmp_path, seeds=[0], arms=["proxy"], stop_when={"target_accuracy": 0.01})
-    snakemake(tmp_path)
-    summary = pd.read_csv(tmp_path / "results" / "summary.csv")
+def test_stop_rule_skips_later_cycles(stopped_run):
+    summary = pd.read_csv(stopped_run / "results" / "summary.csv")
     later = summary[summary.cycle > 0]
     assert len(later) == 2 and not later.ran.any()
     assert (later.train_seconds == 0).all() and (later.n_erased == 0).all()
@@ -212,23 +218,82 @@ def test_bad_config_stops_before_any_job(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+def by_hand(workdir, stage, *args):
+    """The README's by-hand command, as a user types it in the run's folder."""
+    return subprocess.run(user_command("proxyattention", stage, "--config", "config.yaml", *args),
+                          cwd=workdir, capture_output=True, text=True)
+
+
+# stage -> (arm, cycle, the files its job writes that hold no timings)
+BY_HAND = {
+    "prepare": (None, None, ["images.npy", "index.csv", "classes.json"]),
+    "finetune": ("finetune", 0, ["model.safetensors", "model.json", "epochs.csv"]),
+    "evaluate": ("proxy", 2, []),
+    "find-misclassified": ("proxy", 2, ["predictions.csv", "selected.csv"]),
+    "compute-cams": ("proxy", 2, ["cams.npz"]),
+    "mask-and-save": ("duplicate", 2, ["erased.npz", "erased.csv"]),
+    "retrain": ("proxy", 2, ["model.safetensors", "model.json"]),
+}
+
+
 @pytest.mark.slow
-def test_a_stage_rerun_by_hand_writes_what_the_workflow_wrote(tiny_run, tmp_path):
-    """`proxyattention mask-and-save ...` on the workflow's files reproduces its outputs exactly."""
-    run = run_dir(tiny_run, "proxy", 0, 1)
-    before = np.load(run / "erased.npz")["images"].copy()
-    (run / "erased.npz").rename(tmp_path / "erased.npz")
-    proc = subprocess.run([sys.executable, "-m", "proxyattention", "mask-and-save", "--config", "config.yaml",
-                           "--dataset", "fm", "--model", "lite0", "--seed", "0", "--arm", "proxy", "--cycle", "1"],
-                          cwd=tiny_run, capture_output=True, text=True)
+@pytest.mark.parametrize("stage", list(BY_HAND))
+def test_every_stage_rerun_by_hand_writes_what_the_workflow_wrote(tiny_run, stage):
+    """`proxyattention STAGE ...` runs the rule's own job: its outputs equal the workflow's byte for byte."""
+    arm, cycle, names = BY_HAND[stage]
+    if stage == "prepare":
+        folder, args = tiny_run / "results" / "prepared" / "fm", ["--dataset", "fm"]
+    else:
+        folder = run_dir(tiny_run, arm, 1, cycle)
+        args = ["--dataset", "fm", "--model", "lite0", "--seed", "1", "--arm", arm, "--cycle", str(cycle)]
+    if stage == "evaluate":
+        before = json.loads((folder / "metrics.json").read_text())
+    saved = {name: (folder / name).read_bytes() for name in names}
+    for name in names:
+        (folder / name).unlink()
+    proc = by_hand(tiny_run, stage, *args)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for name in names:
+        assert (folder / name).read_bytes() == saved[name], name
+    if stage == "evaluate":
+        after = json.loads((folder / "metrics.json").read_text())
+        assert {k: v for k, v in after.items() if "seconds" not in k} == \
+            {k: v for k, v in before.items() if "seconds" not in k}
+
+
+@pytest.mark.slow
+def test_by_hand_refuses_what_the_workflow_would_never_run(tiny_run):
+    cell = ["--seed", "0", "--arm", "proxy", "--cycle", "1"]
+    cases = [
+        (["retrain", "--dataset", "fm", "--model", "efnet", *cell], "--model efnet is not in the config's models"),
+        (["retrain", "--dataset", "fmm", "--model", "lite0", *cell], "--dataset fmm is not in the config's datasets"),
+        (["compute-cams", "--dataset", "fm", "--model", "lite0", "--arm", "proxy", "--cycle", "0"], "cycles 1 to 2"),
+        (["compute-cams", "--dataset", "fm", "--model", "lite0", "--arm", "baseline", "--cycle", "1"], "adds no images"),
+        (["retrain", "--dataset", "fm", "--model", "lite0", "--seed", "0", "--arm", "random_erase", "--cycle", "1"],
+         "--arm random_erase is not in the config's arms"),
+    ]
+    for argv, words in cases:
+        proc = by_hand(tiny_run, argv[0], *argv[1:])
+        assert proc.returncode == 2 and words in proc.stderr, (argv, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr  # one line, no traceback
+    selected = run_dir(tiny_run, "proxy", 0, 1) / "selected.csv"
+    kept = selected.read_bytes()
+    selected.unlink()
+    try:
+        proc = by_hand(tiny_run, "compute-cams", "--dataset", "fm", "--model", "lite0", *cell)
+        assert proc.returncode == 2 and "made by find-misclassified" in proc.stderr, proc.stderr
+    finally:
+        selected.write_bytes(kept)
+
+
+@pytest.mark.slow
+def test_by_hand_keeps_a_cycle_the_stop_rule_skipped(stopped_run):
+    """After the stop rule held, a by-hand retrain of that cycle trains nothing, as the workflow did."""
+    run = run_dir(stopped_run, "proxy", 0, 2)
+    saved = (run / "model.safetensors").read_bytes()
+    (run / "model.safetensors").unlink()
+    proc = by_hand(stopped_run, "retrain", "--dataset", "fm", "--model", "lite0", "--seed", "0", "--arm", "proxy",
+                   "--cycle", "2")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    np.testing.assert_array_equal(np.load(run / "erased.npz")["images"], before)
-    # a model stage too: the workflow ran it in a warm-start fork, by hand it runs cold
-    weights = run / "model.safetensors"
-    workflow_bytes = weights.read_bytes()
-    weights.unlink()
-    proc = subprocess.run([sys.executable, "-m", "proxyattention", "retrain", "--config", "config.yaml",
-                           "--dataset", "fm", "--model", "lite0", "--seed", "0", "--arm", "proxy", "--cycle", "1"],
-                          cwd=tiny_run, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert weights.read_bytes() == workflow_bytes
+    assert (run / "model.safetensors").read_bytes() == saved
+    assert json.loads((run / "train_stats.json").read_text())["skipped"] is True

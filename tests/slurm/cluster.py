@@ -56,14 +56,18 @@ SlurmctldLogFile={root}/slurmctld.log
 SlurmdLogFile={root}/slurmd.log
 SlurmctldPort=16817
 SlurmdPort=16818
+# The node claims the CPUs and memory of a GPU node's share (config_overrides: slurmd does not
+# check them against the machine), so jobs run with exactly what profiles/slurm asks for.
+SlurmdParameters=config_overrides
 NodeName={host} CPUs={cpus} RealMemory={memory} State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """
 
 
 class Cluster:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, cpus: int = 8, memory_mb: int = 40000):
         self.root = Path(root)
+        self.cpus, self.memory_mb = cpus, memory_mb
         # Job steps (srun inside a batch job) read the default path, not $SLURM_CONF.
         self.conf = Path("/etc/slurm/slurm.conf")
         self.pids: list[int] = []
@@ -79,8 +83,9 @@ class Cluster:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._start_munge()
         host = socket.gethostname().split(".")[0]
-        memory = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20 * 0.8)
-        self.conf.write_text(SLURM_CONF.format(host=host, root=self.root, cpus=os.cpu_count(), memory=memory))
+        memory = max(int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20 * 0.8), self.memory_mb)
+        self.conf.write_text(SLURM_CONF.format(host=host, root=self.root, cpus=max(os.cpu_count(), self.cpus),
+                                               memory=memory))
         for daemon in ("slurmctld", "slurmd"):
             proc = subprocess.run([daemon, "-f", str(self.conf)], env=self.env, capture_output=True, text=True)
             if proc.returncode != 0:

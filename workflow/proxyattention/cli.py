@@ -1,96 +1,163 @@
-"""``proxyattention``: run one stage by hand, on the files the workflow uses.
+"""``proxyattention``: rerun one stage by hand, exactly as the workflow runs it.
 
-    proxyattention STAGE --config config.yaml --dataset D [--model M --seed S --arm A --cycle C]
+    proxyattention STAGE [--config config.yaml] --dataset D [--model M --seed S --arm A --cycle C]
 
-Paths come from :mod:`proxyattention.layout`, as in the Snakemake rules, so a
-stage that failed in the workflow can be rerun (or debugged) alone. Stages:
-prepare, finetune, retrain, find-misclassified, compute-cams, mask-and-save, evaluate.
+The command names the one output file of that stage's job and has Snakemake run
+that job alone (``--forcerun FILE --allowed-rules RULE``): the inputs, params,
+threads and script are the rule's own, read from the one definition in
+``workflow/rules/``, so a stage rerun by hand writes what the workflow writes,
+and a cycle the stop rule skipped stays skipped. Names that the config does not
+have, a stage that the workflow never runs for that arm or cycle, and inputs that
+are not there yet are refused in one line (naming the stage that makes them)
+before any model is loaded. Stages: prepare, finetune, retrain,
+find-misclassified, compute-cams, mask-and-save, evaluate.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import os
+import re
+import subprocess
 import sys
+from pathlib import Path
 
 from . import layout
 
-STAGES = ["prepare", "finetune", "retrain", "find-misclassified", "compute-cams", "mask-and-save", "evaluate"]
+SNAKEFILE = Path(__file__).resolve().parents[2] / "Snakefile"
+
+# stage -> (rule, the output file of its job that names the job)
+STAGES = {
+    "prepare": ("prepare", "images.npy"),
+    "finetune": ("finetune", "model.safetensors"),
+    "retrain": ("retrain", "model.safetensors"),
+    "find-misclassified": ("find_misclassified", "selected.csv"),
+    "compute-cams": ("compute_cams", "cams.npz"),
+    "mask-and-save": ("mask_and_save", "erased.npz"),
+    "evaluate": ("evaluate", "metrics.json"),
+}
+# The stage whose job writes a file of this name (for "missing input" messages).
+MADE_BY = {
+    "images.npy": "prepare", "index.csv": "prepare", "classes.json": "prepare",
+    "model.safetensors": "finetune (cycle 0) or retrain", "model.json": "finetune (cycle 0) or retrain",
+    "train_stats.json": "finetune (cycle 0) or retrain", "decision.json": "the workflow's stop rule (decide_cycle)",
+    "selected.csv": "find-misclassified", "cams.npz": "compute-cams", "erased.npz": "mask-and-save",
+    "metrics.json": "evaluate",
+}
+
+
+class UsageError(ValueError):
+    """A by-hand command the workflow would never run; the message says what is allowed."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="proxyattention", description=__doc__.split("\n\n")[0])
-    parser.add_argument("stage", choices=STAGES)
+    parser.add_argument("stage", choices=list(STAGES))
     parser.add_argument("--config", default="config.yaml", help="workflow config (default: config.yaml)")
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--model")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--arm", default=layout.FINETUNE, choices=[layout.FINETUNE, "baseline", "proxy", "random_erase"])
+    parser.add_argument("--arm", default=layout.FINETUNE)
     parser.add_argument("--cycle", type=int, default=0)
-    parser.add_argument("--device", help="torch device, e.g. cuda:1 (default: cuda if available, else cpu)")
+    parser.add_argument("--cores", default="all", help="as the workflow's --cores: caps the stage's threads (default: all)")
+    parser.add_argument("--device", help="cpu, or cuda:N for GPU N of this machine (default: the workflow's choice)")
     return parser.parse_args(argv)
+
+
+def check_cell(config: dict, args: argparse.Namespace) -> None:
+    """Refuse, in one line, what the workflow would never run."""
+    def known(kind: str, name, names) -> None:
+        if name not in names:
+            raise UsageError(f"--{kind} {name} is not in the config's {kind}s (it has: {', '.join(map(str, names))})")
+
+    known("dataset", args.dataset, list(config["datasets"]))
+    if args.stage == "prepare":
+        return
+    if args.model is None:
+        raise UsageError(f"{args.stage} needs --model (the config has: {', '.join(config['models'])})")
+    known("model", args.model, list(config["models"]))
+    known("seed", args.seed, config["seeds"])
+    if args.stage == "finetune" or (args.stage == "evaluate" and args.cycle == 0):
+        if (args.arm, args.cycle) != (layout.FINETUNE, 0):
+            raise UsageError(f"{args.stage} of the shared finetune is --arm finetune --cycle 0; "
+                             f"cycles 1 to {config['cycles']} are retrain's")
+        return
+    known("arm", args.arm, list(config["arms"]))
+    if not 1 <= args.cycle <= config["cycles"]:
+        raise UsageError(f"{args.stage} runs in cycles 1 to {config['cycles']}, not --cycle {args.cycle} "
+                         "(cycle 0 is the shared finetune)")
+    if args.stage in ("find-misclassified", "compute-cams", "mask-and-save") and args.arm not in layout.ERASING_ARMS:
+        raise UsageError(f"the {args.arm} arm adds no images: {args.stage} runs only for the arms "
+                         f"{', '.join(layout.ERASING_ARMS)}")
+
+
+def target_of(config: dict, args: argparse.Namespace) -> str:
+    rule, name = STAGES[args.stage]
+    if rule == "prepare":
+        return f"{layout.prepared_dir(config['results'], args.dataset)}/{name}"
+    return f"{layout.run_dir(config['results'], args.dataset, args.model, args.seed, args.arm, args.cycle)}/{name}"
+
+
+def missing_inputs(output: str) -> list[str]:
+    """The files Snakemake reports missing for the job (from its MissingInputException)."""
+    lines = output.splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == "affected files:")
+    except StopIteration:
+        return []
+    files = []
+    for line in lines[start + 1:]:
+        if not line.startswith(" ") or not line.strip():
+            break
+        files.append(line.strip())
+    return files
+
+
+def snakemake_command(config_path: str, target: str, rule: str, cores: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--configfile", config_path,
+            "--cores", cores, "--forcerun", target, "--allowed-rules", rule, "--config", "warm_start=False",
+            *extra, target]
+
+
+def device_env(device: str | None) -> dict:
+    env = dict(os.environ)
+    if device is None:
+        return env
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    elif re.fullmatch(r"cuda:\d+", device):
+        env["CUDA_VISIBLE_DEVICES"] = device.split(":")[1]
+    else:
+        raise UsageError(f"--device {device}: use cpu or cuda:N")
+    return env
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from .config import ConfigError, load_config, stage_settings
+    from .config import ConfigError, load_config
 
     try:
         config = load_config(args.config)
-    except ConfigError as err:
+        check_cell(config, args)
+        env = device_env(args.device)
+    except (ConfigError, UsageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    results = config["results"]
-    prep = layout.prepared_dir(results, args.dataset)
-    images, index, classes = f"{prep}/images.npy", f"{prep}/index.csv", f"{prep}/classes.json"
-    if args.stage == "prepare":
-        from .prepare import prepare
-
-        prepare(config["datasets"][args.dataset], images, index, classes, f"{prep}/skipped.csv")
-        return 0
-    if args.model is None:
-        print("error: --model is required for this stage", file=sys.stderr)
+    rule = STAGES[args.stage][0]
+    target = target_of(config, args)
+    # First a dry run: inputs that are not there stop here, naming the stage that makes them.
+    plan = subprocess.run(snakemake_command(args.config, target, rule, args.cores, "--dry-run", "--quiet"),
+                          capture_output=True, text=True, env=env)
+    if plan.returncode != 0:
+        missing = missing_inputs(plan.stdout + plan.stderr)
+        if missing:
+            made = "; ".join(f"{path} (made by {MADE_BY.get(Path(path).name, 'the workflow')})" for path in missing)
+            print(f"error: {args.stage} needs files that are not there yet: {made}. Run that stage first, "
+                  f"or the workflow: snakemake --cores all {target}", file=sys.stderr)
+        else:
+            print((plan.stdout + plan.stderr)[-4000:], file=sys.stderr)
         return 2
-    cell = (args.dataset, args.model, args.seed, args.arm, args.cycle)
-    run = layout.run_dir(results, *cell)
-    prev = layout.previous_run_dir(results, *cell) if args.cycle > 0 else None
-
-    def settings(stage):
-        return stage_settings(config, args.dataset, args.model, args.cycle, stage)
-
-    if args.stage in ("finetune", "retrain"):
-        from .train import train
-
-        start = {}
-        if args.stage == "retrain" and config["training"]["retrain_from"] == "previous":
-            start = {"init_weights": f"{prev}/model.safetensors", "init_meta": f"{prev}/model.json"}
-        train(settings("train"), images, index, classes, f"{run}/model.safetensors", f"{run}/model.json",
-              f"{run}/epochs.csv", f"{run}/train_stats.json", seed=args.seed,
-              extra=layout.erased_for_training(results, config["training"]["accumulate"], *cell),
-              num_workers=config["training"]["num_workers"], device=args.device, **start)
-    elif args.stage == "find-misclassified":
-        from .misclassified import find_misclassified
-
-        find_misclassified(settings("find_misclassified"), images, index, f"{prev}/model.safetensors",
-                           f"{prev}/model.json", f"{run}/predictions.csv", f"{run}/selected.csv", device=args.device)
-    elif args.stage == "compute-cams":
-        from .compute_cams import compute_cams
-
-        compute_cams(settings("compute_cams"), images, index, f"{prev}/model.safetensors", f"{prev}/model.json",
-                     f"{run}/selected.csv", f"{run}/cams.npz", f"{run}/cams.csv", device=args.device)
-    elif args.stage == "mask-and-save":
-        from .masking import mask_and_save
-
-        mask_and_save(settings("mask_and_save"), images, index, classes, f"{run}/cams.npz", f"{run}/erased",
-                      f"{run}/erased.npz", f"{run}/erased.csv", control=layout.erase_control(args.arm),
-                      seed=layout.mask_seed(args.seed, args.cycle))
-    elif args.stage == "evaluate":
-        from .evaluate import evaluate
-
-        evaluate(settings("evaluate"), images, index, f"{run}/model.safetensors", f"{run}/model.json",
-                 f"{run}/train_stats.json", f"{run}/metrics.json", device=args.device)
-    return 0
+    return subprocess.run(snakemake_command(args.config, target, rule, args.cores), env=env).returncode
 
 
 if __name__ == "__main__":

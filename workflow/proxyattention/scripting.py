@@ -50,36 +50,69 @@ def local_gpu_count() -> int:
     return sum(line.startswith("GPU ") for line in out.splitlines())
 
 
+def gpu_lock_dir() -> str:
+    """This user's private folder of GPU lock files: $PA_GPU_LOCK_DIR, else
+    ``proxyattention-gpus-<uid>`` in $XDG_RUNTIME_DIR or the system temp folder.
+
+    Refuses a folder that is a symlink, not this user's, or open to others: another user
+    could hold the locks (jobs would wait forever) or plant links in it.
+    """
+    import os
+    import stat
+    import tempfile
+
+    path = os.environ.get("PA_GPU_LOCK_DIR") or os.path.join(
+        os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir(), f"proxyattention-gpus-{os.getuid()}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() \
+            or info.st_mode & 0o077:
+        raise RuntimeError(f"GPU lock folder {path} must be a folder of this user that only this user can open "
+                           f"(mode 0700, not a link); remove it or set PA_GPU_LOCK_DIR to such a folder")
+    return path
+
+
 def pin_local_gpu(lock_dir: str | None = None, poll_seconds: float = 2.0) -> str | None:
     """Give this job one local GPU of its own through CUDA_VISIBLE_DEVICES.
 
     Snakemake limits how many GPU jobs run at once (``--resources gpu=N``) but
-    does not say which GPU a job gets. Each job takes the first free lock file of
-    ``gpu-<i>.lock`` and keeps it until it exits; with more jobs than GPUs, a job
-    waits for a free one. Does nothing where a scheduler (SLURM) already set
-    CUDA_VISIBLE_DEVICES, or without GPUs. Must run before CUDA is initialised.
+    does not say which GPU a job gets. Each job takes the first free lock of
+    ``gpu-<id>.lock`` among the GPUs it may use, and keeps it until it exits; with
+    more jobs than GPUs, a job waits for a free one. The GPUs it may use are those
+    of CUDA_VISIBLE_DEVICES when the user set it (``CUDA_VISIBLE_DEVICES=2,3``
+    pins each job to 2 or 3), else every GPU of the machine. Does nothing inside a
+    SLURM job (the scheduler chose), with one or no GPU to choose from, or without
+    GPUs. Must run before CUDA is initialised.
     """
     import fcntl
     import os
-    import tempfile
+    import re
     import time
 
-    if "CUDA_VISIBLE_DEVICES" in os.environ:
+    if os.environ.get("SLURM_JOB_ID") and "CUDA_VISIBLE_DEVICES" in os.environ:
         return None
-    count = local_gpu_count()
-    if count == 0:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        devices = [d.strip() for d in visible.split(",") if d.strip()]
+    else:
+        devices = [str(i) for i in range(local_gpu_count())]
+    if len(devices) <= 1:
         return None
-    lock_dir = lock_dir or os.environ.get("PA_GPU_LOCK_DIR", os.path.join(tempfile.gettempdir(), "proxyattention-gpus"))
-    os.makedirs(lock_dir, exist_ok=True)
+    lock_dir = lock_dir or gpu_lock_dir()
     while True:
-        for i in range(count):
-            handle = open(os.path.join(lock_dir, f"gpu-{i}.lock"), "w")
+        for device in devices:
+            path = os.path.join(lock_dir, f"gpu-{re.sub(r'[^A-Za-z0-9_.-]', '_', device)}.lock")
+            # no truncation, and never through a link someone planted
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                handle.close()
+                os.close(fd)
                 continue
-            _held_locks.append(handle)
-            os.environ["CUDA_VISIBLE_DEVICES"] = str(i)
-            return str(i)
+            _held_locks.append(fd)
+            os.environ["CUDA_VISIBLE_DEVICES"] = device
+            return device
         time.sleep(poll_seconds)

@@ -1,3 +1,4 @@
+import stage_package  # noqa: F401  (the stage package of this checkout, installed or not)
 from proxyattention.scripting import setup
 
 setup(snakemake)

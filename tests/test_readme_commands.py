@@ -1,0 +1,86 @@
+"""The README's commands, typed exactly as it writes them, in a folder laid out like a fresh clone
+(the repository's own Snakefile, config.yaml, config.thesis.yaml and profiles), as dry-runs where a
+real run is impossible here."""
+
+import re
+import subprocess
+
+import pytest
+import yaml
+
+from conftest import ROOT, user_command
+
+
+@pytest.fixture
+def clone(tmp_path):
+    """The repository's files, linked into a fresh folder (no results/, no .snakemake/)."""
+    for entry in ROOT.iterdir():
+        if entry.name not in {".git", ".venv", "results", ".snakemake", ".pytest_cache"}:
+            (tmp_path / entry.name).symlink_to(entry)
+    return tmp_path
+
+
+def typed(clone, command: str, env=None):
+    proc = subprocess.run(user_command(*command.split()), cwd=clone, capture_output=True, text=True, env=env)
+    return proc, proc.stdout + proc.stderr
+
+
+def job_counts(text: str) -> dict:
+    counts = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0].isidentifier() and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def expected_counts(config: dict) -> dict:
+    runs = len(config["datasets"]) * len(config["models"]) * len(config["seeds"])
+    arms, cycles = config["arms"], config["cycles"]
+    adding = len([a for a in arms if a != "baseline"])
+    return {"prepare": len(config["datasets"]), "finetune": runs, "retrain": runs * len(arms) * cycles,
+            "evaluate": runs * (1 + len(arms) * cycles), "find_misclassified": runs * adding * cycles,
+            "compute_cams": runs * adding * cycles, "mask_and_save": runs * adding * cycles}
+
+
+def test_the_demo_command_plans_the_demo_grid(clone):
+    proc, out = typed(clone, "snakemake --cores all -n")
+    assert proc.returncode == 0, out[-3000:]
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    counts = job_counts(out)
+    assert {k: counts[k] for k in expected_counts(config)} == expected_counts(config)
+    assert "proxyattention grid from config.yaml: 1 dataset (fashion_demo) x 2 models" in out
+    assert "4 arms (baseline, duplicate, proxy, random_erase)" in out
+    assert "Shell command: None" not in out  # script rules print no empty shell commands
+
+
+def test_a_config_file_on_the_command_line_is_the_whole_config(clone):
+    """`snakemake --configfile config.thesis.yaml`: exactly the thesis grid, nothing of the demo."""
+    (clone / "data" / "cifar100").mkdir(parents=True)  # the path the thesis config points at
+    proc, out = typed(clone, "snakemake -n --configfile config.thesis.yaml")
+    assert proc.returncode == 0, out[-3000:]
+    thesis = yaml.safe_load((ROOT / "config.thesis.yaml").read_text())
+    counts = job_counts(out)
+    assert {k: counts[k] for k in expected_counts(thesis)} == expected_counts(thesis)
+    assert "fashion_demo" not in out and "vit_tiny" not in out and "tf_efficientnet_lite0" not in out
+    assert "grid from config.thesis.yaml: 1 dataset (cifar100) x 4 models" in out
+
+
+def test_the_thesis_on_slurm_gets_the_profiles_resources(clone):
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    (clone / "data" / "cifar100").mkdir(parents=True)
+    proc, out = typed(clone, "snakemake --profile profiles/slurm --configfile config.thesis.yaml -n")
+    assert proc.returncode == 0, out[-3000:]
+    finetune = re.search(r"rule finetune:.*?resources: ([^\n]*)", out, re.S).group(1)
+    for item in ("mem_mb=32000", "runtime=240", "gpu=1", "cpus_per_gpu=8"):
+        assert item in finetune.split(", "), finetune
+
+
+def test_the_by_hand_command_refuses_before_the_run_naming_the_stage_to_run(clone):
+    """The README's by-hand example on the demo config, before any run: one line, no traceback,
+    naming the stage that makes the missing input."""
+    proc, out = typed(clone, "proxyattention compute-cams --config config.yaml --dataset fashion_demo "
+                             "--model tf_efficientnet_lite0 --seed 0 --arm proxy --cycle 1")
+    assert proc.returncode == 2, out[-3000:]
+    assert "made by find-misclassified" in proc.stderr and "Traceback" not in out
+    assert not (clone / "results" / "runs").exists()
