@@ -86,7 +86,7 @@ def test_whole_dag_produces_the_summary_and_figures(tiny_run):
     for name in ("accuracy_by_cycle", "accuracy_by_time", "peak_memory", "time_to_target", "confusion_matrices"):
         assert (tiny_run / "results" / "figures" / f"{name}.png").stat().st_size > 1000
         assert (tiny_run / "results" / "figures" / f"{name}.svg").exists()
-    assert (tiny_run / "results" / "figures" / "examples" / "fm" / "lite0.png").exists()
+    assert (tiny_run / "results" / "figures" / "examples" / "fm" / "lite0" / "proxy.png").exists()
     assert list((tiny_run / "results" / "logs" / "retrain").rglob("*.log"))
     assert list((tiny_run / "results" / "benchmarks" / "retrain").rglob("*.tsv"))
     # warm_start is on by default: every script job ran as a fork of the server, and says so in its log

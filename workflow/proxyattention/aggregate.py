@@ -19,7 +19,7 @@ CELL = ["dataset", "model", "seed", "arm", "cycle"]  # order of a grid cell (lay
 
 
 def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = None,
-              dataset_infos: dict | None = None) -> pd.DataFrame:
+              dataset_infos: dict | None = None, arms: list | None = None) -> pd.DataFrame:
     """One row per (dataset, model, arm, seed, cycle) with every metric, time and memory.
 
     ``cells`` and ``metrics_paths`` are parallel. Cumulative time and images add
@@ -51,7 +51,9 @@ def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = Non
         cum_images.append(base.images_seen + (same.images_seen.sum() if r.cycle > 0 else 0))
     frame["cumulative_train_seconds"] = cum_seconds
     frame["cumulative_images_seen"] = cum_images
-    return frame.sort_values(KEYS, key=lambda s: s.map(_arm_order) if s.name == "arm" else s).reset_index(drop=True)
+    order = ["finetune", *(arms or DEFAULT_ARMS)]
+    order += sorted(set(frame.arm) - set(order))
+    return frame.sort_values(KEYS, key=lambda s: s.map(order.index) if s.name == "arm" else s).reset_index(drop=True)
 
 
 def added_counts(table) -> dict:
@@ -85,10 +87,6 @@ def _folder_mib(folder: Path) -> float:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
 
 
-def _arm_order(arm: str) -> int:
-    return ["finetune", "baseline", "duplicate", "proxy", "random_erase"].index(arm)
-
-
 def with_shared_finetune(frame: pd.DataFrame) -> pd.DataFrame:
     """Copy each cycle-0 row into every arm, so curves per arm start at the shared finetune.
     With no cycles after the finetune (``cycles: 0``), the finetune rows stay as they are."""
@@ -112,14 +110,18 @@ def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, float, int]
     return float(x.mean()), float(x.mean() - half), float(x.mean() + half), n
 
 
-# Paired differences over seeds: every arm against baseline, and proxy against its controls
-# (duplicate: the same images unchanged; random_erase: the same area at a random place).
+DEFAULT_ARMS = ["baseline", "duplicate", "proxy", "random_erase"]
+# The default arms' paired differences over seeds (arms.comparisons gives them for any config):
+# every arm against baseline, and proxy against its controls (duplicate: the same images
+# unchanged; random_erase: the same area at a random place).
 COMPARISONS = [("duplicate", "baseline"), ("proxy", "baseline"), ("random_erase", "baseline"),
                ("proxy", "duplicate"), ("proxy", "random_erase")]
 
 
-def comparison(frame: pd.DataFrame, dataset: str, metric: str = "accuracy") -> pd.DataFrame:
-    """Arms side by side at the last cycle, mean and 95% CI over seeds, and paired differences."""
+def comparison(frame: pd.DataFrame, dataset: str, metric: str = "accuracy",
+               comparisons: list | None = None) -> pd.DataFrame:
+    """Arms side by side at the last cycle, mean and 95% CI over seeds, and the paired
+    differences of ``comparisons`` ((arm, other) pairs; the default arms' when None)."""
     data = frame[frame.dataset == dataset]
     last = data.cycle.max()
     rows = []
@@ -133,7 +135,7 @@ def comparison(frame: pd.DataFrame, dataset: str, metric: str = "accuracy") -> p
             row[f"{arm}_train_seconds_mean"] = float(per_model[per_model.arm.isin([arm, "finetune"])]
                                                      .groupby("seed").train_seconds.sum().mean())
         by_arm = final.pivot_table(index="seed", columns="arm", values=metric)
-        for arm, other in COMPARISONS:
+        for arm, other in (COMPARISONS if comparisons is None else comparisons):
             if arm in by_arm and other in by_arm:
                 diff = (by_arm[arm] - by_arm[other]).dropna()
                 mean, lo, hi, n = mean_ci(diff)
@@ -145,12 +147,12 @@ def comparison(frame: pd.DataFrame, dataset: str, metric: str = "accuracy") -> p
 
 @timed_stage
 def aggregate(cells: list, metrics_paths: list, erased_tables: dict, out_summary, out_tables: dict,
-              dataset_infos: dict | None = None) -> None:
+              dataset_infos: dict | None = None, arms: list | None = None, comparisons: list | None = None) -> None:
     """Write ``summary.csv`` and one comparison table per dataset (``out_tables``: dataset -> path)."""
-    frame = summarise(cells, metrics_paths, erased_tables, dataset_infos)
+    frame = summarise(cells, metrics_paths, erased_tables, dataset_infos, arms)
     for r in frame[frame.empty_map_fraction > 0.5].itertuples():
         log.warning("%s/%s seed %s %s cycle %s: %d of %d maps were empty (nothing to erase)", r.dataset, r.model,
                     r.seed, r.arm, r.cycle, r.n_empty_maps, r.n_selected)
     write_csv(out_summary, frame)
     for dataset, path in out_tables.items():
-        write_csv(path, comparison(frame, dataset))
+        write_csv(path, comparison(frame, dataset, comparisons=comparisons))

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from . import layout
+from .arms import ADDING_KINDS, names_of_kind, owner
 
 SNAKEFILE = Path(__file__).resolve().parents[2] / "Snakefile"
 
@@ -86,9 +87,16 @@ def check_cell(config: dict, args: argparse.Namespace) -> None:
     if not 1 <= args.cycle <= config["cycles"]:
         raise UsageError(f"{args.stage} runs in cycles 1 to {config['cycles']}, not --cycle {args.cycle} "
                          "(cycle 0 is the shared finetune)")
-    if args.stage in ("find-misclassified", "compute-cams", "mask-and-save") and args.arm not in layout.ERASING_ARMS:
+    adding = names_of_kind(config, *ADDING_KINDS)
+    if args.stage in ("find-misclassified", "compute-cams", "mask-and-save") and args.arm not in adding:
         raise UsageError(f"the {args.arm} arm adds no images: {args.stage} runs only for the arms "
-                         f"{', '.join(layout.ERASING_ARMS)}")
+                         f"{', '.join(adding)}")
+    if args.stage in ("find-misclassified", "compute-cams"):
+        stage = args.stage.replace("-", "_")
+        shared = owner(config, args.dataset, args.model, args.arm, args.cycle, stage)
+        if shared != args.arm:
+            raise UsageError(f"in cycle {args.cycle} the {args.arm} arm uses the {args.stage} job of the {shared} arm "
+                             f"(same settings, shared finetune): rerun it with --arm {shared}")
 
 
 def target_of(config: dict, args: argparse.Namespace) -> str:

@@ -52,6 +52,9 @@ def validate(config: dict, schema: str | os.PathLike = SCHEMA) -> dict:
     if error is not None:
         raise ConfigError(explain(error))
     sm_validate(config, str(schema), set_default=True)
+    from .arms import normalise
+
+    config["arms"] = normalise(config["arms"])
     return config
 
 
@@ -87,7 +90,10 @@ def check_config(config: dict, base: str | os.PathLike = ".") -> None:
     """Checks the schema cannot express; raise ConfigError naming the key."""
     import timm
 
+    from .arms import check as check_arms
     from .models import BUNDLED
+
+    check_arms(config)
 
     for name, ds in config["datasets"].items():
         if not Path(base, ds["path"]).exists():
@@ -110,14 +116,16 @@ def check_config(config: dict, base: str | os.PathLike = ".") -> None:
             )
         if weights not in ("hub", "none", "bundled") and not Path(base, weights).exists():
             raise ConfigError(f"models.{name}.weights: file {weights} does not exist; use hub, none, bundled or an existing file")
-        method = cam_method(config, name)
-        if method not in CAM_METHODS:
-            raise ConfigError(f"models.{name}.cam_method: unknown method '{method}'; allowed: inherit, {', '.join(CAM_METHODS)}")
-        if method == "fullgrad" and is_vit_name(model["timm_name"]):
-            raise ConfigError(
-                f"models.{name}.cam_method: fullgrad needs convolution biases and does not fit the ViT "
-                f"'{model['timm_name']}'; choose gradcam, gradcam++, scorecam or another method"
-            )
+        for arm in [None, *config["arms"]]:
+            method = cam_method(config, name, arm)
+            where = f"models.{name}.cam_method" if arm is None else f"arms.{arm}.cam_method (for model {name})"
+            if method not in CAM_METHODS:
+                raise ConfigError(f"{where}: unknown method '{method}'; allowed: inherit, {', '.join(CAM_METHODS)}")
+            if method == "fullgrad" and is_vit_name(model["timm_name"]):
+                raise ConfigError(
+                    f"{where}: fullgrad needs convolution biases and does not fit the ViT "
+                    f"'{model['timm_name']}'; choose gradcam, gradcam++, scorecam or another method"
+                )
     epochs = config["training"]["epochs"]
     if isinstance(epochs, list) and len(epochs) < config["cycles"]:
         raise ConfigError(
@@ -129,9 +137,9 @@ def cam_grid_warnings(config: dict) -> list[str]:
     """One message per (model, dataset) whose explained layer gives a map of 2 x 2 cells or fewer at the
     dataset's image size: such maps are coarse or, often, empty (nothing to erase). Builds each
     model once without weights; empty when no arm explains anything."""
-    from .layout import ERASING_ARMS
+    from .arms import ADDING_KINDS, names_of_kind
 
-    if not set(config["arms"]) & set(ERASING_ARMS) or config["cycles"] < 1:
+    if not names_of_kind(config, *ADDING_KINDS) or config["cycles"] < 1:
         return []
     import timm
 
@@ -157,9 +165,10 @@ def is_vit_name(timm_name: str) -> bool:
     return timm_name.split("_")[0] in {"vit", "deit", "deit3", "beit", "eva", "eva02", "flexivit"}
 
 
-def cam_method(config: dict, model: str) -> str:
-    method = config["models"][model].get("cam_method", "inherit")
-    return config["proxy"]["cam_method"] if method == "inherit" else method
+def cam_method(config: dict, model: str, arm: str | None = None) -> str:
+    from .arms import cam_method as arm_cam_method
+
+    return arm_cam_method(config, model, arm)
 
 
 def epochs_for(config: dict, cycle: int) -> int:
@@ -189,17 +198,21 @@ STAGE_SECTIONS = {
 SPEED_ONLY = {"training": ("threads", "num_workers")}
 
 
-def stage_settings(config: dict, dataset: str, model: str, cycle: int = 0, stage: str | None = None) -> dict:
-    """The plain settings mapping a stage needs for one (dataset, model, cycle).
+def stage_settings(config: dict, dataset: str, model: str, cycle: int = 0, stage: str | None = None,
+                   arm: str | None = None) -> dict:
+    """The plain settings mapping a stage needs for one (dataset, model, cycle) of ``arm``.
 
-    With ``stage``, only the sections that stage reads (see STAGE_SECTIONS).
+    With ``stage``, only the sections that stage reads (see STAGE_SECTIONS). ``proxy`` is
+    the arm's (the ``proxy:`` section with the arm's overrides, see arms.py).
     """
+    from .arms import proxy_settings
+
     full = {
         "model": copy.deepcopy(config["models"][model]),
         "training": {k: v for k, v in config["training"].items() if k not in SPEED_ONLY["training"]},
-        "proxy": copy.deepcopy(config["proxy"]),
+        "proxy": proxy_settings(config, arm),
     }
-    full["proxy"]["cam_method"] = cam_method(config, model)
+    full["proxy"]["cam_method"] = cam_method(config, model, arm)
     if stage == "train":
         full["epochs"] = epochs_for(config, cycle)
     settings = {"names": {"dataset": dataset, "model": model}, "cycle": cycle}

@@ -32,15 +32,24 @@ def _panels(frame: pd.DataFrame):
     return fig, list(zip(pairs, axes[0]))
 
 
-def _curve(ax, part: pd.DataFrame, x: str, y: str, arm: str) -> None:
+def colour(arm: str, arms: list) -> str:
+    """The default arms keep their colours; other names take the next colours of the cycle."""
+    if arm in ARM_COLOURS:
+        return ARM_COLOURS[arm]
+    others = [a for a in arms if a not in ARM_COLOURS]
+    palette = ["tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "black"]
+    return palette[others.index(arm) % len(palette)] if arm in others else "tab:gray"
+
+
+def _curve(ax, part: pd.DataFrame, x: str, y: str, arm: str, arms: list) -> None:
     stats = [(xv, *mean_ci(g[y])) for xv, g in part.groupby(x)] if x == "cycle" else None
     if stats is None:  # x differs per seed (time): mean over seeds of both axes
         grouped = part.groupby("cycle")
         stats = [(g[x].mean(), *mean_ci(g[y])) for _, g in grouped]
     xs, mean, lo, hi, _ = map(np.array, zip(*stats))
-    ax.plot(xs, mean, marker="o", label=arm, color=ARM_COLOURS.get(arm))
+    ax.plot(xs, mean, marker="o", label=arm, color=colour(arm, arms))
     if np.isfinite(lo).any():
-        ax.fill_between(xs, lo, hi, alpha=0.2, color=ARM_COLOURS.get(arm))
+        ax.fill_between(xs, lo, hi, alpha=0.2, color=colour(arm, arms))
 
 
 def accuracy_by(frame: pd.DataFrame, x: str, out_png, xlabel: str) -> None:
@@ -49,7 +58,7 @@ def accuracy_by(frame: pd.DataFrame, x: str, out_png, xlabel: str) -> None:
     for (dataset, model), ax in panels:
         part = data[(data.dataset == dataset) & (data.model == model)]
         for arm, arm_part in part.groupby("arm", sort=False):
-            _curve(ax, arm_part, x, "accuracy", arm)
+            _curve(ax, arm_part, x, "accuracy", arm, list(frame.arm.unique()))
         ax.set(title=f"{dataset} / {model}", xlabel=xlabel, ylabel="validation accuracy", ylim=(0, 1))
         if x == "cycle":
             ax.set_xticks(sorted(part.cycle.unique()))
@@ -62,7 +71,7 @@ def peak_memory(frame: pd.DataFrame, out_png) -> None:
     data = frame.groupby(["model", "arm"], sort=False).peak_memory_mib.max().unstack("arm")
     kind = ", ".join(sorted(set(frame.peak_memory_kind.dropna())))
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(data), 3.4))
-    data.plot.bar(ax=ax, color=[ARM_COLOURS.get(a) for a in data.columns], rot=0)
+    data.plot.bar(ax=ax, color=[colour(a, list(frame.arm.unique())) for a in data.columns], rot=0)
     ax.set(ylabel=f"peak memory (MiB; {kind})", title="peak memory per training run")
     ax.grid(axis="y", alpha=0.3)
     _save(fig, out_png)
@@ -82,7 +91,7 @@ def time_to_target(frame: pd.DataFrame, out_png) -> None:
             reached = curve[curve.accuracy >= target - 1e-12]
             arms.append(arm)
             seconds.append(reached.cumulative_train_seconds.iloc[0] if len(reached) else np.nan)
-        ax.bar(arms, seconds, color=[ARM_COLOURS.get(a) for a in arms])
+        ax.bar(arms, seconds, color=[colour(a, list(frame.arm.unique())) for a in arms])
         ax.set(title=f"{dataset} / {model}: to {target:.3f}", ylabel="cumulative training seconds")
         ax.grid(axis="y", alpha=0.3)
     _save(fig, out_png)

@@ -7,10 +7,6 @@ functions; the ``proxyattention`` command line uses them to run one stage by han
 from __future__ import annotations
 
 FINETUNE = "finetune"
-ARMS = ("baseline", "duplicate", "proxy", "random_erase")
-# Arms that add the selected images of each cycle to training: erased where the model
-# looks (proxy), erased at a random place (random_erase), or unchanged (duplicate).
-ERASING_ARMS = ("duplicate", "proxy", "random_erase")
 
 PREPARED = "{results}/prepared/{dataset}"
 RUN = "{results}/runs/{dataset}/{model}/seed{seed}/{arm}/cycle{cycle}"
@@ -36,10 +32,12 @@ def metrics_before(results: str, dataset: str, model: str, seed, arm: str, cycle
             for c in range(int(cycle))]
 
 
-def erased_for_training(results: str, accumulate: bool, dataset: str, model: str, seed, arm: str, cycle) -> list[str]:
-    """erased.npz files a retrain adds to the originals: none for baseline; this cycle's, and
-    with ``accumulate`` every earlier cycle's, for the erasing arms."""
-    if arm not in ERASING_ARMS:
+def erased_for_training(results: str, accumulate: bool, adds: bool, dataset: str, model: str, seed, arm: str,
+                        cycle) -> list[str]:
+    """erased.npz files a retrain adds to the originals: none for an arm that adds nothing
+    (``adds`` false: baseline); this cycle's, and with ``accumulate`` every earlier cycle's,
+    for the arms that add images (proxy, random_erase, duplicate)."""
+    if not adds:
         return []
     cycle = int(cycle)
     first = 1 if accumulate else cycle
@@ -71,8 +69,3 @@ def describe_grid(config: dict, configfiles=()) -> str:
 def mask_seed(seed, cycle) -> int:
     """Seed of a cycle's random draws in mask-and-save: distinct per seed and cycle."""
     return int(seed) * 1000 + int(cycle)
-
-
-def erase_control(arm: str) -> str | None:
-    """The random_erase arm erases the same area at a random place; duplicate erases nothing."""
-    return {"random_erase": "random", "duplicate": "duplicate"}.get(arm)

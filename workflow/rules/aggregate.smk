@@ -22,6 +22,8 @@ rule aggregate:
         cells=grid(),
         erased_cells=erased_cells(),
         datasets=list(config["datasets"]),
+        arms=list(config["arms"]),
+        comparisons=arms.comparisons(config),
     log:
         f"{LOGS}/aggregate.log",
     conda:
@@ -60,13 +62,13 @@ rule examples:
         unpack(example_inputs),
     output:
         report(
-            f"{RESULTS}/figures/examples/{{dataset}}/{{model}}.png",
+            f"{RESULTS}/figures/examples/{{dataset}}/{{model}}/{{arm}}.png",
             caption="../report/examples.rst",
             category="Examples",
         ),
-        f"{RESULTS}/figures/examples/{{dataset}}/{{model}}.svg",
+        f"{RESULTS}/figures/examples/{{dataset}}/{{model}}/{{arm}}.svg",
     log:
-        f"{LOGS}/examples/{{dataset}}/{{model}}.log",
+        f"{LOGS}/examples/{{dataset}}/{{model}}/{{arm}}.log",
     conda:
         "../../envs/proxyattention.yaml"
     script:

@@ -15,7 +15,7 @@ from proxyattention.config import (
     validate as validate_config,
 )
 from proxyattention.report import FIGURE_NAMES as FIGURES
-from proxyattention import layout, warm
+from proxyattention import arms, layout, warm
 from snakemake.logging import logger
 
 try:
@@ -72,7 +72,7 @@ def one_of(names):
 wildcard_constraints:
     dataset=one_of(config["datasets"]),
     model=one_of(config["models"]),
-    arm=f"finetune|{one_of(layout.ARMS)}",
+    arm=f"finetune|{one_of(config['arms'])}",
     seed=r"\d+",
     cycle=r"\d+",
 
@@ -117,15 +117,19 @@ def previous_metrics(wc):
     return layout.metrics_before(RESULTS, *cell_of(wc))
 
 
+ADDING_ARMS = arms.names_of_kind(config, *arms.ADDING_KINDS)
+
+
 def extra_images(wc):
-    return layout.erased_for_training(RESULTS, config["training"]["accumulate"], *cell_of(wc))
+    adds = wc.arm in ADDING_ARMS
+    return layout.erased_for_training(RESULTS, config["training"]["accumulate"], adds, *cell_of(wc))
 
 
 def settings_for(stage):
     """Input function: the settings ``stage`` reads, for this job's dataset, model and cycle."""
 
     def settings(wc):
-        return stage_settings(config, wc.dataset, wc.model, int(wc.cycle), stage)
+        return stage_settings(config, wc.dataset, wc.model, int(wc.cycle), stage, wc.arm)
 
     return settings
 
@@ -165,7 +169,19 @@ def prepared_inputs(wc):
 
 
 def erase_control(wc):
-    return layout.erase_control(wc.arm)
+    return arms.CONTROLS[arms.kind_of(config, wc.arm)]
+
+
+def shared_path(stage, name, dataset, model, seed, arm, cycle):
+    """``name`` in the folder of the arm whose ``stage`` job this arm uses (in cycle 1, arms
+    with equal settings share one job: arms.owner)."""
+    owner = arms.owner(config, dataset, model, arm, int(cycle), stage)
+    return f"{run_dir_of(dataset, model, seed, owner, cycle)}/{name}"
+
+
+def shared_run_file(stage, name):
+    """Input function form of shared_path."""
+    return lambda wc: shared_path(stage, name, *cell_of(wc))
 
 
 def mask_seed(wc):
@@ -178,7 +194,7 @@ def cycle_decision(wc):
 
 
 def erased_cells():
-    return [cell for cell in grid() if cell[3] in layout.ERASING_ARMS]
+    return [cell for cell in grid() if cell[3] in ADDING_ARMS]
 
 
 def all_erased_tables():
@@ -186,20 +202,24 @@ def all_erased_tables():
 
 
 def example_inputs(wc):
-    """The first seed's first Proxy Attention cycle of a (dataset, model)."""
-    run = layout.run_dir(RESULTS, wc.dataset, wc.model, min(config["seeds"]), "proxy", 1)
+    """The first seed's first Proxy Attention cycle of a (dataset, model, proxy arm)."""
+    cell = (wc.dataset, wc.model, min(config["seeds"]), wc.arm, 1)
     return {
-        "cams": f"{run}/cams.npz",
-        "erased": f"{run}/erased.npz",
-        "selected": f"{run}/selected.csv",
+        "cams": shared_path("compute_cams", "cams.npz", *cell),
+        "erased": f"{run_dir_of(*cell)}/erased.npz",
+        "selected": shared_path("find_misclassified", "selected.csv", *cell),
     }
 
 
+PROXY_ARMS = arms.names_of_kind(config, "proxy")
+
+
 def example_figures():
-    if "proxy" not in config["arms"] or config["cycles"] < 1:
+    if not PROXY_ARMS or config["cycles"] < 1:
         return []
     return expand(
-        f"{RESULTS}/figures/examples/{{dataset}}/{{model}}.png",
+        f"{RESULTS}/figures/examples/{{dataset}}/{{model}}/{{arm}}.png",
         dataset=config["datasets"],
         model=config["models"],
+        arm=PROXY_ARMS,
     )

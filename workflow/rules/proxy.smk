@@ -10,7 +10,7 @@ rule find_misclassified:
         predictions=run_file("predictions.csv"),
         selected=run_file("selected.csv"),
     wildcard_constraints:
-        arm=one_of(layout.ERASING_ARMS),
+        arm=one_of(ADDING_ARMS),
     params:
         settings=settings_for("find_misclassified"),
     log:
@@ -30,12 +30,12 @@ rule compute_cams:
     input:
         unpack(prepared_inputs),
         unpack(previous_checkpoint),
-        selected=run_file("selected.csv"),
+        selected=shared_run_file("find_misclassified", "selected.csv"),
     output:
         cams=run_file("cams.npz"),
         table=run_file("cams.csv"),
     wildcard_constraints:
-        arm=one_of(layout.ERASING_ARMS),
+        arm=one_of(ADDING_ARMS),
     params:
         settings=settings_for("compute_cams"),
     log:
@@ -54,13 +54,13 @@ rule compute_cams:
 rule mask_and_save:
     input:
         unpack(prepared_inputs),
-        cams=run_file("cams.npz"),
+        cams=shared_run_file("compute_cams", "cams.npz"),
     output:
         erased=directory(run_file("erased")),
         npz=run_file("erased.npz"),
         table=run_file("erased.csv"),
     wildcard_constraints:
-        arm=one_of(layout.ERASING_ARMS),
+        arm=one_of(ADDING_ARMS),
     params:
         settings=settings_for("mask_and_save"),
         control=erase_control,

@@ -39,7 +39,7 @@ rule retrain:
     output:
         **TRAIN_OUTPUTS,
     wildcard_constraints:
-        arm=one_of(layout.ARMS),
+        arm=one_of(config["arms"]),
     params:
         settings=settings_for("train"),
     log:
@@ -61,7 +61,7 @@ rule decide_cycle:
     output:
         run_file("decision.json"),
     wildcard_constraints:
-        arm=one_of(layout.ARMS),
+        arm=one_of(config["arms"]),
     params:
         stop_when=config["stop_when"],
     log:

@@ -11,4 +11,6 @@ aggregate(
     snakemake.output.summary,
     dict(zip(snakemake.params.datasets, snakemake.output.tables)),
     dict(zip(snakemake.params.datasets, snakemake.input.infos)),
+    arms=snakemake.params.arms,
+    comparisons=[tuple(pair) for pair in snakemake.params.comparisons],
 )

@@ -1,0 +1,152 @@
+"""Named arms: variants of Proxy Attention compared in one DAG, sharing the work that does not differ."""
+
+import re
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import ROOT, make_config, user_command
+from proxyattention.arms import comparisons, normalise, owner, proxy_settings
+from proxyattention.config import ConfigError, check_config, validate
+
+SIX = {
+    "baseline": {"kind": "baseline"},
+    "duplicate": {"kind": "duplicate"},
+    "gradcam": {"kind": "proxy"},
+    "eigencam": {"kind": "proxy", "cam_method": "eigencam"},
+    "gradcampp_pred": {"kind": "proxy", "cam_method": "gradcam++", "target": "prediction",
+                       "fill": {"mode": "blend", "blend_lambda": 0.4}},
+    "gradcam_random": {"kind": "random_erase", "matches": "gradcam"},
+}
+
+
+def test_the_list_form_means_what_it_meant():
+    assert normalise(["baseline", "duplicate", "proxy", "random_erase"]) == {
+        "baseline": {"kind": "baseline"}, "duplicate": {"kind": "duplicate", "matches": "proxy"},
+        "proxy": {"kind": "proxy"}, "random_erase": {"kind": "random_erase", "matches": "proxy"}}
+    config = make_config(arms=["baseline", "proxy", "random_erase"])
+    assert comparisons(config) == [("proxy", "baseline"), ("random_erase", "baseline"), ("proxy", "random_erase")]
+
+
+def test_arms_override_proxy_keys_and_controls_take_their_match():
+    config = make_config(arms=SIX, proxy={"threshold": {"mode": "quantile", "value": 0.8}})
+    pred = proxy_settings(config, "gradcampp_pred")
+    assert pred["cam_method"] == "gradcam++" and pred["target"] == "prediction"
+    assert pred["fill"] == {"mode": "blend", "blend_lambda": 0.4}
+    assert pred["threshold"] == {"mode": "quantile", "value": 0.8}  # from the proxy section
+    assert proxy_settings(config, "gradcam_random") == proxy_settings(config, "gradcam")
+    pairs = comparisons(config)
+    assert [p for p in pairs if p[1] == "baseline"] == [(a, "baseline") for a in SIX if a != "baseline"]
+    assert ("gradcam", "gradcam_random") in pairs and ("eigencam", "gradcam_random") not in pairs
+    assert {("gradcam", "duplicate"), ("eigencam", "duplicate"), ("gradcampp_pred", "duplicate")} <= set(pairs)
+
+
+def test_cycle_one_work_is_shared_by_arms_with_equal_settings():
+    config = make_config(arms=SIX)
+    adding = ["duplicate", "gradcam", "eigencam", "gradcampp_pred", "gradcam_random"]
+    assert {owner(config, "fm", "lite0", a, 1, "find_misclassified") for a in adding} == {"gradcam"}
+    cams = {a: owner(config, "fm", "lite0", a, 1, "compute_cams") for a in adding}
+    assert cams == {"duplicate": "gradcam", "gradcam": "gradcam", "eigencam": "eigencam",
+                    "gradcampp_pred": "gradcampp_pred", "gradcam_random": "gradcam"}
+    assert all(owner(config, "fm", "lite0", a, 2, "compute_cams") == a for a in adding)  # own models from cycle 2
+
+
+@pytest.mark.parametrize("arms, words", [
+    ({"a": {"kind": "proxi"}}, "arms.a.kind"),
+    ({"a": {"kind": "proxy", "threshhold": {"value": 0.8}}}, "arms.a: unknown key(s) threshhold"),
+    ({"p": {"kind": "proxy"}, "r": {"kind": "random_erase", "matches": "baseline"}, "baseline": {"kind": "baseline"}},
+     "arms.r.matches: 'baseline' is not a proxy arm"),
+    ({"p": {"kind": "proxy", "cam_method": "gradcam3"}}, "arms.p"),
+    ({"p": {"kind": "proxy", "fill": {"mode": "pink"}}}, "arms.p: setting 'fill.mode'"),
+    ({"b": {"kind": "baseline", "cam_method": "eigencam"}}, "arms.b: a baseline arm"),
+])
+def test_a_wrong_arm_is_refused_naming_it(arms, words):
+    config = make_config(arms=arms)
+    with pytest.raises(ConfigError) as err:
+        check_config(config)
+    assert words in str(err.value)
+
+
+def planned_jobs(text: str) -> list[tuple[str, dict]]:
+    """(rule, wildcards) of every job in a dry-run's output."""
+    jobs, rule = [], None
+    for line in text.splitlines():
+        if line.startswith("rule ") or line.startswith("localrule "):
+            rule = line.split()[1].rstrip(":")
+        elif line.strip().startswith("wildcards:") and rule:
+            jobs.append((rule, dict(item.split("=", 1) for item in line.split(":", 1)[1].strip().split(", "))))
+            rule = None
+    return jobs
+
+
+def test_the_variants_config_shares_cycle_one_work(tmp_path):
+    """`snakemake -n --configfile config.variants.yaml` (the repo's own file, in a fresh folder):
+    one cycle-1 find_misclassified per (dataset, model, seed), one cycle-1 compute_cams per
+    distinct CAM setting (gradcam shared by duplicate and gradcam_random, eigencam, gradcam++)."""
+    for entry in ROOT.iterdir():
+        if entry.name not in {".git", ".venv", "results", ".snakemake"}:
+            (tmp_path / entry.name).symlink_to(entry)
+    proc = subprocess.run(user_command("snakemake", "--cores", "all", "-n", "--configfile", "config.variants.yaml"),
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    config = yaml.safe_load((ROOT / "config.variants.yaml").read_text())
+    runs = len(config["datasets"]) * len(config["models"]) * len(config["seeds"])
+    jobs = planned_jobs(proc.stdout)
+
+    def count(rule, cycle):
+        return sorted(w["arm"] for r, w in jobs if r == rule and w["cycle"] == str(cycle))
+
+    assert count("find_misclassified", 1) == ["gradcam"] * runs
+    assert count("compute_cams", 1) == sorted(["gradcam", "eigencam", "gradcampp_pred"] * runs)
+    adding = [a for a, s in config["arms"].items() if s["kind"] != "baseline"]
+    assert count("compute_cams", 2) == sorted(adding * runs)  # each arm's own model from cycle 2 on
+    assert count("mask_and_save", 1) == sorted(adding * runs)  # what it adds is each arm's own
+    assert count("retrain", 1) == sorted(list(config["arms"]) * runs)
+
+
+@pytest.mark.slow
+def test_a_tiny_six_arm_run_compares_every_pair(tmp_path):
+    from test_workflow import run_dir, snakemake, tiny_config
+
+    tiny_config(tmp_path, arms=SIX, seeds=[0, 1], cycles=1)
+    snakemake(tmp_path)
+    summary = pd.read_csv(tmp_path / "results" / "summary.csv")
+    later = summary[summary.cycle > 0]
+    assert sorted(later.arm.unique()) == sorted(SIX) and len(later) == 2 * len(SIX)
+    table = pd.read_csv(tmp_path / "results" / "tables" / "fm_comparison.csv")
+    config = validate(yaml.safe_load((tmp_path / "config.yaml").read_text()))
+    for arm, other in comparisons(config):
+        assert table[f"{arm}_minus_{other}_pairs"].iloc[0] == 2, (arm, other)
+    # the shared selection is what the duplicate arm's own job would have selected
+    from proxyattention.config import stage_settings
+    from proxyattention.misclassified import find_misclassified
+
+    shared = run_dir(tmp_path, "gradcam", 0, 1)
+    prepared = tmp_path / "results" / "prepared" / "fm"
+    finetune = run_dir(tmp_path, "finetune", 0, 0)
+    find_misclassified(stage_settings(config, "fm", "lite0", 1, "find_misclassified", "duplicate"),
+                       prepared / "images.npy", prepared / "index.csv", finetune / "model.safetensors",
+                       finetune / "model.json", tmp_path / "predictions.csv", tmp_path / "selected.csv")
+    assert (tmp_path / "selected.csv").read_bytes() == (shared / "selected.csv").read_bytes()
+    assert not (run_dir(tmp_path, "duplicate", 0, 1) / "selected.csv").exists()  # not computed twice
+    # duplicate adds exactly what gradcam adds (same maps, same empty ones), unchanged
+    dup, grad = (np.load(run_dir(tmp_path, a, 0, 1) / "erased.npz") for a in ("duplicate", "gradcam"))
+    np.testing.assert_array_equal(dup["index"], grad["index"])
+    for arm in ("gradcam", "eigencam", "gradcampp_pred"):
+        assert (tmp_path / "results" / "figures" / "examples" / "fm" / "lite0" / f"{arm}.png").exists()
+
+
+def test_by_hand_points_a_shared_job_to_the_arm_that_runs_it():
+    from proxyattention.cli import UsageError, check_cell, parse_args
+
+    config = make_config(arms=SIX, seeds=[0])
+    args = parse_args(["find-misclassified", "--dataset", "fm", "--model", "lite0", "--arm", "duplicate", "--cycle", "1"])
+    with pytest.raises(UsageError, match="uses the find-misclassified job of the gradcam arm"):
+        check_cell(config, args)
+    check_cell(config, parse_args(["compute-cams", "--dataset", "fm", "--model", "lite0", "--arm", "eigencam",
+                                   "--cycle", "1"]))  # its own CAM job
+    check_cell(config, parse_args(["find-misclassified", "--dataset", "fm", "--model", "lite0", "--arm", "duplicate",
+                                   "--cycle", "2"]))  # its own model from cycle 2 on
