@@ -65,7 +65,7 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 
 
 class Cluster:
-    def __init__(self, root: Path, cpus: int = 8, memory_mb: int = 40000):
+    def __init__(self, root: Path, cpus: int = 8, memory_mb: int = 200000):
         self.root = Path(root)
         self.cpus, self.memory_mb = cpus, memory_mb
         # Job steps (srun inside a batch job) read the default path, not $SLURM_CONF.

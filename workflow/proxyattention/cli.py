@@ -122,9 +122,10 @@ def missing_inputs(output: str) -> list[str]:
 
 
 def snakemake_command(config_path: str, target: str, rule: str, cores: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--configfile", config_path,
-            "--cores", cores, "--forcerun", target, "--allowed-rules", rule, "--config", "warm_start=False",
-            *extra, target]
+    # the target first: --forcerun, --allowed-rules, --configfile and --config take every word after them
+    return [sys.executable, "-m", "snakemake", target, "--snakefile", str(SNAKEFILE), "--cores", cores,
+            "--forcerun", target, "--allowed-rules", rule, *extra, "--configfile", config_path,
+            "--config", "warm_start=False"]
 
 
 def device_env(device: str | None) -> dict:
@@ -154,7 +155,7 @@ def main(argv=None) -> int:
     rule = STAGES[args.stage][0]
     target = target_of(config, args)
     # First a dry run: inputs that are not there stop here, naming the stage that makes them.
-    plan = subprocess.run(snakemake_command(args.config, target, rule, args.cores, "--dry-run", "--quiet"),
+    plan = subprocess.run(snakemake_command(args.config, target, rule, args.cores, "--dry-run"),
                           capture_output=True, text=True, env=env)
     if plan.returncode != 0:
         missing = missing_inputs(plan.stdout + plan.stderr)

@@ -60,7 +60,9 @@ def describe_grid(config: dict, configfiles=()) -> str:
     parts = [(key, list(config[key])) for key in ("datasets", "models", "arms", "seeds")]
     text = " x ".join(f"{len(v)} {k if len(v) != 1 else k[:-1]} ({', '.join(map(str, v))})" for k, v in parts)
     n = len(config["datasets"]) * len(config["models"]) * len(config["seeds"])
-    source = f" from {', '.join(map(str, configfiles))}" if configfiles else ""
+    import os
+
+    source = f" from {', '.join(os.path.relpath(f) for f in configfiles)}" if configfiles else ""
     return (f"proxyattention grid{source}: {text} x {config['cycles']} cycles = "
             f"{n * len(config['arms']) * config['cycles']} arm-cycles after {n} shared finetunes; "
             f"results in {config['results']}/")
