@@ -1,11 +1,15 @@
-"""Shared fixtures: real (small) data from the embedded Fashion-MNIST demo and bundled photos."""
+"""Shared fixtures: real (small) data from the embedded Fashion-MNIST demo and bundled photos, and
+the tiny whole-DAG run (one per session: the workflow and the named-arms tests both read it)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,8 +19,6 @@ DEMO = ROOT / "workflow" / "data" / "fashion_mnist_demo"
 def user_command(*words: str) -> list[str]:
     """A command as the README writes it, run with this environment's own entry point
     (``snakemake ...`` is the ``snakemake`` beside this Python, whatever PATH says)."""
-    import sys
-
     program = Path(sys.executable).parent / words[0]
     return [str(program) if program.exists() else words[0], *words[1:]]
 
@@ -62,3 +64,45 @@ def trained(prepared, tmp_path_factory):
     train(stage_settings(config, "fm", "lite0", 0), prepared["images"], prepared["index"], prepared["classes"],
           paths["weights"], paths["meta"], paths["epochs"], paths["stats"], seed=0)
     return {**paths, "config": config}
+
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--cores", "2"]
+
+
+def tiny_config(tmp_path, **overrides):
+    config = {
+        "results": "results",
+        "datasets": {"fm": {"source": "idx", "path": str(DEMO), "image_size": 32,
+                            "classes": ["top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
+                                        "sneaker", "bag", "boot"]}},
+        "models": {"lite0": {"timm_name": "tf_efficientnet_lite0", "weights": "bundled", "batch_size": 100}},
+        "training": {"epochs_finetune": 1, "epochs": 1, "num_workers": 0},
+        "arms": ["baseline", "duplicate", "proxy"],
+        "seeds": [0, 1],
+        "cycles": 2,
+    }
+    config.update(overrides)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))  # arms keep their order, as a user's file does
+    return path
+
+
+def snakemake(workdir, *args, check=True):
+    # targets first: --configfile takes every word after it
+    proc = subprocess.run(SNAKEMAKE + [*args, "--directory", str(workdir), "--configfile", str(workdir / "config.yaml")],
+                          capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stdout[-4000:] + proc.stderr[-4000:])
+    return proc
+
+
+def run_dir(workdir, arm, seed, cycle):
+    return workdir / "results" / "runs" / "fm" / "lite0" / f"seed{seed}" / arm / f"cycle{cycle}"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("tiny")
+    tiny_config(workdir)
+    snakemake(workdir)
+    return workdir

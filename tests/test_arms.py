@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, make_config, user_command
+from conftest import ROOT, make_config, run_dir, snakemake, tiny_config, user_command
 from proxyattention.arms import comparisons, normalise, owner, proxy_settings
-from proxyattention.config import ConfigError, check_config, validate
+from proxyattention.config import ConfigError, check_config, stage_settings, validate
+from proxyattention.misclassified import find_misclassified
 
 SIX = {
     "baseline": {"kind": "baseline"},
@@ -108,9 +109,7 @@ def test_the_variants_config_shares_cycle_one_work(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_tiny_six_arm_run_compares_every_pair(tmp_path):
-    from test_workflow import run_dir, snakemake, tiny_config
-
+def test_a_tiny_six_arm_run_compares_every_pair(tmp_path, tiny_run):
     tiny_config(tmp_path, arms=SIX, seeds=[0, 1], cycles=1)
     snakemake(tmp_path)
     summary = pd.read_csv(tmp_path / "results" / "summary.csv")
@@ -121,9 +120,6 @@ def test_a_tiny_six_arm_run_compares_every_pair(tmp_path):
     for arm, other in comparisons(config):
         assert table[f"{arm}_minus_{other}_pairs"].iloc[0] == 2, (arm, other)
     # the shared selection is what the duplicate arm's own job would have selected
-    from proxyattention.config import stage_settings
-    from proxyattention.misclassified import find_misclassified
-
     shared = run_dir(tmp_path, "gradcam", 0, 1)
     prepared = tmp_path / "results" / "prepared" / "fm"
     finetune = run_dir(tmp_path, "finetune", 0, 0)
@@ -137,6 +133,15 @@ def test_a_tiny_six_arm_run_compares_every_pair(tmp_path):
     np.testing.assert_array_equal(dup["index"], grad["index"])
     for arm in ("gradcam", "eigencam", "gradcampp_pred"):
         assert (tmp_path / "results" / "figures" / "examples" / "fm" / "lite0" / f"{arm}.png").exists()
+    # the list form (tiny_run: [baseline, duplicate, proxy]) gives the same cycle-1 outputs as the
+    # arms of the mapping form that mean the same thing, to the byte
+    for seed in (0, 1):
+        for named, listed in (("baseline", "baseline"), ("duplicate", "duplicate"), ("gradcam", "proxy")):
+            ours, theirs = run_dir(tmp_path, named, seed, 1), run_dir(tiny_run, listed, seed, 1)
+            for name in ("model.safetensors", "erased.npz", "erased.csv"):
+                if (theirs / name).exists() or (ours / name).exists():
+                    mine = (ours / name).read_bytes().replace(f"/{named}/".encode(), f"/{listed}/".encode())  # png paths
+                    assert mine == (theirs / name).read_bytes(), (named, seed, name)
 
 
 def test_by_hand_points_a_shared_job_to_the_arm_that_runs_it():

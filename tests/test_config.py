@@ -17,7 +17,8 @@ def test_defaults_come_from_the_schema():
     assert config["datasets"]["d"]["image_size"] == 224
     assert config["proxy"]["threshold"] == {"mode": "quantile", "value": 0.9}
     assert config["proxy"]["fill"]["mode"] == "black"
-    assert config["arms"] == ["baseline", "duplicate", "proxy", "random_erase"]
+    assert config["arms"] == {"baseline": {"kind": "baseline"}, "duplicate": {"kind": "duplicate", "matches": "proxy"},
+                              "proxy": {"kind": "proxy"}, "random_erase": {"kind": "random_erase", "matches": "proxy"}}
 
 
 @pytest.mark.parametrize("mutate, words", [

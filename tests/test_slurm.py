@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, user_command
-from test_workflow import SNAKEMAKE, tiny_config
+from conftest import SNAKEMAKE, tiny_config
 
 sys.path.insert(0, str(ROOT / "tests" / "slurm"))
 from cluster import Cluster, ClusterUnavailable  # noqa: E402

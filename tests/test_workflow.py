@@ -3,57 +3,14 @@
 import io
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import DEMO, ROOT, user_command
+from conftest import ROOT, SNAKEMAKE, run_dir, snakemake, tiny_config, user_command
 from proxyattention.timing import PATTERN
-
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--cores", "2"]
-
-
-def tiny_config(tmp_path, **overrides):
-    config = {
-        "results": "results",
-        "datasets": {"fm": {"source": "idx", "path": str(DEMO), "image_size": 32,
-                            "classes": ["top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
-                                        "sneaker", "bag", "boot"]}},
-        "models": {"lite0": {"timm_name": "tf_efficientnet_lite0", "weights": "bundled", "batch_size": 100}},
-        "training": {"epochs_finetune": 1, "epochs": 1, "num_workers": 0},
-        "arms": ["baseline", "duplicate", "proxy"],
-        "seeds": [0, 1],
-        "cycles": 2,
-    }
-    config.update(overrides)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def snakemake(workdir, *args, check=True):
-    # targets first: --configfile takes every word after it
-    proc = subprocess.run(SNAKEMAKE + [*args, "--directory", str(workdir), "--configfile", str(workdir / "config.yaml")],
-                          capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(proc.stdout[-4000:] + proc.stderr[-4000:])
-    return proc
-
-
-def run_dir(workdir, arm, seed, cycle):
-    return workdir / "results" / "runs" / "fm" / "lite0" / f"seed{seed}" / arm / f"cycle{cycle}"
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("tiny")
-    tiny_config(workdir)
-    snakemake(workdir)
-    return workdir
-
 
 @pytest.mark.slow
 def test_whole_dag_produces_the_summary_and_figures(tiny_run):
