@@ -66,6 +66,22 @@ def test_one_tree_gets_a_fixed_stratified_split(tmp_path):
     assert (first.groupby("label").split.apply(lambda s: (s == "val").sum()) == 2).all()  # 0.25 * 8
 
 
+def test_a_test_split_leaves_the_validation_draw_as_it_was():
+    labels = np.repeat(np.arange(4), [10, 20, 5, 2])
+    before = draw_split(labels, [""] * len(labels), 0.2, 7)
+    after = draw_split(labels, [""] * len(labels), 0.2, 7, test_fraction=0.25)
+    assert ((before == "val") == (after == "val")).all()  # the stop rule sees the same validation
+    for label in range(4):
+        train = (before == "train") & (labels == label)
+        n_test = ((after == "test") & (labels == label)).sum()
+        assert n_test == min(round(0.25 * train.sum()), train.sum() - 1)  # stratified, one left to train
+    assert ((after == "test") <= (before == "train")).all()
+    given = ["train"] * 30 + ["val"] * 7  # a source's own train/val: the test comes out of its train part
+    split = draw_split(labels, given, 0.2, 7, test_fraction=0.5)
+    assert (split[30:] == "val").all() and (split[:30] == "test").sum() == sum(
+        min(round(0.5 * n), n - 1) for n in np.bincount(labels[:30]))
+
+
 def test_draw_split_keeps_given_splits_and_is_seeded():
     labels = np.array([0] * 10 + [1] * 10)
     given = ["train"] * 5 + [""] * 15

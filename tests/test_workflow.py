@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, SNAKEMAKE, run_dir, snakemake, tiny_config, user_command
+from proxyattention.report import FIGURE_NAMES
 from proxyattention.timing import PATTERN
 
 @pytest.mark.slow
@@ -41,7 +42,13 @@ def test_whole_dag_produces_the_summary_and_figures(tiny_run):
     table = pd.read_csv(tiny_run / "results" / "tables" / "fm_comparison.csv")
     assert {"proxy_mean", "baseline_mean", "duplicate_mean", "proxy_minus_baseline_mean",
             "proxy_minus_baseline_ci_low", "proxy_minus_duplicate_mean", "duplicate_minus_baseline_mean"} <= set(table.columns)
-    for name in ("accuracy_by_cycle", "accuracy_by_time", "peak_memory", "time_to_target", "confusion_matrices"):
+    verdicts = pd.read_csv(tiny_run / "results" / "tables" / "fm_verdicts.csv")
+    assert list(verdicts.comparison) == ["duplicate - baseline", "proxy - baseline", "proxy - duplicate"]
+    assert (verdicts.n_pairs == 2).all() and (verdicts.verdict == "no evidence at this n").all()  # 2 < 3 seeds
+    proxy = verdicts.set_index("comparison").loc["proxy - baseline"]
+    np.testing.assert_allclose(proxy.mean_difference, table.proxy_minus_baseline_mean.iloc[0])
+    assert (tiny_run / "results" / "tables" / "fm_verdicts.html").stat().st_size > 500
+    for name in FIGURE_NAMES:
         assert (tiny_run / "results" / "figures" / f"{name}.png").stat().st_size > 1000
         assert (tiny_run / "results" / "figures" / f"{name}.svg").exists()
     assert (tiny_run / "results" / "figures" / "examples" / "fm" / "lite0" / "proxy.png").exists()
@@ -122,7 +129,7 @@ def test_editing_a_later_cycles_epochs_reruns_only_that_cycle(tiny_run):
     original = (tiny_run / "config.yaml").read_text()
     config["training"]["epochs"] = [1, 2]
     config["training"]["accumulate"] = True  # the default, written out: not a change
-    (tiny_run / "config.yaml").write_text(yaml.safe_dump(config))
+    (tiny_run / "config.yaml").write_text(yaml.safe_dump(config))  # keys sorted: an order change is no change
     try:
         proc = snakemake(tiny_run, "-n")
         counts = job_counts(proc)
@@ -136,7 +143,10 @@ def test_editing_a_later_cycles_epochs_reruns_only_that_cycle(tiny_run):
 @pytest.fixture(scope="module")
 def stopped_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("stopped")
-    tiny_config(workdir, seeds=[0], arms=["proxy"], stop_when={"target_accuracy": 0.01})
+    config = tiny_config(workdir, seeds=[0], arms=["baseline", "proxy"], stop_when={"target_accuracy": 0.01})
+    spec = yaml.safe_load(config.read_text())
+    spec["datasets"]["fm"]["test_fraction"] = 0.1  # a held-out test split for the verdicts
+    config.write_text(yaml.safe_dump(spec, sort_keys=False))
     snakemake(workdir)
     return workdir
 
@@ -144,13 +154,33 @@ def stopped_run(tmp_path_factory):
 @pytest.mark.slow
 def test_stop_rule_skips_later_cycles(stopped_run):
     summary = pd.read_csv(stopped_run / "results" / "summary.csv")
-    later = summary[summary.cycle > 0]
+    later = summary[(summary.cycle > 0) & (summary.arm == "proxy")]
     assert len(later) == 2 and not later.ran.any()
     assert (later.train_seconds == 0).all() and (later.n_erased == 0).all()
     assert later.stop_reason.iloc[0].endswith("reached target 0.01")
     assert later.stop_reason.iloc[1] == "an earlier cycle was already stopped"
     first = summary[summary.cycle == 0].accuracy.iloc[0]
     assert (later.accuracy == first).all()  # the checkpoint carried over unchanged
+
+
+@pytest.mark.slow
+def test_verdicts_use_the_held_out_test_split_when_there_is_one(stopped_run):
+    """test_fraction holds out part of each class's training images: never trained on, never
+    seen by the stop rule (which chose on validation), and the verdicts say they are on it."""
+    index = pd.read_csv(stopped_run / "results" / "prepared" / "fm" / "index.csv", keep_default_na=False)
+    counts = index.split.value_counts()
+    train_and_test = counts["train"] + counts["test"]
+    assert counts["test"] == sum(round(0.1 * n) for n in index[index.split != "val"].groupby("label").size())
+    metrics = json.loads((run_dir(stopped_run, "finetune", 0, 0) / "metrics.json").read_text())
+    assert metrics["test"]["n_test"] == counts["test"] and metrics["n_val"] == counts["val"]
+    epochs = pd.read_csv(run_dir(stopped_run, "finetune", 0, 0) / "epochs.csv")
+    stats = json.loads((run_dir(stopped_run, "finetune", 0, 0) / "train_stats.json").read_text())
+    assert stats["images_seen"] == counts["train"] * len(epochs) < train_and_test * len(epochs)
+    summary = pd.read_csv(stopped_run / "results" / "summary.csv")
+    np.testing.assert_allclose(summary[summary.cycle == 0].test_accuracy, metrics["test"]["accuracy"])
+    verdicts = pd.read_csv(stopped_run / "results" / "tables" / "fm_verdicts.csv")
+    assert verdicts.comparison.tolist() == ["proxy - baseline"] and verdicts.metric.tolist() == ["test_accuracy"]
+    assert verdicts.split.iloc[0].startswith("test") and verdicts.verdict.iloc[0] == "no evidence at this n"
 
 
 def test_default_config_dry_run_shows_the_full_grid():

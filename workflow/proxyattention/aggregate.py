@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import read_json, write_csv
+from .atomic import atomic_path, read_json, write_csv
 from .timing import timed_stage
 
 log = logging.getLogger(__name__)
 
 METRICS = ["accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro", "top5_accuracy", "val_loss"]
+TEST_METRICS = ["accuracy", "balanced_accuracy", "f1_macro", "loss"]
 KEYS = ["dataset", "model", "arm", "seed", "cycle"]  # column order of the summary
 CELL = ["dataset", "model", "seed", "arm", "cycle"]  # order of a grid cell (layout.grid)
 
@@ -33,6 +34,9 @@ def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = Non
         m = read_json(path)
         row = dict(zip(CELL, cell))
         row.update({k: m.get(k, np.nan) for k in METRICS})
+        test = m.get("test", {})  # the held-out test split, when the dataset has one
+        row.update({f"test_{k}": test.get(k, np.nan) for k in TEST_METRICS})
+        row["n_test"] = test.get("n_test", 0)
         row.update({k: m.get(k) for k in ("train_seconds", "wall_seconds", "epochs", "images_seen", "n_train_extra",
                                           "peak_memory_mib", "peak_memory_kind", "device", "precision", "ran",
                                           "stop_reason", "n_val")})
@@ -118,6 +122,16 @@ COMPARISONS = [("duplicate", "baseline"), ("proxy", "baseline"), ("random_erase"
                ("proxy", "duplicate"), ("proxy", "random_erase")]
 
 
+def paired_differences(frame: pd.DataFrame, arm: str, other: str, metric: str = "accuracy") -> pd.Series:
+    """``arm - other`` of one (dataset, model) at its last cycle, per seed (the pairs share the
+    seed's finetune and random streams), for the seeds where both ran."""
+    final = frame[frame.cycle == frame.cycle.max()]
+    by_arm = final.pivot_table(index="seed", columns="arm", values=metric)
+    if arm not in by_arm or other not in by_arm:
+        return pd.Series(dtype=np.float64)
+    return (by_arm[arm] - by_arm[other]).dropna()
+
+
 def comparison(frame: pd.DataFrame, dataset: str, metric: str = "accuracy",
                comparisons: list | None = None) -> pd.DataFrame:
     """Arms side by side at the last cycle, mean and 95% CI over seeds, and the paired
@@ -134,10 +148,9 @@ def comparison(frame: pd.DataFrame, dataset: str, metric: str = "accuracy",
             row.update({f"{arm}_mean": mean, f"{arm}_ci_low": lo, f"{arm}_ci_high": hi, f"{arm}_n": n})
             row[f"{arm}_train_seconds_mean"] = float(per_model[per_model.arm.isin([arm, "finetune"])]
                                                      .groupby("seed").train_seconds.sum().mean())
-        by_arm = final.pivot_table(index="seed", columns="arm", values=metric)
         for arm, other in (COMPARISONS if comparisons is None else comparisons):
-            if arm in by_arm and other in by_arm:
-                diff = (by_arm[arm] - by_arm[other]).dropna()
+            diff = paired_differences(per_model, arm, other, metric)
+            if len(diff) or (arm in set(final.arm) and other in set(final.arm)):
                 mean, lo, hi, n = mean_ci(diff)
                 row.update({f"{arm}_minus_{other}_mean": mean, f"{arm}_minus_{other}_ci_low": lo,
                             f"{arm}_minus_{other}_ci_high": hi, f"{arm}_minus_{other}_pairs": n})
@@ -145,10 +158,90 @@ def comparison(frame: pd.DataFrame, dataset: str, metric: str = "accuracy",
     return pd.DataFrame(rows)
 
 
+def verdict_split(data: pd.DataFrame, stop_rule: bool = False) -> tuple[str, str]:
+    """(metric, split description) the verdicts of one dataset rest on."""
+    if "test_accuracy" in data and data.test_accuracy.notna().all() and len(data):
+        return "test_accuracy", "test (held out from training, selection and the stop rule)"
+    return "accuracy", "validation (the stop rule also chose on it)" if stop_rule else "validation"
+
+
+BETTER, WORSE, NO_EVIDENCE = "better", "worse", "no evidence at this n"
+# Fewest seed pairs for a verdict: a t-interval from two pairs has one degree of freedom, and
+# two equal differences (accuracy moves in steps of 1/n_val) give it zero width.
+MIN_PAIRS = 3
+
+
+def verdict(low: float, high: float, n: int) -> str:
+    """The plain word for a paired difference: better or worse only when its 95% interval,
+    from at least MIN_PAIRS seed pairs, excludes zero; otherwise no evidence at this n."""
+    if n < MIN_PAIRS:
+        return NO_EVIDENCE
+    if np.isfinite(low) and low > 0:
+        return BETTER
+    if np.isfinite(high) and high < 0:
+        return WORSE
+    return NO_EVIDENCE
+
+
+def verdicts(frame: pd.DataFrame, dataset: str, comparisons: list | None = None, stop_rule: bool = False
+             ) -> pd.DataFrame:
+    """One row per (model, comparison) at the last cycle: mean paired difference over seeds,
+    its 95% t-interval, the number of seed pairs, how many seeds went each way, and the verdict.
+
+    On the held-out test split when the dataset has one (``test_accuracy``), else on the
+    validation split; with a stop rule (``stop_rule``) the validation split also chose how many
+    cycles each arm ran, so it is not held out from that choice: ``split`` says so.
+    """
+    data = frame[frame.dataset == dataset]
+    metric, split = verdict_split(data, stop_rule)
+    rows = []
+    for model, per_model in data.groupby("model", sort=False):
+        for arm, other in (COMPARISONS if comparisons is None else comparisons):
+            diff = paired_differences(per_model, arm, other, metric)
+            if not len(diff) and not {arm, other} <= set(per_model.arm):
+                continue
+            mean, lo, hi, n = mean_ci(diff)
+            rows.append({"dataset": dataset, "model": model, "comparison": f"{arm} - {other}", "arm": arm,
+                         "control": other, "cycle": int(data.cycle.max()), "metric": metric, "split": split,
+                         "mean_difference": mean, "ci_low": lo, "ci_high": hi, "n_pairs": n,
+                         "seeds_higher": int((diff > 0).sum()), "seeds_lower": int((diff < 0).sum()),
+                         "verdict": verdict(lo, hi, n)})
+    return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
+
+
+def verdicts_html(table: pd.DataFrame, dataset: str) -> str:
+    """The verdict table as a page of its own, for the report (which previews HTML, not CSV)."""
+    import html
+
+    shown = table.drop(columns=["dataset", "arm", "control"])
+    for column in ("mean_difference", "ci_low", "ci_high"):
+        shown[column] = shown[column].map(lambda v: "" if not np.isfinite(v) else f"{v:+.4f}")
+    colours = {BETTER: "#d9f2d9", WORSE: "#f8d7da", NO_EVIDENCE: "#ffffff"}
+    rows = "".join(
+        "<tr style='background:{}'>{}</tr>".format(
+            colours[r["verdict"]], "".join(f"<td>{html.escape(str(v))}</td>" for v in r.values()))
+        for r in shown.to_dict("records"))
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in shown.columns)
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(dataset)} verdicts"
+            "</title><style>body{font-family:sans-serif;font-size:14px}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}</style></head><body>"
+            f"<h3>{html.escape(dataset)}: each arm minus its control at the last cycle, paired by seed</h3>"
+            f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+            f"<p><em>better</em> / <em>worse</em>: the 95% interval from at least {MIN_PAIRS} seed pairs excludes "
+            "zero. <em>no evidence at this n</em>: it does not, or there are fewer pairs; it does not mean "
+            "the arms are equal.</p></body></html>")
+
+
+VERDICT_COLUMNS = ["dataset", "model", "comparison", "arm", "control", "cycle", "metric", "split", "mean_difference",
+                   "ci_low", "ci_high", "n_pairs", "seeds_higher", "seeds_lower", "verdict"]
+
+
 @timed_stage
 def aggregate(cells: list, metrics_paths: list, erased_tables: dict, out_summary, out_tables: dict,
-              dataset_infos: dict | None = None, arms: list | None = None, comparisons: list | None = None) -> None:
-    """Write ``summary.csv`` and one comparison table per dataset (``out_tables``: dataset -> path)."""
+              dataset_infos: dict | None = None, arms: list | None = None, comparisons: list | None = None,
+              out_verdicts: dict | None = None, stop_rule: bool = False) -> None:
+    """Write ``summary.csv``, and per dataset a comparison table (``out_tables``: dataset -> path)
+    and a verdict table (``out_verdicts``: dataset -> path)."""
     frame = summarise(cells, metrics_paths, erased_tables, dataset_infos, arms)
     for r in frame[frame.empty_map_fraction > 0.5].itertuples():
         log.warning("%s/%s seed %s %s cycle %s: %d of %d maps were empty (nothing to erase)", r.dataset, r.model,
@@ -156,3 +249,11 @@ def aggregate(cells: list, metrics_paths: list, erased_tables: dict, out_summary
     write_csv(out_summary, frame)
     for dataset, path in out_tables.items():
         write_csv(path, comparison(frame, dataset, comparisons=comparisons))
+    for dataset, path in (out_verdicts or {}).items():
+        table = verdicts(frame, dataset, comparisons, stop_rule=stop_rule)
+        write_csv(path, table)
+        with atomic_path(Path(path).with_suffix(".html")) as tmp:
+            tmp.write_text(verdicts_html(table, dataset))
+        for r in table.itertuples():
+            log.info("%s/%s %s: %+.4f [%+.4f, %+.4f] over %d seed pair(s): %s", dataset, r.model, r.comparison,
+                     r.mean_difference, r.ci_low, r.ci_high, r.n_pairs, r.verdict)

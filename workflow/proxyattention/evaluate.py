@@ -15,7 +15,7 @@ from .models import load_checkpoint
 from .prepare import load_prepared
 from .runtime import select_runtime
 from .timing import timed_stage
-from .train import validation_source
+from .train import split_source, validation_source
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, n_classes: int) -> dict:
@@ -53,7 +53,8 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, n_classes: in
 @timed_stage
 def evaluate(settings: dict, images_path, index_path, weights, meta, train_stats, out_metrics,
              decision=None, device: str | None = None) -> None:
-    """Evaluate the checkpoint on the validation split; add the training cost from its stats."""
+    """Evaluate the checkpoint on the validation split, and on the test split when the dataset
+    has one (under ``test``); add the training cost from its stats."""
     images, index = load_prepared(images_path, index_path)
     runtime = select_runtime(settings["training"]["precision"], settings["training"]["channels_last"], device)
     model, info = load_checkpoint(weights, meta)
@@ -63,6 +64,11 @@ def evaluate(settings: dict, images_path, index_path, weights, meta, train_stats
         raise ValueError(f"{index_path}: the validation split is empty; set val_fraction or add a val/ folder")
     logits = predict_logits(model, source, info["mean"], info["std"], settings["model"]["batch_size"], runtime)
     metrics = classification_metrics(logits, source.labels, len(info["classes"]))
+    test = split_source(images, index, "test")
+    if len(test):  # the held-out test split (dataset test_fraction, or the source's own): for the verdicts
+        test_logits = predict_logits(model, test, info["mean"], info["std"], settings["model"]["batch_size"], runtime)
+        scores = classification_metrics(test_logits, test.labels, len(info["classes"]))
+        metrics["test"] = {"n_test": scores.pop("n_val"), "loss": scores.pop("val_loss"), **scores}
     stats = read_json(train_stats)
     metrics.update({
         "classes": info["classes"],

@@ -11,7 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .aggregate import mean_ci, with_shared_finetune  # noqa: E402
+from .aggregate import COMPARISONS, MIN_PAIRS, mean_ci, verdicts, with_shared_finetune  # noqa: E402
+from .aggregate import paired_differences as per_seed_differences  # noqa: E402
 from .atomic import atomic_path, read_json  # noqa: E402
 from .timing import timed_stage  # noqa: E402
 
@@ -42,14 +43,17 @@ def colour(arm: str, arms: list) -> str:
 
 
 def _curve(ax, part: pd.DataFrame, x: str, y: str, arm: str, arms: list) -> None:
-    stats = [(xv, *mean_ci(g[y])) for xv, g in part.groupby(x)] if x == "cycle" else None
-    if stats is None:  # x differs per seed (time): mean over seeds of both axes
-        grouped = part.groupby("cycle")
-        stats = [(g[x].mean(), *mean_ci(g[y])) for _, g in grouped]
-    xs, mean, lo, hi, _ = map(np.array, zip(*stats))
-    ax.plot(xs, mean, marker="o", label=arm, color=colour(arm, arms))
-    if np.isfinite(lo).any():
-        ax.fill_between(xs, lo, hi, alpha=0.2, color=colour(arm, arms))
+    """Each seed as a thin line, the mean over seeds as a thick one; the 95% band only from
+    three seeds on (with two, a t-interval spans nearly everything and hides the points)."""
+    c = colour(arm, arms)
+    for _, seed_part in part.groupby("seed"):
+        seed_part = seed_part.sort_values("cycle")
+        ax.plot(seed_part[x], seed_part[y], color=c, alpha=0.35, lw=0.8, marker=".", ms=3)
+    stats = [(g[x].mean(), *mean_ci(g[y])) for _, g in part.groupby("cycle")]
+    xs, mean, lo, hi, n = map(np.array, zip(*stats))
+    ax.plot(xs, mean, marker="o", label=arm, color=c, lw=2)
+    if (n >= 3).all() and np.isfinite(lo).any():
+        ax.fill_between(xs, lo, hi, alpha=0.15, color=c)
 
 
 def accuracy_by(frame: pd.DataFrame, x: str, out_png, xlabel: str) -> None:
@@ -59,11 +63,78 @@ def accuracy_by(frame: pd.DataFrame, x: str, out_png, xlabel: str) -> None:
         part = data[(data.dataset == dataset) & (data.model == model)]
         for arm, arm_part in part.groupby("arm", sort=False):
             _curve(ax, arm_part, x, "accuracy", arm, list(frame.arm.unique()))
-        ax.set(title=f"{dataset} / {model}", xlabel=xlabel, ylabel="validation accuracy", ylim=(0, 1))
+        ax.set(title=f"{dataset} / {model}", xlabel=xlabel, ylabel="validation accuracy")
         if x == "cycle":
             ax.set_xticks(sorted(part.cycle.unique()))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="lower right")
+    _save(fig, out_png)
+
+
+def paired_differences(frame: pd.DataFrame, comparisons: list, out_png) -> None:
+    """Forest plot: every (dataset, model, comparison) at the last cycle, the per-seed
+    differences as dots, their mean and 95% t-interval, and the verdict word at the right."""
+    rows = pd.concat([verdicts(frame, d, comparisons) for d in frame.dataset.unique()], ignore_index=True)
+    fig, ax = plt.subplots(figsize=(8.0, 0.9 + 0.36 * max(1, len(rows))))
+    if rows.empty:
+        ax.text(0.5, 0.5, "no comparisons: the config has a single arm", ha="center", va="center")
+        ax.axis("off")
+        _save(fig, out_png)
+        return
+    ys = np.arange(len(rows))[::-1]
+    for y, r in zip(ys, rows.itertuples()):
+        part = frame[(frame.dataset == r.dataset) & (frame.model == r.model)]
+        diff = per_seed_differences(part, r.arm, r.control, r.metric)
+        c = colour(r.arm, list(frame.arm.unique()))
+        ax.scatter(diff.values, np.full(len(diff), y), s=12, color="0.45", zorder=2)
+        if r.n_pairs >= MIN_PAIRS and np.isfinite(r.ci_low):
+            ax.plot([r.ci_low, r.ci_high], [y, y], color=c, lw=2.2, zorder=1)
+        ax.scatter([r.mean_difference], [y], marker="D", s=36, color=c, zorder=3)
+        ax.annotate(f"n={r.n_pairs}: {r.verdict}", (1.01, y), xycoords=("axes fraction", "data"), va="center",
+                    fontsize=7)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(ys, [f"{r.dataset} / {r.model}: {r.comparison}" for r in rows.itertuples()], fontsize=7)
+    splits = " / ".join(sorted({s.split(" (")[0] for s in rows.split}))
+    ax.set(xlabel=f"difference in {splits} accuracy at cycle {int(rows.cycle.max())} (paired by seed)",
+           title=f"each arm minus its control: seeds (dots), mean (diamond), 95% interval (bar, from {MIN_PAIRS} "
+                 "seed pairs on)")
+    ax.title.set_fontsize(9)
+    ax.grid(axis="x", alpha=0.3)
+    _save(fig, out_png)
+
+
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+
+
+def accuracy_cost(frame: pd.DataFrame, out_png) -> None:
+    """Question 2, the ViT beside the CNNs: every model x arm at the last cycle as a point,
+    accuracy against cumulative training time and against peak memory, one row per dataset;
+    small marks are the seeds, large ones their mean with the seeds' range as whiskers."""
+    last = frame[frame.cycle == frame.cycle.max()]
+    if frame.cycle.max() == 0:
+        last = frame
+    datasets = list(last.dataset.unique())
+    models = list(frame.model.unique())
+    arms = list(frame.arm.unique())
+    fig, axes = plt.subplots(len(datasets), 2, figsize=(10.5, 3.6 * len(datasets)), squeeze=False)
+    for row, dataset in zip(axes, datasets):
+        part = last[last.dataset == dataset]
+        for ax, x, label in ((row[0], "cumulative_train_seconds", "cumulative training seconds (finetune + cycles)"),
+                             (row[1], "peak_memory_mib", "peak memory of a training run (MiB)")):
+            for (model, arm), g in part.groupby(["model", "arm"], sort=False):
+                m, c = MARKERS[models.index(model) % len(MARKERS)], colour(arm, arms)
+                ax.scatter(g[x], g.accuracy, marker=m, color=c, s=14, alpha=0.45)
+                ax.errorbar(g[x].mean(), g.accuracy.mean(), fmt=m, color=c, ms=8, mec="black", mew=0.6,
+                            xerr=[[g[x].mean() - g[x].min()], [g[x].max() - g[x].mean()]],
+                            yerr=[[g.accuracy.mean() - g.accuracy.min()], [g.accuracy.max() - g.accuracy.mean()]])
+            ax.set(xlabel=label, ylabel="validation accuracy", title=dataset)
+            ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], marker=MARKERS[i % len(MARKERS)], color="0.3", ls="", label=m)
+               for i, m in enumerate(models)]
+    handles += [plt.Line2D([], [], marker="o", color=colour(a, arms), ls="", label=a)
+                for a in arms if a in set(last.arm)]
+    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=8, frameon=False)
+    fig.tight_layout()
     _save(fig, out_png)
 
 
@@ -73,27 +144,68 @@ def peak_memory(frame: pd.DataFrame, out_png) -> None:
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(data), 3.4))
     data.plot.bar(ax=ax, color=[colour(a, list(frame.arm.unique())) for a in data.columns], rot=0)
     ax.set(ylabel=f"peak memory (MiB; {kind})", title="peak memory per training run")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)  # beside the bars
     ax.grid(axis="y", alpha=0.3)
     _save(fig, out_png)
 
 
-def time_to_target(frame: pd.DataFrame, out_png) -> None:
-    """Cumulative training seconds until each arm first reaches the accuracy every arm reached."""
+def reach_target(frame: pd.DataFrame, target_accuracy: float | None = None) -> pd.DataFrame:
+    """Per (dataset, model, arm, seed): the first cycle whose validation accuracy reaches the
+    target, with the cumulative training seconds and images seen until then (NaN: not reached).
+
+    The target is ``target_accuracy`` (the stop rule's) when given, else per (dataset, model)
+    the highest mean accuracy that every arm reached, so that each arm can in principle reach it.
+    """
     data = with_shared_finetune(frame)
-    fig, panels = _panels(data)
-    for (dataset, model), ax in panels:
-        part = data[(data.dataset == dataset) & (data.model == model)]
-        mean_acc = part.groupby(["arm", "cycle"]).accuracy.mean()
-        target = mean_acc.groupby("arm").max().min()
-        arms, seconds = [], []
-        for arm, arm_part in part.groupby("arm", sort=False):
-            curve = arm_part.groupby("cycle")[["accuracy", "cumulative_train_seconds"]].mean()
-            reached = curve[curve.accuracy >= target - 1e-12]
-            arms.append(arm)
-            seconds.append(reached.cumulative_train_seconds.iloc[0] if len(reached) else np.nan)
-        ax.bar(arms, seconds, color=[colour(a, list(frame.arm.unique())) for a in arms])
-        ax.set(title=f"{dataset} / {model}: to {target:.3f}", ylabel="cumulative training seconds")
-        ax.grid(axis="y", alpha=0.3)
+    rows = []
+    for (dataset, model), part in data.groupby(["dataset", "model"], sort=False):
+        target = target_accuracy
+        if target is None:
+            target = part.groupby(["arm", "cycle"]).accuracy.mean().groupby("arm").max().min()
+        for (arm, seed), g in part.groupby(["arm", "seed"], sort=False):
+            g = g.sort_values("cycle")
+            hit = g[g.accuracy >= target - 1e-12]
+            first = hit.iloc[0] if len(hit) else None
+            rows.append({"dataset": dataset, "model": model, "arm": arm, "seed": seed, "target": float(target),
+                         "reached": first is not None,
+                         "cycle": int(first.cycle) if first is not None else np.nan,
+                         "seconds": float(first.cumulative_train_seconds) if first is not None else np.nan,
+                         "images_seen": float(first.cumulative_images_seen) if first is not None else np.nan})
+    return pd.DataFrame(rows)
+
+
+def time_to_target(frame: pd.DataFrame, out_png, target_accuracy: float | None = None) -> None:
+    """Question 3: per (dataset, model), each arm's seeds as dots at the training seconds and
+    images seen until they first reached the target, their mean as a bar; seeds that never
+    reached it are drawn at the right edge as "not reached"."""
+    reach = reach_target(frame, target_accuracy)
+    pairs = list(reach.groupby(["dataset", "model"], sort=False).groups)
+    arms = list(frame.arm.unique())
+    fig, axes = plt.subplots(len(pairs), 2, figsize=(10.0, 0.8 + (0.45 * len(arms) + 0.8) * len(pairs)),
+                             squeeze=False)
+    for row, (dataset, model) in zip(axes, pairs):
+        part = reach[(reach.dataset == dataset) & (reach.model == model)]
+        names = [a for a in arms if a in set(part.arm)]
+        for ax, x, label in ((row[0], "seconds", "cumulative training seconds"), (row[1], "images_seen",
+                                                                                   "cumulative images seen")):
+            edge = np.nanmax(part[x].values) * 1.15 if part[x].notna().any() else 1.0
+            for y, arm in enumerate(names[::-1]):
+                g, c = part[part.arm == arm], colour(arm, arms)
+                done = g[g.reached]
+                if len(done):
+                    ax.barh(y, done[x].mean(), color=c, alpha=0.35, height=0.6)
+                    ax.scatter(done[x], np.full(len(done), y), color=c, s=18, zorder=3)
+                missing = int((~g.reached).sum())
+                if missing:
+                    ax.scatter([edge] * missing, np.full(missing, y), marker="x", color=c, s=30, zorder=3)
+                    ax.annotate(f"not reached: {missing} of {len(g)}", (edge, y), xytext=(6, 0),
+                                textcoords="offset points", va="center", fontsize=7)
+            ax.set_yticks(range(len(names)), names[::-1], fontsize=8)
+            ax.set_xlim(0, edge * 1.45)
+            ax.set(xlabel=label, title=f"{dataset} / {model}: to accuracy {part.target.iloc[0]:.3f}")
+            ax.title.set_fontsize(9)
+            ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
     _save(fig, out_png)
 
 
@@ -125,31 +237,36 @@ def examples(images_path, cams_path, erased_npz, selected_csv, classes_path, out
     erased, _, erased_rows = load_erased(erased_npz)
     erased_of = {int(r): image for r, image in zip(erased_rows, erased)}  # only images that joined training
     selected = pd.read_csv(selected_csv)
-    fig, axes = plt.subplots(3, max(1, min(n, len(rows))), figsize=(2.0 * max(1, min(n, len(rows))), 6.4), squeeze=False)
+    fig, axes = plt.subplots(3, max(1, min(n, len(rows))), figsize=(2.4 * max(1, min(n, len(rows))), 7.6),
+                             squeeze=False)
     if len(rows) == 0:
         axes[0, 0].text(0.5, 0.5, "no images selected in this cycle", ha="center", va="center")
         for ax in axes.ravel():
             ax.axis("off")
         _save(fig, out_png)
         return
-    # one image of each confusion in turn (most frequent first), so the grid spreads over classes
-    pairs = selected.groupby(["label", "prediction"]).size().sort_values(ascending=False)
-    queues = [list(selected.index[(selected.label == label) & (selected.prediction == pred)])
-              for (label, pred), _ in pairs.items()]
-    order = [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
-    for col, pos in enumerate(order[:n]):
+    for col, pos in enumerate(example_order(selected, set(erased_of))[:n]):
         row = selected.loc[pos]
-        original = images[int(row["index"])]
-        axes[0, col].imshow(original)
-        axes[0, col].set_title(f"{classes[int(row.label)]}\nas {classes[int(row.prediction)]}", fontsize=7)
-        axes[1, col].imshow(original)
-        axes[1, col].imshow(maps[pos], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        original = np.asarray(images[int(row["index"])])
+        show = {"interpolation": "nearest", "cmap": "gray" if original.ndim == 2 else None}
+        axes[0, col].imshow(original, **show)
+        axes[0, col].set_title(f"{classes[int(row.label)]}\nas {classes[int(row.prediction)]}", fontsize=8)
+        axes[1, col].imshow(original, **show)
+        axes[1, col].imshow(maps[pos], cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear",
+                            extent=(-0.5, original.shape[1] - 0.5, original.shape[0] - 0.5, -0.5))
         if int(row["index"]) in erased_of:
-            axes[2, col].imshow(erased_of[int(row["index"])])
+            changed = erased_of[int(row["index"])] != original
+            changed = changed.any(axis=-1) if changed.ndim == 3 else changed
+            axes[2, col].imshow(erased_of[int(row["index"])], **show)
+            if changed.any():  # outline what was erased, so a black fill on a dark image shows
+                axes[2, col].contour(changed, levels=[0.5], colors="red", linewidths=1.0)
+            # pixels that differ: a black fill over black background changes none of them
+            axes[2, col].set_title(f"{changed.mean():.0%} of pixels changed" if changed.any()
+                                   else "no pixel changed", fontsize=8)
         else:
-            axes[2, col].imshow(original, alpha=0.3)
-            axes[2, col].set_title("empty map:\nnot added", fontsize=7)
-    for ax, label in zip(axes[:, 0], ["original", "CAM", "erased"]):
+            axes[2, col].imshow(original, alpha=0.3, **show)
+            axes[2, col].set_title("empty map:\nnot added", fontsize=8)
+    for ax, label in zip(axes[:, 0], ["original", "CAM", "added (changed: red outline)"]):
         ax.set_ylabel(label)
     for ax in axes.ravel():
         ax.set_xticks([])
@@ -157,11 +274,27 @@ def examples(images_path, cams_path, erased_npz, selected_csv, classes_path, out
     _save(fig, out_png)
 
 
+def example_order(selected: pd.DataFrame, added: set) -> list:
+    """Positions of ``selected`` to show: one image of each confusion (true, predicted) in turn,
+    most frequent first, so the grid spreads over classes and confusions; images whose map
+    erased something come before empty maps, keeping that spread."""
+    pairs = selected.groupby(["label", "prediction"]).size().sort_values(ascending=False, kind="stable")
+    queues = []
+    for (label, pred), _ in pairs.items():
+        members = list(selected.index[(selected.label == label) & (selected.prediction == pred)])
+        queues.append(sorted(members, key=lambda pos: int(selected.loc[pos, "index"]) not in added))
+    order = [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
+    return sorted(order, key=lambda pos: int(selected.loc[pos, "index"]) not in added)  # stable sort
+
+
 @timed_stage
-def figures(summary_csv, cells: list, metrics_paths: list, outputs: dict) -> None:
+def figures(summary_csv, cells: list, metrics_paths: list, outputs: dict, comparisons: list | None = None,
+            target_accuracy: float | None = None) -> None:
     frame = pd.read_csv(summary_csv, keep_default_na=False, na_values=[""])
     accuracy_by(frame, "cycle", outputs["accuracy_by_cycle"], "cycle")
     accuracy_by(frame, "cumulative_train_seconds", outputs["accuracy_by_time"], "cumulative training seconds")
+    paired_differences(frame, COMPARISONS if comparisons is None else comparisons, outputs["paired_differences"])
+    accuracy_cost(frame, outputs["accuracy_cost"])
     peak_memory(frame, outputs["peak_memory"])
-    time_to_target(frame, outputs["time_to_target"])
+    time_to_target(frame, outputs["time_to_target"], target_accuracy)
     confusion_matrices(cells, metrics_paths, outputs["confusion_matrices"])

@@ -2,7 +2,7 @@
 
 Outputs, in the dataset's prepared folder:
 - ``images.npy``: uint8 array (N, S, S, 3), memory-mapped by every later stage;
-- ``index.csv``: index, source, label, class, split (train/val), sha1 of the pixels;
+- ``index.csv``: index, source, label, class, split (train/val/test), sha1 of the pixels;
 - ``classes.json``: class names in label order, and the image size;
 - ``skipped.csv``: the files left out under ``on_bad_image: skip`` (empty otherwise).
 """
@@ -25,11 +25,15 @@ from .timing import timed_stage
 log = logging.getLogger(__name__)
 
 
-def draw_split(labels: np.ndarray, splits: list[str], val_fraction: float, seed: int) -> np.ndarray:
+def draw_split(labels: np.ndarray, splits: list[str], val_fraction: float, seed: int,
+               test_fraction: float = 0.0) -> np.ndarray:
     """Assign 'train'/'val' to items without a split: a stratified draw, fixed by ``seed``.
 
     Items that already carry a split keep it. Each class with at least two
     unsplit items gives round(fraction * n) of them (at least one) to validation.
+    With ``test_fraction``, each class then gives that fraction of its training items
+    (leaving at least one) to a held-out test split, from a stream of its own: the
+    validation draw is the same with or without a test split.
     """
     splits = np.array(splits, dtype=object)
     unsplit = splits == ""
@@ -40,6 +44,13 @@ def draw_split(labels: np.ndarray, splits: list[str], val_fraction: float, seed:
         chosen = rng.permutation(members)[:n_val]
         splits[members] = "train"
         splits[chosen] = "val"
+    if test_fraction > 0:
+        rng = np.random.default_rng([seed, 1])
+        train = splits == "train"
+        for label in np.unique(labels[train]):
+            members = np.flatnonzero(train & (labels == label))
+            n_test = min(round(test_fraction * len(members)), len(members) - 1)
+            splits[rng.permutation(members)[:n_test]] = "test"
     return splits.astype(str)
 
 
@@ -56,7 +67,8 @@ def prepare(dataset: dict, images_path, index_path, classes_path, skipped_path, 
         raise SourceError(f"{dataset['path']}: no images found")
     size = dataset["image_size"]
     labels = np.array([it.label for it in items])
-    splits = draw_split(labels, [it.split for it in items], dataset["val_fraction"], dataset["split_seed"])
+    splits = draw_split(labels, [it.split for it in items], dataset["val_fraction"], dataset["split_seed"],
+                        dataset.get("test_fraction", 0.0))
 
     images_path = Path(images_path)
     bad: list[tuple[str, str]] = []
@@ -121,6 +133,7 @@ def prepare(dataset: dict, images_path, index_path, classes_path, skipped_path, 
             "image_size": size,
             "n_train": int((index.split == "train").sum()),
             "n_val": int((index.split == "val").sum()),
+            "n_test": int((index.split == "test").sum()),
             "n_skipped": len(bad),
             "classes_without_val": [classes[i] for i in missing_val],
         },

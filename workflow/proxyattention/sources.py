@@ -63,7 +63,7 @@ def _images_in(folder: Path) -> list[Path]:
 
 
 def _imagefolder(root: Path, spec: dict) -> tuple[list[Item], list[str]]:
-    splits = {"train": root / "train", "val": root / "val"}
+    splits = {"train": root / "train", "val": root / "val", "test": root / "test"}
     if not splits["train"].is_dir():
         splits = {"": root}
     classes = [p.name for p in _class_folders(next(iter(splits.values())))]
@@ -81,7 +81,7 @@ def _imagefolder(root: Path, spec: dict) -> tuple[list[Item], list[str]]:
                     "rename or remove the folder"
                 )
             files = _images_in(class_dir)
-            if not files and split != "val":
+            if not files and split == "train":
                 raise SourceError(f"{class_dir}: empty class folder; add images or remove the folder")
             items += [Item(str(f), index[class_dir.name], split) for f in files]
     return items, classes
@@ -97,9 +97,10 @@ def _csv(path: Path, spec: dict) -> tuple[list[Item], list[str]]:
     classes = sorted(set(table["label"]))
     index = {c: i for i, c in enumerate(classes)}
     splits = table["split"] if "split" in table.columns else [""] * len(table)
-    bad_splits = set(splits) - {"", "train", "val"}
+    bad_splits = set(splits) - {"", "train", "val", "test"}
     if bad_splits:
-        raise SourceError(f"{path}: split values {sorted(bad_splits)} are not allowed; use 'train', 'val' or leave empty")
+        raise SourceError(f"{path}: split values {sorted(bad_splits)} are not allowed; use 'train', 'val', 'test' or "
+                          "leave empty")
     items = []
     for p, label, split in zip(table["path"], table["label"], splits):
         file = Path(p) if Path(p).is_absolute() else path.parent / p

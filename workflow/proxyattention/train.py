@@ -49,9 +49,13 @@ def training_source(images, index: pd.DataFrame, extra_paths=()) -> tuple[ArrayS
     return ArraySource(parts), n_extra
 
 
+def split_source(images, index: pd.DataFrame, split: str) -> ArraySource:
+    rows = index[index.split == split]
+    return ArraySource([(images, rows["index"].to_numpy(), rows["label"].to_numpy())])
+
+
 def validation_source(images, index: pd.DataFrame) -> ArraySource:
-    val = index[index.split == "val"]
-    return ArraySource([(images, val["index"].to_numpy(), val["label"].to_numpy())])
+    return split_source(images, index, "val")
 
 
 def make_optimizer(model, settings: dict, steps: int):

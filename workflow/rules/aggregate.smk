@@ -18,12 +18,19 @@ rule aggregate:
         tables=expand(
             f"{RESULTS}/tables/{{dataset}}_comparison.csv", dataset=config["datasets"]
         ),
+        verdicts=expand(f"{RESULTS}/tables/{{dataset}}_verdicts.csv", dataset=config["datasets"]),
+        verdicts_html=report(
+            expand(f"{RESULTS}/tables/{{dataset}}_verdicts.html", dataset=config["datasets"]),
+            caption="../report/verdicts.rst",
+            category="1. Verdicts",
+        ),
     params:
         cells=grid(),
         erased_cells=erased_cells(),
         datasets=list(config["datasets"]),
         arms=list(config["arms"]),
         comparisons=arms.comparisons(config),
+        stop_rule=stop_rule_on(),
     log:
         f"{LOGS}/aggregate.log",
     conda:
@@ -41,13 +48,15 @@ rule figures:
             name: report(
                 f"{RESULTS}/figures/{name}.png",
                 caption=f"../report/{name}.rst",
-                category="Figures",
+                category="1. Verdicts" if name == "paired_differences" else "Figures",
             )
             for name in FIGURES
         },
         svg=expand(f"{RESULTS}/figures/{{figure}}.svg", figure=FIGURES),
     params:
         cells=grid(),
+        comparisons=arms.comparisons(config),
+        target_accuracy=config["stop_when"].get("target_accuracy"),
     log:
         f"{LOGS}/figures.log",
     conda:

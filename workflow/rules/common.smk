@@ -149,15 +149,21 @@ def all_metrics():
 def all_targets():
     targets = [f"{RESULTS}/summary.csv"]
     targets += expand(f"{RESULTS}/tables/{{dataset}}_comparison.csv", dataset=config["datasets"])
+    targets += expand(f"{RESULTS}/tables/{{dataset}}_verdicts.csv", dataset=config["datasets"])
     targets += expand(f"{RESULTS}/figures/{{figure}}.png", figure=FIGURES)
     targets += example_figures()
     return targets
 
 
+def stop_rule_on():
+    """Whether a stop rule may skip cycles (it decides on the validation split)."""
+    return any(value is not None for value in config["stop_when"].values())
 
 
 def dataset_spec(wc):
-    return config["datasets"][wc.dataset]
+    """The dataset's settings in key order, so that reordering keys in a config file (or
+    writing it with sorted keys) is not a change of params that would prepare it again."""
+    return dict(sorted(config["datasets"][wc.dataset].items()))
 
 
 def prepared_inputs(wc):

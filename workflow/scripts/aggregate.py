@@ -13,4 +13,6 @@ aggregate(
     dict(zip(snakemake.params.datasets, snakemake.input.infos)),
     arms=snakemake.params.arms,
     comparisons=[tuple(pair) for pair in snakemake.params.comparisons],
+    out_verdicts=dict(zip(snakemake.params.datasets, snakemake.output.verdicts)),
+    stop_rule=snakemake.params.stop_rule,
 )

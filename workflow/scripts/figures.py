@@ -10,4 +10,6 @@ figures(
     snakemake.params.cells,
     list(snakemake.input.metrics),
     {name: snakemake.output[name] for name in FIGURE_NAMES},
+    comparisons=[tuple(pair) for pair in snakemake.params.comparisons],
+    target_accuracy=snakemake.params.target_accuracy,
 )
