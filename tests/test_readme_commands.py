@@ -60,8 +60,7 @@ def test_the_demo_command_plans_the_demo_grid(clone):
 
 def test_a_config_file_on_the_command_line_is_the_whole_config(clone):
     """`snakemake --configfile config.thesis.yaml`: exactly the thesis grid, nothing of the demo."""
-    (clone / "data" / "cifar100").mkdir(parents=True)  # the path the thesis config points at
-    proc, out = typed(clone, "snakemake -n --configfile config.thesis.yaml")
+    proc, out = typed(clone, "snakemake -n --configfile config.thesis.yaml")  # torchvision, download: true
     assert proc.returncode == 0, out[-3000:]
     thesis = yaml.safe_load((ROOT / "config.thesis.yaml").read_text())
     counts = job_counts(out)
@@ -72,7 +71,6 @@ def test_a_config_file_on_the_command_line_is_the_whole_config(clone):
 
 def test_the_thesis_on_slurm_gets_the_profiles_resources(clone):
     pytest.importorskip("snakemake_executor_plugin_slurm")
-    (clone / "data" / "cifar100").mkdir(parents=True)
     proc, out = typed(clone, "snakemake --profile profiles/slurm --configfile config.thesis.yaml -n")
     assert proc.returncode == 0, out[-3000:]
     finetune = re.search(r"rule finetune:.*?resources: ([^\n]*)", out, re.S).group(1)

@@ -96,7 +96,12 @@ def check_config(config: dict, base: str | os.PathLike = ".") -> None:
     check_arms(config)
 
     for name, ds in config["datasets"].items():
-        if not Path(base, ds["path"]).exists():
+        if ds["source"] == "torchvision":
+            from .torchvision_source import check as check_torchvision
+
+            if problem := check_torchvision(f"datasets.{name}", ds, base):
+                raise ConfigError(problem)
+        elif not Path(base, ds["path"]).exists():
             raise ConfigError(
                 f"datasets.{name}.path: {ds['path']} does not exist; point it at the {ds['source']} source"
             )

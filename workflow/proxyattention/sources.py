@@ -1,4 +1,5 @@
-"""Dataset sources: an ImageFolder tree, a CSV of ``path,label``, or MNIST-style IDX files.
+"""Dataset sources: an ImageFolder tree, a CSV of ``path,label``, MNIST-style IDX files, or a
+torchvision dataset (torchvision_source.py).
 
 A source is listed into :class:`Item` records without decoding anything, so a
 wrong path, an empty class or an unknown label is reported before any
@@ -32,15 +33,17 @@ class Item:
 
 def list_items(spec: dict, base: str | os.PathLike = ".") -> tuple[list[Item], list[str]]:
     """List every item of a dataset spec (as in the config) and its class names."""
+    from .torchvision_source import list_torchvision
+
     kind = spec["source"]
     path = Path(base, spec["path"])
-    if not path.exists():
+    if not path.exists() and not (kind == "torchvision" and spec.get("download")):
         raise SourceError(f"dataset path {path} does not exist; set datasets.<name>.path to an existing {kind} source")
-    listers = {"imagefolder": _imagefolder, "csv": _csv, "idx": _idx}
+    listers = {"imagefolder": _imagefolder, "csv": _csv, "idx": _idx, "torchvision": list_torchvision}
     items, classes = listers[kind](path, spec)
     if spec.get("classes", "auto") != "auto":
         named = list(spec["classes"])
-        if kind == "idx":
+        if kind in ("idx", "torchvision"):
             if len(named) != len(classes):
                 raise SourceError(f"{path}: {len(classes)} label values but {len(named)} class names in datasets.<name>.classes")
             classes = named
