@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from proxyattention.images import BadImageError, decode_image
-from proxyattention.prepare import draw_split, prepare
+from proxyattention.prepare import draw_split, draw_subset, prepare
 from proxyattention.sources import SourceError, list_items, read_idx
 
 from conftest import DEMO
@@ -80,6 +80,31 @@ def test_a_test_split_leaves_the_validation_draw_as_it_was():
     split = draw_split(labels, given, 0.2, 7, test_fraction=0.5)
     assert (split[30:] == "val").all() and (split[:30] == "test").sum() == sum(
         min(round(0.5 * n), n - 1) for n in np.bincount(labels[:30]))
+
+
+def test_a_training_subset_is_stratified_and_keeps_every_validation_image():
+    labels = np.repeat(np.arange(3), [50, 30, 20])
+    splits = draw_split(labels, [""] * 100, 0.2, 5, test_fraction=0.1)
+    train_counts = np.bincount(labels[splits == "train"])
+    per_class = draw_subset(labels, splits, {"per_class": 10}, 5)
+    assert (np.bincount(labels[per_class & (splits == "train")]) == np.minimum(train_counts, 10)).all()
+    assert per_class[splits != "train"].all()  # validation and test untouched
+    total = draw_subset(labels, splits, {"total": 25}, 5)
+    kept = np.bincount(labels[total & (splits == "train")], minlength=3)
+    assert kept.sum() == 25 and (np.abs(kept - 25 * train_counts / train_counts.sum()) < 1).all()
+    assert (draw_subset(labels, splits, {"total": 25}, 5) == total).all()  # drawn once: same every time
+    assert draw_subset(labels, splits, {}, 5).all()
+
+
+def test_prepare_decodes_only_the_subset(tmp_path):
+    spec_ = {**spec(DEMO, source="idx"), "train_subset": {"per_class": 7}}
+    out = tmp_path
+    prepare(spec_, out / "images.npy", out / "index.csv", out / "classes.json", out / "skipped.csv")
+    index = pd.read_csv(out / "index.csv", keep_default_na=False)
+    assert (index[index.split == "train"].groupby("label").size() == 7).all()
+    info = __import__("json").loads((out / "classes.json").read_text())
+    assert info["n_train"] == 70 < info["n_train_available"]
+    assert len(np.load(out / "images.npy")) == len(index)
 
 
 def test_draw_split_keeps_given_splits_and_is_seeded():

@@ -54,6 +54,32 @@ def draw_split(labels: np.ndarray, splits: list[str], val_fraction: float, seed:
     return splits.astype(str)
 
 
+def draw_subset(labels: np.ndarray, splits: np.ndarray, subset: dict, seed: int) -> np.ndarray:
+    """Which items to keep when training on part of the training split: ``{"per_class": n}``
+    keeps n training images of each class (all of a smaller class), ``{"total": n}`` keeps n in
+    the classes' proportions (largest remainders), drawn once from a stream of the split seed
+    of its own. Validation and test items are always kept."""
+    keep = np.ones(len(labels), dtype=bool)
+    if not subset:
+        return keep
+    train = splits == "train"
+    classes, counts = np.unique(labels[train], return_counts=True)
+    if subset.get("per_class") is not None:
+        quota = np.minimum(counts, subset["per_class"])
+    else:
+        total = min(int(subset["total"]), int(counts.sum()))
+        exact = total * counts / counts.sum()
+        quota = np.floor(exact).astype(int)
+        remainders = np.argsort(-(exact - quota), kind="stable")
+        quota[remainders[: total - quota.sum()]] += 1
+    rng = np.random.default_rng([seed, 2])
+    for label, n in zip(classes, quota):
+        members = np.flatnonzero(train & (labels == label))
+        keep[members] = False
+        keep[rng.permutation(members)[:n]] = True
+    return keep
+
+
 def _load(item: Item, size: int) -> np.ndarray:
     image = to_rgb(item.load()) if item.load is not None else decode_image(item.source)
     return resize(image, size)
@@ -69,6 +95,11 @@ def prepare(dataset: dict, images_path, index_path, classes_path, skipped_path, 
     labels = np.array([it.label for it in items])
     splits = draw_split(labels, [it.split for it in items], dataset["val_fraction"], dataset["split_seed"],
                         dataset.get("test_fraction", 0.0))
+    n_train_available = int((splits == "train").sum())
+    chosen = np.flatnonzero(draw_subset(labels, splits, dataset.get("train_subset") or {}, dataset["split_seed"]))
+    if len(chosen) < len(items):  # the images left out are never decoded
+        items, labels, splits = [items[i] for i in chosen], labels[chosen], splits[chosen]
+        log.info("train_subset: %d of %d training images", int((splits == "train").sum()), n_train_available)
 
     images_path = Path(images_path)
     bad: list[tuple[str, str]] = []
@@ -121,6 +152,7 @@ def prepare(dataset: dict, images_path, index_path, classes_path, skipped_path, 
         absent = sorted(set(range(len(classes))) - train_classes)
         raise SourceError(
             f"{dataset['path']}: classes {[classes[i] for i in absent]} have no training images; add images or remove them"
+            + (" (or raise train_subset.total to at least one image per class)" if dataset.get("train_subset") else "")
         )
     if missing_val:
         log.warning("classes %s have no validation images", [classes[i] for i in missing_val])
@@ -132,6 +164,7 @@ def prepare(dataset: dict, images_path, index_path, classes_path, skipped_path, 
             "classes": classes,
             "image_size": size,
             "n_train": int((index.split == "train").sum()),
+            "n_train_available": n_train_available,  # before train_subset
             "n_val": int((index.split == "val").sum()),
             "n_test": int((index.split == "test").sum()),
             "n_skipped": len(bad),
