@@ -135,4 +135,4 @@ def list_torchvision(root: Path, spec: dict):
         classes = classes or _classes(ds, n_classes)
         items += [Item(f"torchvision:{name}:{theirs or 'all'}#{i}", int(label), ours, _loader(ds, i))
                   for i, label in enumerate(labels)]
-    return items, classes[:max(n_classes, len(classes))] if classes else [str(i) for i in range(n_classes)]
+    return items, classes
