@@ -205,6 +205,40 @@ def bench_data(n_images: int, size: int, repeats: int, source_size: int = 512) -
             "decode_each_epoch_img_s": n_images / t_files, "ratio": t_files / t_array}
 
 
+def bench_prepare(n_images: int, size: int, source_size: int, threads: int, repeats: int) -> dict:
+    """The prepare stage on an ImageFolder tree of JPEGs with 1 thread vs ``threads`` threads
+    (OpenCV releases the GIL while it decodes and resizes); the arrays must be identical."""
+    import cv2
+    from skimage import data
+
+    from proxyattention.prepare import prepare
+
+    photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "tree"
+        for i in range(n_images):
+            folder = tree / f"class{i % 4}"
+            folder.mkdir(parents=True, exist_ok=True)
+            photo = cv2.resize(photos[i % len(photos)], (source_size, source_size))
+            photo = np.roll(photo, i, axis=1)  # no two files alike
+            cv2.imwrite(str(folder / f"{i}.jpg"), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        spec = {"source": "imagefolder", "path": str(tree), "image_size": size, "val_fraction": 0.2,
+                "split_seed": 0, "on_bad_image": "fail"}
+
+        def run(n_threads: int):
+            out = Path(tmp) / f"threads{n_threads}"
+            out.mkdir(exist_ok=True)
+            return lambda: prepare(spec, out / "images.npy", out / "index.csv", out / "classes.json",
+                                   out / "skipped.csv", threads=n_threads)
+
+        t_one, t_many = median_times([run(1), run(threads)], repeats)
+        identical = np.array_equal(np.load(Path(tmp) / "threads1" / "images.npy"),
+                                   np.load(Path(tmp) / f"threads{threads}" / "images.npy"))
+    return {"images": n_images, "source": f"{source_size}px JPEG", "size": size, "threads": threads,
+            "one_thread_img_s": n_images / t_one, "n_threads_img_s": n_images / t_many, "ratio": t_one / t_many,
+            "identical_output": identical}
+
+
 # 4. mask-and-save ----------------------------------------------------------------------------
 
 
@@ -388,6 +422,7 @@ def main(argv=None) -> int:
             "cams": bench_cams(["resnet18"], [64], 4, repeats),
             "training": [bench_training("resnet18", 32, 16, 32, repeats)],
             "data": [bench_data(16, 32, repeats, source_size=64)],
+            "prepare": [bench_prepare(16, 32, 64, 2, repeats)],
             "masking": [bench_masking(16, 32, repeats)],
             "imports": bench_imports(1)[:2],
         }
@@ -397,6 +432,8 @@ def main(argv=None) -> int:
             "training": [bench_training("efficientnet_lite0", 64, 50, 500, repeats),
                          bench_training("resnet18", 64, 50, 500, repeats)],
             "data": [bench_data(256, 224, repeats), bench_data(512, 64, repeats, source_size=256)],
+            "prepare": [bench_prepare(1000, 224, 512, args.cores, repeats),
+                        bench_prepare(2000, 64, 256, args.cores, repeats)],
             "masking": [bench_masking(256, 64, repeats), bench_masking(64, 224, repeats)],
             "imports": bench_imports(3),
             "precision": bench_precision(["resnet18", "efficientnet_lite0", "vit_tiny_patch16_224"], 224, 64, repeats),
@@ -410,6 +447,7 @@ def main(argv=None) -> int:
     titles = {"cams": "compute-CAMs: fast exact path vs pytorch-grad-cam GradCAM (and forward-only ceiling)",
               "training": "Training: stage loop vs bare timm loop on in-memory tensors",
               "data": "Data: prepared uint8 array vs decoding the source JPEGs each epoch",
+              "prepare": "Prepare: decoding with 1 thread vs the rule's threads (images/s)",
               "masking": "Mask-and-save: vectorised vs per-image OpenCV loop",
               "imports": "Import time of each stage's module (fresh process)",
               "workflow": "Whole workflow: wall time x cores vs the stages' own time, cold and with warm start",

@@ -16,6 +16,7 @@ def test_benchmarks_run_and_report(tmp_path):
     assert cams["max_abs_diff"] < 1e-4 and cams["fast_img_s"] > 0
     assert report["training"][0]["ratio"] > 0
     assert report["masking"][0]["identical_output"]
+    assert report["prepare"][0]["identical_output"] and report["prepare"][0]["n_threads_img_s"] > 0
     cold, warm = report["workflow"]
     assert (cold["warm_start"], warm["warm_start"]) == (False, True)
     assert cold["jobs"] == warm["jobs"] > 0 and cold["sum_stage_s"] > 0 and warm["wall_x_cores_over_stage_s"] > 0

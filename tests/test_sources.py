@@ -221,3 +221,43 @@ def test_validation_never_overlaps_training_by_content(prepared):
     val = set(index.loc[index.split == "val", "sha1"])
     assert len(train) > 400 and len(val) > 190
     assert not train & val
+
+
+def test_prepare_shows_a_bar_on_a_terminal_and_tenths_in_its_log(tmp_path):
+    """On a terminal (a pseudo-terminal here) prepare draws a bar there even when stderr is the
+    rule's log, as under Snakemake; the log gets one line per tenth and the bar none of its
+    carriage returns."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    log = tmp_path / "prepare.log"
+    script = (
+        "import logging, sys\n"
+        f"sys.stderr = open({str(log)!r}, 'a', buffering=1)\n"
+        "logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
+        "from proxyattention.prepare import prepare\n"
+        f"prepare({{'source': 'idx', 'path': {str(DEMO)!r}, 'image_size': 16, 'val_fraction': 0.2,"
+        " 'split_seed': 0, 'on_bad_image': 'fail'}, *[" + ", ".join(
+            repr(str(tmp_path / n)) for n in ("images.npy", "index.csv", "classes.json", "skipped.csv")) + "])\n"
+    )
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=terminal, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    assert proc.wait() == 0, shown.decode(errors="replace")[-2000:]
+    shown = shown.decode(errors="replace")
+    total = len(pd.read_csv(tmp_path / "index.csv"))
+    assert "prepare fashion_mnist_demo" in shown and f"/{total}" in shown and "img/s" in shown
+    lines = [line for line in log.read_text().splitlines() if "decoded" in line]
+    assert len(lines) == 10 and lines[-1].endswith(f"decoded {total} of {total} images")
+    assert "\r" not in log.read_text()

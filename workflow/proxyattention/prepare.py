@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -80,6 +81,27 @@ def draw_subset(labels: np.ndarray, splits: np.ndarray, subset: dict, seed: int)
     return keep
 
 
+def progress(done, total: int, name: str):
+    """Yield from ``done``, logging every tenth of ``total``; with a bar where the process's own
+    terminal is (under Snakemake stderr is the rule's log, so the bar goes to the terminal the
+    workflow runs in, and the log gets the tenths)."""
+    terminal = sys.__stderr__
+    bar = None
+    if terminal is not None and terminal.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=f"prepare {name}", unit="img", file=terminal, smoothing=0.1, leave=False)
+    step = max(1, total // 10)
+    for i, item in enumerate(done, 1):
+        if bar is not None:
+            bar.update()
+        if i % step == 0 or i == total:
+            log.info("decoded %d of %d images", i, total)
+        yield item
+    if bar is not None:
+        bar.close()
+
+
 def _load(item: Item, size: int) -> np.ndarray:
     image = to_rgb(item.load()) if item.load is not None else decode_image(item.source)
     return resize(image, size)
@@ -115,7 +137,8 @@ def prepare(dataset: dict, images_path, index_path, classes_path, skipped_path, 
                 keep[i] = False
 
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            list(pool.map(work, range(len(items))))
+            for _ in progress(pool.map(work, range(len(items))), len(items), Path(str(dataset["path"])).name):
+                pass
         if bad and dataset["on_bad_image"] == "fail":
             listing = "\n  ".join(msg for _, msg in sorted(bad))
             raise BadImageError(

@@ -10,7 +10,7 @@ rule prepare:
         f"{LOGS}/prepare/{{dataset}}.log",
     benchmark:
         f"{BENCH}/prepare/{{dataset}}.tsv"
-    threads: 1
+    threads: 8  # decoding threads (OpenCV releases the GIL); capped by --cores
     conda:
         "../../envs/proxyattention.yaml"
     script:
