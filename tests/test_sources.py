@@ -107,6 +107,27 @@ def test_prepare_decodes_only_the_subset(tmp_path):
     assert len(np.load(out / "images.npy")) == len(index)
 
 
+def test_a_validation_subset_leaves_the_training_subset_as_it_was(tmp_path):
+    """val_subset on the demo's official split: exact per-class validation counts, the same
+    training images as with train_subset alone, and the left-out images never decoded."""
+    base = {**spec(DEMO, source="idx"), "train_subset": {"per_class": 7}}
+    runs = {}
+    for name, extra in {"train_only": {}, "both": {"val_subset": {"total": 30}}}.items():
+        out = tmp_path / name
+        out.mkdir()
+        prepare({**base, **extra}, out / "images.npy", out / "index.csv", out / "classes.json", out / "skipped.csv")
+        runs[name] = pd.read_csv(out / "index.csv", keep_default_na=False)
+        assert len(np.load(out / "images.npy")) == len(runs[name])
+    train_only, both = runs["train_only"], runs["both"]
+    assert list(both[both.split == "train"].sha1) == list(train_only[train_only.split == "train"].sha1)
+    val = both[both.split == "val"]
+    available = train_only[train_only.split == "val"].groupby("label").size()
+    assert len(val) == 30 and (np.abs(val.groupby("label").size() - 30 * available / available.sum()) < 1).all()
+    assert set(val.sha1) <= set(train_only[train_only.split == "val"].sha1)
+    info = __import__("json").loads((tmp_path / "both" / "classes.json").read_text())
+    assert (info["n_val"], info["n_val_available"]) == (30, int(available.sum()))
+
+
 def test_draw_split_keeps_given_splits_and_is_seeded():
     labels = np.array([0] * 10 + [1] * 10)
     given = ["train"] * 5 + [""] * 15

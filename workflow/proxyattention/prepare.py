@@ -55,16 +55,20 @@ def draw_split(labels: np.ndarray, splits: list[str], val_fraction: float, seed:
     return splits.astype(str)
 
 
-def draw_subset(labels: np.ndarray, splits: np.ndarray, subset: dict, seed: int) -> np.ndarray:
-    """Which items to keep when training on part of the training split: ``{"per_class": n}``
-    keeps n training images of each class (all of a smaller class), ``{"total": n}`` keeps n in
-    the classes' proportions (largest remainders), drawn once from a stream of the split seed
-    of its own. Validation and test items are always kept."""
+SUBSET_STREAMS = {"train": 2, "val": 3}  # each split's subset has a stream of the split seed of its own
+
+
+def draw_subset(labels: np.ndarray, splits: np.ndarray, subset: dict, seed: int, split: str = "train") -> np.ndarray:
+    """Which items to keep when using part of one split (``train`` or ``val``): ``{"per_class": n}``
+    keeps n images of each class (all of a smaller class), ``{"total": n}`` keeps n in the classes'
+    proportions (largest remainders), drawn once from a stream of the split seed of its own, so
+    the training subset is the same with or without a validation subset. Items of other splits
+    are always kept."""
     keep = np.ones(len(labels), dtype=bool)
     if not subset:
         return keep
-    train = splits == "train"
-    classes, counts = np.unique(labels[train], return_counts=True)
+    members_of = splits == split
+    classes, counts = np.unique(labels[members_of], return_counts=True)
     if subset.get("per_class") is not None:
         quota = np.minimum(counts, subset["per_class"])
     else:
@@ -73,9 +77,9 @@ def draw_subset(labels: np.ndarray, splits: np.ndarray, subset: dict, seed: int)
         quota = np.floor(exact).astype(int)
         remainders = np.argsort(-(exact - quota), kind="stable")
         quota[remainders[: total - quota.sum()]] += 1
-    rng = np.random.default_rng([seed, 2])
+    rng = np.random.default_rng([seed, SUBSET_STREAMS[split]])
     for label, n in zip(classes, quota):
-        members = np.flatnonzero(train & (labels == label))
+        members = np.flatnonzero(members_of & (labels == label))
         keep[members] = False
         keep[rng.permutation(members)[:n]] = True
     return keep
@@ -118,10 +122,15 @@ def prepare(dataset: dict, images_path, index_path, classes_path, skipped_path, 
     splits = draw_split(labels, [it.split for it in items], dataset["val_fraction"], dataset["split_seed"],
                         dataset.get("test_fraction", 0.0))
     n_train_available = int((splits == "train").sum())
-    chosen = np.flatnonzero(draw_subset(labels, splits, dataset.get("train_subset") or {}, dataset["split_seed"]))
-    if len(chosen) < len(items):  # the images left out are never decoded
+    n_val_available = int((splits == "val").sum())
+    keep = np.ones(len(items), dtype=bool)
+    for split in SUBSET_STREAMS:
+        keep &= draw_subset(labels, splits, dataset.get(f"{split}_subset") or {}, dataset["split_seed"], split)
+    if not keep.all():  # the images left out are never decoded
+        chosen = np.flatnonzero(keep)
         items, labels, splits = [items[i] for i in chosen], labels[chosen], splits[chosen]
-        log.info("train_subset: %d of %d training images", int((splits == "train").sum()), n_train_available)
+        log.info("subsets: %d of %d training images, %d of %d validation images", int((splits == "train").sum()),
+                 n_train_available, int((splits == "val").sum()), n_val_available)
 
     images_path = Path(images_path)
     bad: list[tuple[str, str]] = []
@@ -189,6 +198,7 @@ def prepare(dataset: dict, images_path, index_path, classes_path, skipped_path, 
             "n_train": int((index.split == "train").sum()),
             "n_train_available": n_train_available,  # before train_subset
             "n_val": int((index.split == "val").sum()),
+            "n_val_available": n_val_available,  # before val_subset
             "n_test": int((index.split == "test").sum()),
             "n_skipped": len(bad),
             "classes_without_val": [classes[i] for i in missing_val],
