@@ -137,7 +137,9 @@ def bench_training(model_name: str, size: int, batch: int, n_images: int, repeat
     model, opt = fresh()
     scaler = runtime.grad_scaler()
     constant = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    loader, sampler = make_loader(source, mean, std, batch, seed=0, train=True, hflip=True, crop_padding=4)
+    loader, sampler = make_loader(source, mean, std, batch, seed=0, train=True, hflip=True, crop_padding=4,
+                                  pin_memory=runtime.device.type == "cuda", device=runtime.device,
+                                  channels_last=runtime.channels_last)
 
     def stage_epoch():
         train_one_epoch(model, loader, opt, constant, scaler, runtime)

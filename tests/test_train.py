@@ -126,10 +126,10 @@ def batch_orders(prepared, trained, tmp_path, monkeypatch, cycle, name):
     real = data.BatchDataset.__getitem__
 
     def record(self, key):
-        x, y = real(self, key)
+        x, y, plan = real(self, key)
         if self.train:  # validation batches are neither shuffled nor augmented
-            drawn.append((key[0], key[1], list(key[2]), x.numpy().copy()))
-        return x, y
+            drawn.append((key[0], key[1], list(key[2]), np.concatenate([x.numpy().ravel(), plan.numpy().ravel()])))
+        return x, y, plan
 
     monkeypatch.setattr(data.BatchDataset, "__getitem__", record)
     config = make_config(training={"epochs": 1, "num_workers": 0})
@@ -145,9 +145,43 @@ def test_each_cycle_draws_a_fresh_stream_and_arms_share_it(prepared, trained, tm
     same = batch_orders(prepared, trained, tmp_path, monkeypatch, 1, "b")
     two = batch_orders(prepared, trained, tmp_path, monkeypatch, 2, "c")
     assert [d[2] for d in one] == [d[2] for d in same]
-    assert all((a[3] == b[3]).all() for a, b in zip(one, same))  # identical crops and flips too
+    assert all((a[3] == b[3]).all() for a, b in zip(one, same))  # identical images, crops and flips too
     assert [d[2] for d in one] != [d[2] for d in two]
     assert sum((a[3] != b[3]).any() for a, b in zip(one, two)) == len(one)
     weights = [load_file(tmp_path / n / "model.safetensors") for n in "abc"]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+
+
+def test_resume_state_belongs_to_the_inputs_content(prepared, trained, tmp_path, monkeypatch):
+    """A retrain stopped after its epoch leaves its state; a rerun with the same erased.npz resumes
+    it, one whose erased.npz was rewritten with other pixels of the same size starts over."""
+    import proxyattention.train as t
+
+    images = np.load(prepared["images"])[:6]
+    extra = tmp_path / "erased.npz"
+    config = trained["config"]
+    kwargs = dict(cycle=1, init_weights=trained["weights"], init_meta=trained["meta"], extra=[extra])
+
+    def stopped_run(folder):
+        def killed(*args, **kw):
+            raise KeyboardInterrupt  # as if killed after the state was written, before the checkpoint
+
+        monkeypatch.setattr(t, "save_checkpoint", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run(prepared, folder, config, **kwargs)
+        monkeypatch.undo()
+        state = torch.load(folder / ".train_state" / "state.pt", weights_only=True)
+        assert state["precision"] == "fp32" and state["cuda_rng"] is None and state["epoch"] == 1
+
+    np.savez(extra, images=images, labels=np.arange(6), index=np.arange(6))
+    stopped_run(tmp_path / "same")
+    run(prepared, tmp_path / "same", config, **kwargs)
+    assert json.loads((tmp_path / "same" / "train_stats.json").read_text())["resumed_from_epoch"] == 1
+
+    stopped_run(tmp_path / "changed")
+    size = extra.stat().st_size
+    np.savez(extra, images=255 - images, labels=np.arange(6), index=np.arange(6))
+    assert extra.stat().st_size == size
+    run(prepared, tmp_path / "changed", config, **kwargs)
+    assert json.loads((tmp_path / "changed" / "train_stats.json").read_text())["resumed_from_epoch"] == 0

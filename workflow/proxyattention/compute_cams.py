@@ -36,10 +36,11 @@ def release(cam) -> None:
 def explain(cam, model, runtime, images, rows: np.ndarray, classes: np.ndarray, mean, std, batch_size: int,
             out: np.ndarray) -> None:
     """Write the float16 map of each (row, class) into ``out``; every row gets its map or this raises."""
-    loader, _ = make_loader(ArraySource([(images, rows, classes)]), mean, std, batch_size)
+    loader, _ = make_loader(ArraySource([(images, rows, classes)]), mean, std, batch_size, device=runtime.device,
+                            channels_last=runtime.channels_last)
     start = 0
     for x, targets in loader:  # data loading outside the library's code: its errors surface as they are
-        batch = compute_maps(cam, model, runtime.to_device(x), targets.tolist())
+        batch = compute_maps(cam, model, x, targets.tolist())
         out[start : start + len(batch)] = batch.astype(np.float16)
         start += len(batch)
     if start != len(rows):

@@ -193,12 +193,13 @@ def epochs_for(config: dict, cycle: int) -> int:
 TRAIN_MODEL_KEYS = ("timm_name", "weights", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "schedule")
 STAGE_SECTIONS = {
     "train": tuple(f"model.{k}" for k in TRAIN_MODEL_KEYS)
-    + ("training.augment", "training.precision", "training.channels_last"),
-    "find_misclassified": ("model.batch_size", "training.precision", "training.channels_last", "proxy.selection"),
+    + ("training.augment", "training.precision", "training.channels_last", "training.deterministic"),
+    "find_misclassified": ("model.batch_size", "training.precision", "training.channels_last",
+                           "training.deterministic", "proxy.selection"),
     "compute_cams": ("model.batch_size", "model.target_layer", "proxy.cam_method", "proxy.fast_path", "proxy.target",
                      "proxy.empty_maps"),
     "mask_and_save": ("proxy.threshold", "proxy.fill", "proxy.random_erase", "proxy.empty_maps"),
-    "evaluate": ("model.batch_size", "training.precision", "training.channels_last"),
+    "evaluate": ("model.batch_size", "training.precision", "training.channels_last", "training.deterministic"),
 }
 SPEED_ONLY = {"training": ("threads", "num_workers")}
 

@@ -1,13 +1,16 @@
-"""Batches from prepared uint8 arrays: the DataLoader's workers do the uint8-to-float work.
+"""Batches from prepared uint8 arrays: workers gather, the training process's device transforms.
 
-A batch is gathered from memory-mapped arrays with one fancy-indexing call per
-source, augmented (random crop after padding, horizontal flip) and normalised
-in numpy inside the worker, so the training process only moves a ready float
-tensor to the device. Every random choice comes from a generator seeded by
-(seed, cycle, epoch, batch), so results do not depend on the number of workers, a
-resumed run draws exactly what an uninterrupted one would, each cycle draws a
-fresh stream, and every arm draws the same stream within a cycle (common random
-numbers keep paired differences between arms tight).
+A DataLoader worker gathers a uint8 batch from memory-mapped arrays with one
+fancy-indexing call per source and draws that batch's augmentation plan (crop offsets
+after zero padding, horizontal flips) on the CPU; the batch travels as (pinned) uint8,
+4x fewer bytes than float32, and :class:`DeviceTransform` crops, flips, converts and
+normalises it with batched tensor ops on the job's device. The result equals, bit for bit,
+augmenting and normalising in numpy (:func:`augment` and :func:`normalise`, kept as the
+reference the tests and bench/ compare against). Every random choice comes from a
+generator seeded by (seed, cycle, epoch, batch), so results do not depend on the number of
+workers, a resumed run draws exactly what an uninterrupted one would, each cycle draws a
+fresh stream, and every arm draws the same stream within a cycle (common random numbers
+keep paired differences between arms tight).
 """
 
 from __future__ import annotations
@@ -57,8 +60,22 @@ def stream_key(seed) -> tuple[int, ...]:
     return tuple(int(s) for s in seed) if isinstance(seed, (tuple, list)) else (int(seed),)
 
 
+def draw_plan(rng: np.random.Generator, b: int, hflip: bool, crop_padding: int) -> np.ndarray:
+    """(B, 3) int64: each image's crop offsets (dy, dx) into the zero-padded image and flip flag,
+    drawn in the order :func:`augment` draws them (so both give the same batch)."""
+    plan = np.zeros((b, 3), dtype=np.int64)
+    if crop_padding > 0:
+        plan[:, 0] = rng.integers(0, 2 * crop_padding + 1, size=b)
+        plan[:, 1] = rng.integers(0, 2 * crop_padding + 1, size=b)
+    else:
+        plan[:, :2] = crop_padding  # 0: no crop
+    if hflip:
+        plan[:, 2] = rng.random(b) < 0.5
+    return plan
+
+
 def augment(images: np.ndarray, rng: np.random.Generator, hflip: bool, crop_padding: int) -> np.ndarray:
-    """Random crop after zero padding and random horizontal flip, per image, on a uint8 batch."""
+    """Reference: random crop after zero padding and random horizontal flip, per image, in numpy."""
     b, h, w, _ = images.shape
     out = images
     if crop_padding > 0:
@@ -78,18 +95,63 @@ def augment(images: np.ndarray, rng: np.random.Generator, hflip: bool, crop_padd
 
 
 def normalise(images: np.ndarray, mean, std) -> torch.Tensor:
-    """uint8 (B, H, W, 3) to float32 (B, 3, H, W) with the model's mean and std."""
-    scale = 1.0 / (255.0 * np.asarray(std, dtype=np.float32))
-    shift = np.asarray(mean, dtype=np.float32) / np.asarray(std, dtype=np.float32)
+    """Reference: uint8 (B, H, W, 3) to float32 (B, 3, H, W) with the model's mean and std, in numpy."""
+    scale, shift = _affine(mean, std)
     x = images.astype(np.float32) * scale - shift
     return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
 
 
-class BatchDataset(Dataset):
-    """Map-style dataset whose items are whole batches: ``dataset[(epoch, batch, indices)]``."""
+def _affine(mean, std) -> tuple[np.ndarray, np.ndarray]:
+    """float32 scale and shift with (x / 255 - mean) / std == x * scale - shift."""
+    scale = 1.0 / (255.0 * np.asarray(std, dtype=np.float32))
+    shift = np.asarray(mean, dtype=np.float32) / np.asarray(std, dtype=np.float32)
+    return scale.astype(np.float32), shift.astype(np.float32)
 
-    def __init__(self, source: ArraySource, mean, std, seed, train: bool, hflip=False, crop_padding=0):
-        self.source, self.mean, self.std, self.seed = source, mean, std, stream_key(seed)
+
+class DeviceTransform:
+    """Crop, flip, uint8-to-float and normalisation of a whole uint8 batch on its device, with the
+    same float32 operations as :func:`normalise`, in the same order (equal to the last bit)."""
+
+    def __init__(self, mean, std, crop_padding: int = 0):
+        scale, shift = _affine(mean, std)
+        self.scale, self.shift, self.padding = torch.from_numpy(scale), torch.from_numpy(shift), crop_padding
+        self._on = {}
+
+    def _constants(self, device: torch.device):
+        if device not in self._on:
+            self._on[device] = (self.scale.to(device), self.shift.to(device))
+        return self._on[device]
+
+    def __call__(self, images: torch.Tensor, plan: torch.Tensor | None, channels_last: bool = False) -> torch.Tensor:
+        """``images`` uint8 (B, H, W, 3) and ``plan`` (B, 3) on one device: float32 (B, 3, H, W)."""
+        if plan is not None and (self.padding > 0 or bool(plan[:, 2].any())):
+            images = self._crop_flip(images, plan)
+        scale, shift = self._constants(images.device)
+        x = images.float() * scale - shift
+        x = x.permute(0, 3, 1, 2)  # NHWC memory seen as NCHW: already channels-last
+        return x if channels_last else x.contiguous()
+
+    def _crop_flip(self, images: torch.Tensor, plan: torch.Tensor) -> torch.Tensor:
+        b, h, w, _ = images.shape
+        p = self.padding
+        if p > 0:
+            padded = images.new_zeros((b, h + 2 * p, w + 2 * p, 3))
+            padded[:, p : p + h, p : p + w] = images
+        else:
+            padded = images
+        dy, dx, flip = plan[:, 0:1], plan[:, 1:2], plan[:, 2:3].bool()
+        across = torch.arange(w, device=images.device)
+        rows = dy + torch.arange(h, device=images.device)
+        cols = dx + torch.where(flip, w - 1 - across, across)  # one gather crops and flips
+        return padded[torch.arange(b, device=images.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+class BatchDataset(Dataset):
+    """Map-style dataset whose items are whole batches: ``dataset[(epoch, batch, indices)]`` is
+    (uint8 images (B, H, W, 3), labels, augmentation plan (B, 3) or None when not training)."""
+
+    def __init__(self, source: ArraySource, seed, train: bool, hflip=False, crop_padding=0):
+        self.source, self.seed = source, stream_key(seed)
         self.train, self.hflip, self.crop_padding = train, hflip, crop_padding
 
     def __len__(self) -> int:
@@ -98,10 +160,31 @@ class BatchDataset(Dataset):
     def __getitem__(self, key):
         epoch, batch, indices = key
         images, labels = self.source.gather(indices)
+        plan = None
         if self.train:
             rng = np.random.default_rng((*self.seed, epoch, batch))
-            images = augment(images, rng, self.hflip, self.crop_padding)
-        return normalise(images, self.mean, self.std), torch.from_numpy(labels)
+            plan = torch.from_numpy(draw_plan(rng, len(indices), self.hflip, self.crop_padding))
+        return torch.from_numpy(images), torch.from_numpy(labels), plan
+
+
+class DeviceBatches:
+    """Iterates a DataLoader of uint8 batches and yields (float32 images, labels) on ``device``,
+    transformed there; copies are asynchronous from pinned memory."""
+
+    def __init__(self, loader: DataLoader, transform: DeviceTransform, device, channels_last: bool):
+        self.loader, self.transform = loader, transform
+        self.device, self.channels_last = torch.device(device), channels_last
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for images, labels, plan in self.loader:
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            if plan is not None:
+                plan = plan.to(self.device, non_blocking=True)
+            yield self.transform(images, plan, self.channels_last), labels
 
 
 class EpochBatches(torch.utils.data.Sampler):
@@ -125,9 +208,11 @@ class EpochBatches(torch.utils.data.Sampler):
 
 
 def make_loader(source: ArraySource, mean, std, batch_size: int, seed=0, train: bool = False,
-                hflip: bool = False, crop_padding: int = 0, num_workers: int = 0, pin_memory: bool = False):
-    """A DataLoader over ``source`` and its sampler (call ``sampler.set_epoch`` each epoch)."""
-    dataset = BatchDataset(source, mean, std, seed, train, hflip, crop_padding)
+                hflip: bool = False, crop_padding: int = 0, num_workers: int = 0, pin_memory: bool = False,
+                device="cpu", channels_last: bool = False):
+    """Batches of ``source`` as float32 (B, 3, H, W) and labels on ``device`` (channels-last
+    memory with ``channels_last``), and the sampler (call ``sampler.set_epoch`` each epoch)."""
+    dataset = BatchDataset(source, seed, train, hflip, crop_padding)
     # Drop a last batch of one when training: BatchNorm cannot normalise a single sample.
     drop_last = train and len(source) % batch_size == 1
     sampler = EpochBatches(len(source), batch_size, seed, shuffle=train, drop_last=drop_last)
@@ -140,4 +225,4 @@ def make_loader(source: ArraySource, mean, std, batch_size: int, seed=0, train: 
         persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,
     )
-    return loader, sampler
+    return DeviceBatches(loader, DeviceTransform(mean, std, crop_padding if train else 0), device, channels_last), sampler

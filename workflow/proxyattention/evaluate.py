@@ -56,7 +56,8 @@ def evaluate(settings: dict, images_path, index_path, weights, meta, train_stats
     """Evaluate the checkpoint on the validation split, and on the test split when the dataset
     has one (under ``test``); add the training cost from its stats."""
     images, index = load_prepared(images_path, index_path)
-    runtime = select_runtime(settings["training"]["precision"], settings["training"]["channels_last"], device)
+    runtime = select_runtime(settings["training"]["precision"], settings["training"]["channels_last"], device,
+                             settings["training"]["deterministic"])
     model, info = load_checkpoint(weights, meta)
     model = runtime.prepare_model(model)
     source = validation_source(images, index)

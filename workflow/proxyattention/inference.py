@@ -15,11 +15,12 @@ def predict_logits(model: torch.nn.Module, source: ArraySource, mean, std, batch
     """Logits (N, K) as float32 for every image of ``source``, in order, in eval mode."""
     model.eval()
     loader, _ = make_loader(source, mean, std, batch_size, train=False, num_workers=num_workers,
-                            pin_memory=runtime.device.type == "cuda")
+                            pin_memory=runtime.device.type == "cuda", device=runtime.device,
+                            channels_last=runtime.channels_last)
     out = []
     for x, _ in loader:
         with runtime.autocast():
-            out.append(model(runtime.to_device(x)).float().cpu())
+            out.append(model(x).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 

@@ -68,7 +68,8 @@ def find_misclassified(settings: dict, images_path, index_path, weights, meta, o
         return
     images, index = load_prepared(images_path, index_path)
     train = index[index.split == "train"].reset_index(drop=True)
-    runtime = select_runtime(settings["training"]["precision"], settings["training"]["channels_last"], device)
+    runtime = select_runtime(settings["training"]["precision"], settings["training"]["channels_last"], device,
+                             settings["training"]["deterministic"])
     model, info = load_checkpoint(weights, meta)
     model = runtime.prepare_model(model)
     source = ArraySource([(images, train["index"].to_numpy(), train["label"].to_numpy())])

@@ -74,29 +74,42 @@ def make_optimizer(model, settings: dict, steps: int):
     return opt, sched
 
 
+CHECK_EVERY = 100  # steps between the host's looks at the device-side finiteness record
+
+
 def train_one_epoch(model, batches, optimizer, scheduler, scaler, runtime, epoch: int = 0,
                     model_name: str = "<model>", batch_size: int | None = None):
     """One pass over ``batches``; returns (summed loss, correct predictions, images seen).
 
-    Stops with NonFiniteLossError on a NaN or infinite loss, and turns a CUDA
+    Stops with NonFiniteLossError on a NaN or infinite loss, naming its step: the device
+    records the first such step and the host reads that record every CHECK_EVERY steps and
+    at the end, so no step waits for the device (an fp16 GradScaler still syncs once per step
+    in torch itself). No checkpoint is written after a non-finite loss. Turns a CUDA
     out-of-memory error into one that names the batch size setting.
     """
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
     correct = torch.zeros((), dtype=torch.int64, device=runtime.device)
+    counter = torch.zeros((), dtype=torch.float64, device=runtime.device)  # the step, counted on the device
+    first_bad = torch.full((2,), -1.0, dtype=torch.float64, device=runtime.device)  # step, loss
     seen = 0
+
+    def check(lr: float) -> None:
+        step, value = first_bad.tolist()
+        if step >= 0:
+            raise NonFiniteLossError(
+                f"loss is {value} at epoch {epoch + 1}, batch {int(step) + 1} (lr {lr:.3g}); training "
+                f"diverged and no checkpoint was written. Lower models.{model_name}.lr or use precision: fp32."
+            )
+
     for step, (x, y) in enumerate(batches):
-        x, y = runtime.to_device(x), y.to(runtime.device, non_blocking=True)
         try:
             with runtime.autocast():
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), y)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"loss is {loss.item()} at epoch {epoch + 1}, batch {step + 1} "
-                    f"(lr {optimizer.param_groups[0]['lr']:.3g}); training diverged and no checkpoint was written. "
-                    f"Lower models.{model_name}.lr or use precision: fp32."
-                )
+            bad = ~torch.isfinite(loss) & (first_bad[0] < 0)
+            first_bad.copy_(torch.where(bad, torch.stack([counter, loss.detach().double()]), first_bad))
+            counter += 1
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -110,13 +123,21 @@ def train_one_epoch(model, batches, optimizer, scheduler, scaler, runtime, epoch
         loss_sum += loss.detach().double() * len(y)
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
-    if runtime.device.type == "cuda":
-        torch.cuda.synchronize()
+        if (step + 1) % CHECK_EVERY == 0:
+            check(optimizer.param_groups[0]["lr"])
+    check(optimizer.param_groups[0]["lr"])
     return loss_sum.item(), correct.item(), seen
 
 
 def _fingerprint(*parts) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def content_digest(path) -> str:
+    """sha1 of a file's bytes: resume state belongs to what the inputs hold, not to their names
+    or sizes (a rerun mask stage may write a different erased.npz of the same size)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha1").hexdigest()
 
 
 @timed_stage
@@ -136,11 +157,10 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
     tset, mset = settings["training"], settings["model"]
     epochs = settings["epochs"]
     names = settings.get("names", {})
-    runtime = select_runtime(tset["precision"], tset["channels_last"], device)
+    runtime = select_runtime(tset["precision"], tset["channels_last"], device, tset["deterministic"])
     # One random stream per (seed, cycle): fresh each cycle, shared by every arm of a cycle.
     stream = (int(seed), int(settings.get("cycle", 0)))
     seed_everything(int(np.random.SeedSequence(stream).generate_state(1)[0]))
-    torch.use_deterministic_algorithms(runtime.device.type == "cpu", warn_only=True)
 
     images, index = load_prepared(images_path, index_path)
     info = read_json(classes_path)
@@ -160,12 +180,15 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
     loader, sampler = make_loader(
         source, mean, std, mset["batch_size"], seed=stream, train=True, hflip=tset["augment"]["hflip"],
         crop_padding=tset["augment"]["crop_padding"], num_workers=num_workers,
-        pin_memory=runtime.device.type == "cuda",
+        pin_memory=runtime.device.type == "cuda", device=runtime.device, channels_last=runtime.channels_last,
     )
     optimizer, scheduler = make_optimizer(model, settings, epochs * len(loader))
     scaler = runtime.grad_scaler()
 
-    fingerprint = _fingerprint(settings, seed, str(images_path), [str(p) for p in extra], str(init_weights), len(source))
+    # index.csv holds each prepared image's sha1, so its digest stands for images.npy's pixels.
+    fingerprint = _fingerprint(settings, seed, runtime.precision, str(runtime.device.type), content_digest(index_path),
+                               [content_digest(p) for p in extra], init_weights and content_digest(init_weights),
+                               len(source))
     rows, start_epoch, train_seconds, images_seen = [], 0, 0.0, 0
     state_file = state_dir / "state.pt"
     if state_file.exists():
@@ -176,6 +199,8 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
             torch.set_rng_state(state["torch_rng"])
+            if runtime.device.type == "cuda" and state.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(state["cuda_rng"], runtime.device)
             rows = json.loads(state["rows"])
             start_epoch, train_seconds, images_seen = state["epoch"], state["train_seconds"], state["images_seen"]
             log.info("resuming from epoch %d of %d (%s)", start_epoch, epochs, state_file)
@@ -220,6 +245,8 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
                 "fingerprint": fingerprint, "epoch": epoch + 1, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(), "rows": json.dumps(rows),
+                "cuda_rng": torch.cuda.get_rng_state(runtime.device) if runtime.device.type == "cuda" else None,
+                "precision": runtime.precision,
                 "train_seconds": train_seconds, "images_seen": images_seen,
             }, tmp)
 

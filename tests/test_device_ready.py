@@ -1,0 +1,142 @@
+"""GPU-ready by construction, tested on the CPU where the logic does not depend on the device:
+the device-side data path equals the numpy reference bit for bit, training never waits for the
+device each step, precision and determinism resolve from the job's own device."""
+
+import numpy as np
+import pytest
+import torch
+
+from proxyattention import data
+from proxyattention.data import ArraySource, augment, make_loader, normalise
+from proxyattention.train import NonFiniteLossError, train_one_epoch
+from proxyattention.runtime import Runtime, resolve_precision
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def demo_source(prepared, n=203):
+    images = np.load(prepared["images"], mmap_mode="r")
+    return ArraySource([(images, np.arange(n), np.arange(n) % 10)])
+
+
+def reference_batches(source, batch, seed, epoch, hflip, padding, train=True):
+    """Today's path before the device transform: gather, augment and normalise in numpy."""
+    sampler = data.EpochBatches(len(source), batch, seed, shuffle=train,
+                                drop_last=train and len(source) % batch == 1)
+    sampler.set_epoch(epoch)
+    for e, b, indices in sampler:
+        images, labels = source.gather(indices)
+        if train:
+            images = augment(images, np.random.default_rng((*data.stream_key(seed), e, b)), hflip, padding)
+        yield normalise(images, MEAN, STD), torch.from_numpy(labels)
+
+
+@pytest.mark.parametrize("hflip,padding,channels_last", [(True, 4, False), (True, 4, True), (False, 0, False),
+                                                         (True, 0, True), (False, 3, False)])
+def test_device_transform_equals_the_numpy_reference_bit_for_bit(prepared, hflip, padding, channels_last):
+    source = demo_source(prepared)
+    loader, sampler = make_loader(source, MEAN, STD, 32, seed=(3, 1), train=True, hflip=hflip,
+                                  crop_padding=padding, channels_last=channels_last)
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        got = list(loader)
+        want = list(reference_batches(source, 32, (3, 1), epoch, hflip, padding))
+        assert len(got) == len(want) == 7
+        for (x, y), (rx, ry) in zip(got, want):
+            assert x.dtype == torch.float32 and torch.equal(x, rx) and torch.equal(y, ry)
+            assert x.is_contiguous(memory_format=torch.channels_last) == channels_last or x.shape[1] == 1
+
+
+def test_evaluation_batches_are_unaugmented_and_equal_the_reference(prepared):
+    source = demo_source(prepared, 70)
+    loader, _ = make_loader(source, MEAN, STD, 32, train=False, crop_padding=4, hflip=True)
+    want = list(reference_batches(source, 32, 0, 0, True, 4, train=False))
+    assert all(torch.equal(x, rx) and torch.equal(y, ry) for (x, y), (rx, ry) in zip(loader, want))
+
+
+def test_workers_send_uint8_and_the_batches_do_not_depend_on_their_number(prepared):
+    source = demo_source(prepared, 100)
+    dataset = data.BatchDataset(source, 5, train=True, hflip=True, crop_padding=4)
+    images, labels, plan = dataset[(0, 0, np.arange(10))]
+    assert images.dtype == torch.uint8 and images.shape == (10, 32, 32, 3) and plan.shape == (10, 3)
+    runs = []
+    for workers in (0, 2):
+        loader, sampler = make_loader(source, MEAN, STD, 25, seed=5, train=True, hflip=True, crop_padding=4,
+                                      num_workers=workers)
+        sampler.set_epoch(1)
+        runs.append(list(loader))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(*runs))
+
+
+class Counter:
+    """Counts the host's reads of device values (each one a sync on a GPU) during a block."""
+
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        for name in ("item", "tolist", "__bool__", "cpu", "numpy"):
+            real = getattr(torch.Tensor, name)
+
+            def counted(self_, *args, _real=real, **kwargs):
+                self.calls += 1
+                return _real(self_, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 10))
+
+
+def batches(n, poison_at=None):
+    g = torch.Generator().manual_seed(0)
+    for step in range(n):
+        x = torch.randn(8, 3, 4, 4, generator=g)
+        if step == poison_at:
+            x[0, 0, 0, 0] = float("nan")
+        yield x, torch.randint(0, 10, (8,), generator=g)
+
+
+def one_epoch(model, steps, poison_at=None, epoch=0):
+    runtime = Runtime(torch.device("cpu"), "fp32", False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    return train_one_epoch(model, batches(steps, poison_at), optimizer, scheduler, runtime.grad_scaler(), runtime,
+                           epoch, "m", 8)
+
+
+def test_training_reads_the_device_once_per_hundred_steps_not_each_step(monkeypatch):
+    model = tiny_model()
+    counter = Counter(monkeypatch)
+    loss, correct, seen = one_epoch(model, 250)
+    monkeypatch.undo()
+    assert seen == 2000 and 0 <= correct <= 2000 and loss > 0
+    # 2 finiteness looks (steps 100, 200) + 1 at the end + the two totals: 5, not 250+
+    assert counter.calls <= 6, counter.calls
+
+
+@pytest.mark.parametrize("poison_at", [0, 37, 149])
+def test_a_non_finite_loss_is_reported_at_its_own_step(poison_at):
+    with pytest.raises(NonFiniteLossError, match=rf"loss is nan at epoch 3, batch {poison_at + 1} "):
+        one_epoch(tiny_model(), 160, poison_at, epoch=2)
+
+
+class FakeCuda:
+    def __init__(self, capability):
+        self.capability = capability
+
+    def get_device_capability(self, device=None):
+        return self.capability
+
+
+@pytest.mark.parametrize("capability,auto", [((7, 5), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16"), ((6, 1), "fp16")])
+def test_auto_precision_is_bf16_only_with_native_bf16(monkeypatch, capability, auto):
+    """T4 (7.5) and P100 (6.x) emulate bf16, slowly: auto picks fp16 with the grad scaler there,
+    whatever torch.cuda.is_bf16_supported() says; A100 (8.0) and H100 (9.0) get bf16."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", FakeCuda(capability).get_device_capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    cuda = torch.device("cuda", 0)
+    assert resolve_precision("auto", cuda) == auto
+    assert resolve_precision("fp32", cuda) == "fp32" and resolve_precision("bf16", cuda) == "bf16"
+    assert resolve_precision("auto", torch.device("cpu")) == resolve_precision("bf16", torch.device("cpu")) == "fp32"
+    assert Runtime(cuda, auto, True).amp_dtype == {"fp16": torch.float16, "bf16": torch.bfloat16}[auto]
