@@ -22,6 +22,7 @@ include: "workflow/rules/aggregate.smk"
 
 
 onstart:
+    check_hub_weights()
     start_warm_server()
 
 

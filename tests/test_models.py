@@ -131,5 +131,6 @@ def test_hub_failure_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(WeightsError, match="weights: hub needs internet"):
+    with pytest.raises(WeightsError, match="weights: hub needs internet") as caught:
         create_model("resnet18", "hub", 3, 32)
+    assert caught.value.__cause__ is not None  # the hub's own error stays attached, for its traceback

@@ -50,6 +50,18 @@ def vit_reshape_transform(model: torch.nn.Module):
     return reshape
 
 
+def channels_last_maps(model: torch.nn.Module) -> bool:
+    """True for models whose stages output (B, H, W, C) maps: timm marks them (Swin and others)
+    with output_fmt NHWC. Their CAMs read the maps through :func:`nhwc_to_nchw`."""
+    return str(getattr(model, "output_fmt", "NCHW")) in ("NHWC", "Format.NHWC")
+
+
+def nhwc_to_nchw(maps: torch.Tensor) -> torch.Tensor:
+    if maps.ndim != 4:
+        raise CamError(f"expected a (B, H, W, C) feature map, got shape {tuple(maps.shape)}; choose a stage's output")
+    return maps.permute(0, 3, 1, 2)
+
+
 def _pool_and_linear(model: torch.nn.Module):
     """(global_pool, linear) of a GAP + linear head, or None for any other head."""
     from timm.layers import SelectAdaptivePool2d
@@ -71,8 +83,9 @@ def _map_sizes(model: torch.nn.Module, image_size: int, modules) -> list[tuple[s
     """(name, (h, w)) of each of ``modules`` (name, module) whose output is a 4D map, in execution
     order, from one forward pass of a blank image in eval mode."""
     order: list[tuple[str, tuple[int, int]]] = []
+    spatial = slice(1, 3) if channels_last_maps(model) else slice(2, 4)
     hooks = [module.register_forward_hook(
-        lambda m, i, o, name=name: order.append((name, tuple(o.shape[-2:])))
+        lambda m, i, o, name=name: order.append((name, tuple(o.shape[spatial])))
         if isinstance(o, torch.Tensor) and o.ndim == 4 else None) for name, module in modules]
     try:
         was_training = model.training
@@ -196,7 +209,11 @@ def build_cam(model: torch.nn.Module, method: str, layer_name: str, image_size: 
 
     cls = getattr(pgc, CAM_METHODS[method])
     layer = get_layer(model, layer_name)
-    kwargs = {"reshape_transform": vit_reshape_transform(model)} if is_vit(model) else {}
+    kwargs = {}
+    if is_vit(model):
+        kwargs["reshape_transform"] = vit_reshape_transform(model)
+    elif channels_last_maps(model):
+        kwargs["reshape_transform"] = nhwc_to_nchw
     if method == "ablationcam" and is_vit(model):
         kwargs["ablation_layer"] = pgc.AblationLayerVit()
     cam = cls(model=model, target_layers=[layer], **kwargs)

@@ -88,8 +88,6 @@ def load_config(path: str | os.PathLike) -> dict:
 
 def check_config(config: dict, base: str | os.PathLike = ".") -> None:
     """Checks the schema cannot express; raise ConfigError naming the key."""
-    import timm
-
     from .arms import check as check_arms
     from .models import BUNDLED
 
@@ -105,12 +103,11 @@ def check_config(config: dict, base: str | os.PathLike = ".") -> None:
             raise ConfigError(
                 f"datasets.{name}.path: {ds['path']} does not exist; point it at the {ds['source']} source"
             )
-    known = set(timm.list_models())
+    from .model_checks import timm_name_problem
+
     for name, model in config["models"].items():
-        if model["timm_name"] not in known:
-            close = [m for m in timm.list_models(f"*{model['timm_name'].split('_')[0]}*")][:5]
-            hint = f"; similar names: {', '.join(close)}" if close else ""
-            raise ConfigError(f"models.{name}.timm_name: timm has no model '{model['timm_name']}'{hint}")
+        if problem := timm_name_problem(f"models.{name}.timm_name", model["timm_name"]):
+            raise ConfigError(problem)
         weights = model["weights"]
         if weights == "bundled" and model["timm_name"] not in BUNDLED:
             hint = (" (the bundled file is a TensorFlow port: SAME padding, BatchNorm eps 1e-3, inputs in [-1, 1];"
@@ -138,36 +135,9 @@ def check_config(config: dict, base: str | os.PathLike = ".") -> None:
         )
 
 
-def cam_grid_warnings(config: dict) -> list[str]:
-    """One message per (model, dataset) whose explained layer gives a map of 2 x 2 cells or fewer at the
-    dataset's image size: such maps are coarse or, often, empty (nothing to erase). Builds each
-    model once without weights; empty when no arm explains anything."""
-    from .arms import ADDING_KINDS, names_of_kind
-
-    if not names_of_kind(config, *ADDING_KINDS) or config["cycles"] < 1:
-        return []
-    import timm
-
-    from .cams import auto_target_layer, explained_grid
-
-    messages = []
-    for name, spec in config["models"].items():
-        for dataset, ds in config["datasets"].items():
-            size = ds["image_size"]
-            kwargs = {"img_size": size} if is_vit_name(spec["timm_name"]) else {}
-            model = timm.create_model(spec["timm_name"], pretrained=False, num_classes=2, **kwargs).eval()
-            layer = spec["target_layer"] if spec["target_layer"] != "auto" else auto_target_layer(model, size)
-            h, w = explained_grid(model, layer, size)
-            if h * w <= 4:
-                messages.append(
-                    f"models.{name}: CAMs of {dataset} at {size} px come from a {h}x{w} map (layer {layer}); "
-                    f"many will be empty or coarse. Raise datasets.{dataset}.image_size or set "
-                    f"models.{name}.target_layer to an earlier layer")
-    return messages
-
-
 def is_vit_name(timm_name: str) -> bool:
-    return timm_name.split("_")[0] in {"vit", "deit", "deit3", "beit", "eva", "eva02", "flexivit"}
+    """Transformers timm builds for any image size (img_size=...): ViT family and Swin."""
+    return timm_name.split("_")[0] in {"vit", "deit", "deit3", "beit", "eva", "eva02", "flexivit", "swin", "swinv2"}
 
 
 def cam_method(config: dict, model: str, arm: str | None = None) -> str:

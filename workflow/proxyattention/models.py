@@ -91,7 +91,7 @@ def create_model(timm_name: str, weights: str, num_classes: int, image_size: int
                 f"could not load timm's pretrained weights for {timm_name} ({type(err).__name__}: {err}). "
                 "weights: hub needs internet or a filled Hugging Face cache (HF_HOME); "
                 "set weights to a local file, bundled or none instead"
-            ) from None
+            ) from err
     else:
         model = timm.create_model(timm_name, pretrained=False, **kwargs)
         if weights == "bundled":

@@ -9,11 +9,11 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from proxyattention.config import (
     ConfigError,
-    cam_grid_warnings,
     check_config,
     stage_settings,
     validate as validate_config,
 )
+from proxyattention.model_checks import ModelCheckError, check_models, hub_problem
 from proxyattention.report import FIGURE_NAMES as FIGURES
 from proxyattention import arms, layout, warm
 from snakemake.logging import logger
@@ -27,8 +27,23 @@ except ConfigError as err:
 
 if workflow.is_main_process:
     logger.info(layout.describe_grid(config, workflow.configfiles))
-    for message in cam_grid_warnings(config):
-        logger.warning(f"warning: {message}")
+    try:
+        for message in check_models(config):
+            logger.warning(f"warning: {message}")
+    except ModelCheckError as err:
+        raise WorkflowError(f"{err}\n(config file: {', '.join(map(str, workflow.configfiles)) or 'none'})")
+
+
+def check_hub_weights():
+    """From onstart (a real run, once the jobs to run are known, before any starts): every model
+    whose finetune is still to run with weights: hub must find them cached or reachable, rather
+    than fail in its finetune after retries. A dry run loads nothing and is not checked."""
+    pending = sorted({job.wildcards.model for job in workflow.dag.needrun_jobs() if job.rule.name == "finetune"})
+    for name in pending:
+        spec = config["models"][name]
+        if spec["weights"] == "hub" and (problem := hub_problem(f"models.{name}.weights", spec["timm_name"])):
+            raise WorkflowError(f"{problem}\n(config file: {', '.join(map(str, workflow.configfiles)) or 'none'})")
+
 
 # profiles/slurm reads these as "$VAR" (Snakemake expands environment variables in resource
 # values when it evaluates them). An unset variable would stay the literal "$VAR" and reach
