@@ -207,6 +207,106 @@ def bench_data(n_images: int, size: int, repeats: int, source_size: int = 512) -
             "decode_each_epoch_img_s": n_images / t_files, "ratio": t_files / t_array}
 
 
+def bench_data_path(n_images: int, size: int, batch: int, repeats: int, step_model: str = "resnet18") -> dict:
+    """Per DataLoader worker: today's path (gather, then crop, flip and normalise in numpy: the
+    reference) vs the worker's share now (gather uint8 and draw the crop/flip plan); the device
+    side (crop, flip, convert, normalise a uint8 batch) in images/s and as a fraction of one
+    training step of ``step_model`` at the same batch and size. Batches are checked equal."""
+    import timm
+    import torch.nn.functional as F
+
+    from proxyattention.data import ArraySource, DeviceTransform, augment, draw_plan, normalise
+    from proxyattention.runtime import select_runtime
+
+    runtime = select_runtime("auto", True)
+    rng = np.random.default_rng(0)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(Path(tmp) / "images.npy", rng.integers(0, 256, size=(n_images, size, size, 3), dtype=np.uint8))
+        mapped = np.load(Path(tmp) / "images.npy", mmap_mode="r")
+        source = ArraySource([(mapped, np.arange(n_images), np.zeros(n_images))])
+        np.asarray(mapped).sum()  # warm: the page cache holds the array, as after the first epoch
+        order = rng.permutation(n_images)
+        batches = [order[i : i + batch] for i in range(0, n_images - batch + 1, batch)]
+
+        def numpy_path():
+            for b, idx in enumerate(batches):
+                images, _ = source.gather(idx)
+                normalise(augment(images, np.random.default_rng((0, b)), True, 4), mean, std)
+
+        def worker_path():
+            for b, idx in enumerate(batches):
+                images, _ = source.gather(idx)
+                torch.from_numpy(images), torch.from_numpy(draw_plan(np.random.default_rng((0, b)), len(idx), True, 4))
+
+        transform = DeviceTransform(mean, std, 4)
+        images, _ = source.gather(batches[0])
+        plan = torch.from_numpy(draw_plan(np.random.default_rng((0, 0)), batch, True, 4))
+        want = normalise(augment(images, np.random.default_rng((0, 0)), True, 4), mean, std)
+        on_device = torch.from_numpy(images).to(runtime.device), plan.to(runtime.device)
+        equal = torch.equal(transform(*on_device, runtime.channels_last).cpu(), want)
+
+        def device_side():
+            transform(*on_device, runtime.channels_last)
+
+        model = runtime.prepare_model(timm.create_model(step_model, num_classes=10)).train()
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+        x = transform(*on_device, runtime.channels_last)
+        y = torch.zeros(batch, dtype=torch.int64, device=runtime.device)
+
+        def train_step():
+            with runtime.autocast():
+                loss = F.cross_entropy(model(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        t_numpy, t_worker = median_times([numpy_path, worker_path], repeats)
+        t_device, t_step = median_times([device_side, train_step], repeats)
+    n = batch * len(batches)
+    return {"size": size, "batch": batch, "device": str(runtime.device), "numpy_path_img_s_per_worker": n / t_numpy,
+            "worker_path_img_s_per_worker": n / t_worker, "worker_ratio": t_numpy / t_worker,
+            "device_side_img_s": batch / t_device, "step_model": step_model, "precision": runtime.precision,
+            "device_side_of_step": t_device / t_step, "identical_batch": equal}
+
+
+def bench_channels_last(models, size: int, batch: int, repeats: int) -> list[dict]:
+    """A training step on this device with the model and batch in NCHW vs channels-last memory
+    (what training.channels_last chooses), same model, batch and optimiser."""
+    import timm
+    import torch.nn.functional as F
+
+    from proxyattention.runtime import select_runtime
+
+    runtime = select_runtime("auto", True)
+    rows = []
+    for name in models:
+        steps = []
+        for channels_last in (False, True):
+            torch.manual_seed(0)
+            kwargs = {"img_size": size} if name.startswith("vit") else {}
+            model = timm.create_model(name, num_classes=10, **kwargs).to(runtime.device).train()
+            x = torch.randn(batch, 3, size, size, device=runtime.device)
+            if channels_last:
+                model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+            y = torch.zeros(batch, dtype=torch.int64, device=runtime.device)
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+            def step(model=model, x=x, y=y, opt=opt):
+                with runtime.autocast():
+                    loss = F.cross_entropy(model(x).float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+            steps.append(step)
+        t_nchw, t_nhwc = median_times(steps, repeats)
+        rows.append({"model": name, "size": size, "batch": batch, "device": str(runtime.device),
+                     "threads": torch.get_num_threads(), "nchw_img_s": batch / t_nchw,
+                     "channels_last_img_s": batch / t_nhwc, "ratio": t_nchw / t_nhwc})
+    return rows
+
+
 def bench_prepare(n_images: int, size: int, source_size: int, threads: int, repeats: int) -> dict:
     """The prepare stage on an ImageFolder tree of JPEGs with 1 thread vs ``threads`` threads
     (OpenCV releases the GIL while it decodes and resizes); the arrays must be identical."""
@@ -356,24 +456,28 @@ def bench_workflow(config_path: Path, cores: int) -> list[dict]:
 
 
 def bench_precision(models, size: int, batch: int, repeats: int) -> list[dict]:
+    """On a GPU: a training step in fp32 and in the precision ``auto`` picks for it (bf16 with
+    native bf16, else fp16 with the grad scaler), images/s and peak memory."""
     if not torch.cuda.is_available():
         return []
     import timm
 
-    from proxyattention.runtime import Runtime
+    from proxyattention.runtime import Runtime, resolve_precision
     from proxyattention.train import train_one_epoch
 
+    dev = torch.device("cuda", torch.cuda.current_device())
     rows = []
     for name in models:
-        for precision in ("fp32", "bf16" if torch.cuda.is_bf16_supported() else "fp16"):
-            rt = Runtime(torch.device("cuda"), precision, True)
+        for precision in ("fp32", resolve_precision("auto", dev)):
+            rt = Runtime(dev, precision, True)
             torch.manual_seed(0)
             kwargs = {"img_size": size} if name.startswith("vit") else {}
             model = rt.prepare_model(timm.create_model(name, num_classes=10, **kwargs)).train()
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
             constant = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
             scaler = rt.grad_scaler()
-            batches = [(torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))) for _ in range(4)]
+            batches = [(torch.randn(batch, 3, size, size, device=dev).contiguous(memory_format=torch.channels_last),
+                        torch.randint(0, 10, (batch,), device=dev)) for _ in range(4)]
 
             def step():
                 train_one_epoch(model, batches, opt, constant, scaler, rt)
@@ -381,8 +485,11 @@ def bench_precision(models, size: int, batch: int, repeats: int) -> list[dict]:
             step()
             torch.cuda.reset_peak_memory_stats()
             t = median_time(step, repeats)
-            rows.append({"model": name, "precision": precision, "batch": batch, "size": size,
-                         "img_s": 4 * batch / t, "peak_memory_mib": torch.cuda.max_memory_allocated() / 2**20})
+            rows.append({"model": name, "precision": precision, "gpu": torch.cuda.get_device_name(dev),
+                         "batch": batch, "size": size, "img_s": 4 * batch / t,
+                         "peak_memory_mib": torch.cuda.max_memory_allocated() / 2**20})
+            del model, opt, batches
+            torch.cuda.empty_cache()
     return rows
 
 
@@ -416,15 +523,27 @@ def main(argv=None) -> int:
     parser.add_argument("--workflow-config", default=str(ROOT / "config.yaml"),
                         help="config of the whole-workflow entry (default: the demo); --quick uses a one-cell cut of it")
     parser.add_argument("--cores", type=int, default=2, help="--cores of the whole-workflow runs")
+    parser.add_argument("--gpu", action="store_true",
+                        help="only what a GPU changes: fp32 vs AMP per model (time, peak memory) and the data path")
     args = parser.parse_args(argv)
     repeats = 1 if args.quick else args.repeats
     torch.manual_seed(0)
-    if args.quick:
+    if args.gpu:
+        report = {
+            "precision": bench_precision(["resnet18", "resnet50", "tf_efficientnet_lite0", "vit_tiny_patch16_224"],
+                                         224, 128, repeats),
+            "data_path": [bench_data_path(2048, 224, 128, repeats, "resnet18"),
+                          bench_data_path(2048, 224, 128, repeats, "resnet50")],
+            "channels_last": bench_channels_last(["resnet18", "resnet50", "tf_efficientnet_lite0"], 224, 128, repeats),
+        }
+    elif args.quick:
         report = {
             "cams": bench_cams(["resnet18"], [64], 4, repeats),
             "training": [bench_training("resnet18", 32, 16, 32, repeats)],
             "data": [bench_data(16, 32, repeats, source_size=64)],
             "prepare": [bench_prepare(16, 32, 64, 2, repeats)],
+            "data_path": [bench_data_path(64, 32, 16, repeats)],
+            "channels_last": bench_channels_last(["resnet18"], 32, 8, repeats),
             "masking": [bench_masking(16, 32, repeats)],
             "imports": bench_imports(1)[:2],
         }
@@ -434,14 +553,18 @@ def main(argv=None) -> int:
             "training": [bench_training("efficientnet_lite0", 64, 50, 500, repeats),
                          bench_training("resnet18", 64, 50, 500, repeats)],
             "data": [bench_data(256, 224, repeats), bench_data(512, 64, repeats, source_size=256)],
+            "data_path": [bench_data_path(1024, 224, 128, repeats, "resnet18")],
+            "channels_last": bench_channels_last(["tf_efficientnet_lite0", "resnet18", "resnet50",
+                                                  "vit_tiny_patch16_224"], 64, 50, repeats),
             "prepare": [bench_prepare(1000, 224, 512, args.cores, repeats),
                         bench_prepare(2000, 64, 256, args.cores, repeats)],
             "masking": [bench_masking(256, 64, repeats), bench_masking(64, 224, repeats)],
             "imports": bench_imports(3),
             "precision": bench_precision(["resnet18", "efficientnet_lite0", "vit_tiny_patch16_224"], 224, 64, repeats),
         }
-    report["workflow"] = bench_workflow(quick_config(Path(args.workflow_config), Path(args.out)) if args.quick
-                                        else Path(args.workflow_config), args.cores)
+    if not args.gpu:
+        report["workflow"] = bench_workflow(quick_config(Path(args.workflow_config), Path(args.out)) if args.quick
+                                            else Path(args.workflow_config), args.cores)
     report["machine"] = machine()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -453,6 +576,8 @@ def main(argv=None) -> int:
               "masking": "Mask-and-save: vectorised vs per-image OpenCV loop",
               "imports": "Import time of each stage's module (fresh process)",
               "workflow": "Whole workflow: wall time x cores vs the stages' own time, cold and with warm start",
+              "data_path": "Data path at the device: per-worker images/s, numpy path vs uint8 + plan; device side vs a training step",
+              "channels_last": "Training step: NCHW vs channels-last memory on this device",
               "precision": "GPU: fp32 vs mixed precision (training step)"}
     md = [f"# Benchmarks\n\nMachine: {report['machine']}. Median of {repeats} repeat(s).\n"]
     for key, title in titles.items():

@@ -16,6 +16,8 @@ def test_benchmarks_run_and_report(tmp_path):
     assert cams["max_abs_diff"] < 1e-4 and cams["fast_img_s"] > 0
     assert report["training"][0]["ratio"] > 0
     assert report["masking"][0]["identical_output"]
+    assert report["data_path"][0]["identical_batch"] and report["data_path"][0]["worker_ratio"] > 0
+    assert report["channels_last"][0]["ratio"] > 0
     assert report["prepare"][0]["identical_output"] and report["prepare"][0]["n_threads_img_s"] > 0
     cold, warm = report["workflow"]
     assert (cold["warm_start"], warm["warm_start"]) == (False, True)
