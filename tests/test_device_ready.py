@@ -2,6 +2,8 @@
 the device-side data path equals the numpy reference bit for bit, training never waits for the
 device each step, precision and determinism resolve from the job's own device."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -140,3 +142,29 @@ def test_auto_precision_is_bf16_only_with_native_bf16(monkeypatch, capability, a
     assert resolve_precision("fp32", cuda) == "fp32" and resolve_precision("bf16", cuda) == "bf16"
     assert resolve_precision("auto", torch.device("cpu")) == resolve_precision("bf16", torch.device("cpu")) == "fp32"
     assert Runtime(cuda, auto, True).amp_dtype == {"fp16": torch.float16, "bf16": torch.bfloat16}[auto]
+
+
+def test_deterministic_sets_what_torch_needs_to_repeat_on_a_gpu(monkeypatch):
+    """torch's reproducibility notes: cudnn.benchmark off, deterministic algorithms, and the cuBLAS
+    workspace variable; without the setting a GPU picks the fastest kernels."""
+    from proxyattention.config import stage_settings
+    from proxyattention.runtime import set_determinism
+
+    from conftest import make_config
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    cuda = torch.device("cuda", 0)
+    try:
+        set_determinism(cuda, True)
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+        assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
+        set_determinism(cuda, False)
+        assert torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
+    finally:
+        set_determinism(torch.device("cpu"), False)
+        torch.backends.cudnn.benchmark = torch.backends.cudnn.deterministic = False
+    assert torch.are_deterministic_algorithms_enabled()  # the CPU always (warn only)
+    config = make_config(training={"deterministic": True})
+    for stage in ("train", "find_misclassified", "evaluate"):  # a changed setting reruns these stages
+        assert stage_settings(config, "fm", "lite0", 1, stage)["training"]["deterministic"] is True
