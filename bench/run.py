@@ -528,6 +528,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     repeats = 1 if args.quick else args.repeats
     torch.manual_seed(0)
+    if args.gpu and not torch.cuda.is_available():
+        print("bench/run.py --gpu measures what a GPU changes, and torch sees no GPU here "
+              f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); run it on a GPU node, "
+              "or run bench/run.py without --gpu for the CPU entries", file=sys.stderr)
+        return 2
     if args.gpu:
         report = {
             "precision": bench_precision(["resnet18", "resnet50", "tf_efficientnet_lite0", "vit_tiny_patch16_224"],

@@ -86,3 +86,24 @@ def test_the_by_hand_command_refuses_before_the_run_naming_the_stage_to_run(clon
     assert proc.returncode == 2, out[-3000:]
     assert "made by find-misclassified" in proc.stderr and "Traceback" not in out
     assert not (clone / "results" / "runs").exists()
+
+
+def test_the_study_command_plans_the_study_grid(clone):
+    """docs/study.md's command, as a dry-run: six seeds x four arms x three cycles of one model."""
+    proc, out = typed(clone, "snakemake --cores all --configfile config.study.yaml -n")
+    assert proc.returncode == 0, out[-3000:]
+    study = yaml.safe_load((ROOT / "config.study.yaml").read_text())
+    assert len(study["seeds"]) >= 5 and study["cycles"] >= 3 and study["datasets"]["fashion_mnist"]["train_subset"]
+    counts = job_counts(out)
+    assert {k: counts[k] for k in expected_counts(study)} == expected_counts(study)
+    assert "grid from config.study.yaml: 1 dataset (fashion_mnist) x 1 model (tf_efficientnet_lite0)" in out
+    assert "config.study.yaml" in (ROOT / "docs" / "study.md").read_text()
+
+
+def test_the_gpu_bench_says_plainly_when_there_is_no_gpu(clone):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: the command would run its full benchmark")
+    proc, out = typed(clone, "python bench/run.py --gpu")
+    assert proc.returncode == 2 and "torch sees no GPU here" in out, out[-2000:]

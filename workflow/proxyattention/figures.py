@@ -13,7 +13,7 @@ import pandas as pd  # noqa: E402
 
 from .aggregate import COMPARISONS, MIN_PAIRS, mean_ci, verdicts, with_shared_finetune  # noqa: E402
 from .aggregate import paired_differences as per_seed_differences  # noqa: E402
-from .atomic import atomic_path, read_json  # noqa: E402
+from .atomic import atomic_path, read_json, write_csv  # noqa: E402
 from .timing import timed_stage  # noqa: E402
 
 ARM_COLOURS = {"baseline": "tab:blue", "duplicate": "tab:orange", "proxy": "tab:red", "random_erase": "tab:green",
@@ -298,3 +298,37 @@ def figures(summary_csv, cells: list, metrics_paths: list, outputs: dict, compar
     peak_memory(frame, outputs["peak_memory"])
     time_to_target(frame, outputs["time_to_target"], target_accuracy)
     confusion_matrices(cells, metrics_paths, outputs["confusion_matrices"])
+
+
+def redraw(summary_csv, out_dir, target_accuracy: float | None = None) -> list[Path]:
+    """Every figure that reads only ``summary.csv`` and each dataset's verdict table, from a
+    committed summary (docs/study/), without rerunning anything:
+    ``python -m proxyattention.figures docs/study/summary.csv OUT_DIR``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frame = pd.read_csv(summary_csv, keep_default_na=False, na_values=[""])
+    written = [out_dir / f"{name}.png" for name in ("accuracy_by_cycle", "accuracy_by_time", "paired_differences",
+                                                    "accuracy_cost", "peak_memory", "time_to_target")]
+    accuracy_by(frame, "cycle", written[0], "cycle")
+    accuracy_by(frame, "cumulative_train_seconds", written[1], "cumulative training seconds")
+    paired_differences(frame, COMPARISONS, written[2])
+    accuracy_cost(frame, written[3])
+    peak_memory(frame, written[4])
+    time_to_target(frame, written[5], target_accuracy)
+    for dataset in frame.dataset.unique():
+        path = out_dir / f"{dataset}_verdicts.csv"
+        write_csv(path, verdicts(frame, dataset))
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=redraw.__doc__.split("\n\n")[0])
+    parser.add_argument("summary", help="a summary.csv the workflow wrote")
+    parser.add_argument("out_dir")
+    parser.add_argument("--target-accuracy", type=float, default=None)
+    args = parser.parse_args()
+    for path in redraw(args.summary, args.out_dir, args.target_accuracy):
+        print(path)
