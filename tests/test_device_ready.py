@@ -85,6 +85,18 @@ class Counter:
             monkeypatch.setattr(torch.Tensor, name, counted)
 
 
+def test_the_device_side_of_the_data_path_reads_nothing_back(prepared, monkeypatch):
+    source = demo_source(prepared, 100)
+    for padding in (0, 4):
+        loader, sampler = make_loader(source, MEAN, STD, 25, seed=1, train=True, hflip=True, crop_padding=padding,
+                                      channels_last=True)
+        counter = Counter(monkeypatch)
+        batches = list(loader)
+        monkeypatch.undo()
+        # one: the DataLoader draws its base seed on a CPU tensor when an epoch starts, not per batch
+        assert len(batches) == 4 and counter.calls == 1, counter.calls
+
+
 def tiny_model():
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 10))

@@ -124,7 +124,7 @@ class DeviceTransform:
 
     def __call__(self, images: torch.Tensor, plan: torch.Tensor | None, channels_last: bool = False) -> torch.Tensor:
         """``images`` uint8 (B, H, W, 3) and ``plan`` (B, 3) on one device: float32 (B, 3, H, W)."""
-        if plan is not None and (self.padding > 0 or bool(plan[:, 2].any())):
+        if plan is not None:  # training: one gather, whatever the plan holds (reading it would sync)
             images = self._crop_flip(images, plan)
         scale, shift = self._constants(images.device)
         x = images.float() * scale - shift
