@@ -66,3 +66,20 @@ def test_examples_spread_over_confusions_and_show_erased_images_first():
     shown = [int(selected.loc[p, "index"]) for p in order]
     assert shown[:3] == [10, 13, 12]  # one of each confusion with an erased image, the most frequent first
     assert shown[3:] == [15, 14, 11]  # then empty maps, still spread: 14 (another confusion) before 11
+
+
+def test_the_committed_study_redraws_from_its_summary(tmp_path):
+    """docs/study.md's figures and verdicts come back from docs/study/summary.csv alone, with the
+    command the page gives, and the redrawn verdict table equals the committed one."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    proc = subprocess.run([sys.executable, "-m", "proxyattention.figures", "docs/study/summary.csv", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "fashion_mnist_verdicts.csv").read_text() == \
+        (ROOT / "docs" / "study" / "tables" / "fashion_mnist_verdicts.csv").read_text()
+    assert all((tmp_path / f"{name}.png").stat().st_size > 10_000 for name in ("paired_differences", "time_to_target"))
+    assert "python -m proxyattention.figures docs/study/summary.csv" in (ROOT / "docs" / "study.md").read_text()
