@@ -20,8 +20,8 @@ def predict_logits(model: torch.nn.Module, source: ArraySource, mean, std, batch
     out = []
     for x, _ in loader:
         with runtime.autocast():
-            out.append(model(x).float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+            out.append(model(x).float())  # kept on the device: one copy back at the end, no sync per batch
+    return torch.cat(out).cpu().numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
