@@ -82,9 +82,10 @@ def select_runtime(precision: str = "auto", channels_last: bool = True, device: 
     """The runtime for this process: CUDA when available (or ``device``), else the CPU.
 
     Precision as :func:`resolve_precision`, on the job's own device (the GPU this job was
-    pinned to, not GPU 0). ``deterministic`` as :func:`set_determinism`. ``channels_last`` applies on both: tensor cores want it on a GPU, and
-    on this project's CPU it made a training step of tf_efficientnet_lite0 1.77x faster at 64 px
-    (resnet18 1.07x, resnet50 1.16x, vit_tiny 1.00x; bench/run.py measures it).
+    pinned to, not GPU 0); ``deterministic`` as :func:`set_determinism`. ``channels_last``
+    applies on both: tensor cores want it on a GPU, and on this project's CPU it made a
+    training step 1.73x faster for tf_efficientnet_lite0 at 64 px, 1.10-1.14x for resnet18,
+    resnet50 and vit_tiny (bench/run.py, "channels_last").
     """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda" and dev.index is None:
