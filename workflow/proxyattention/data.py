@@ -67,8 +67,6 @@ def draw_plan(rng: np.random.Generator, b: int, hflip: bool, crop_padding: int) 
     if crop_padding > 0:
         plan[:, 0] = rng.integers(0, 2 * crop_padding + 1, size=b)
         plan[:, 1] = rng.integers(0, 2 * crop_padding + 1, size=b)
-    else:
-        plan[:, :2] = crop_padding  # 0: no crop
     if hflip:
         plan[:, 2] = rng.random(b) < 0.5
     return plan

@@ -98,6 +98,8 @@ def _unreachable(cfg, timeout: float = 5.0) -> str | None:
             first = f"{type(err).__name__}: {err}"
     else:
         first = None
+    if not cfg.url:
+        return first or "timm's pretrained config names no download address"
     import urllib.request
 
     try:
