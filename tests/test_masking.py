@@ -184,4 +184,58 @@ def test_keep_adds_empty_maps_unchanged_and_says_so(prepared, tmp_path):
 
     counts = added_counts(tmp_path / "erased.csv")
     assert counts == {"n_selected": 4, "n_empty_maps": 2, "empty_map_fraction": 0.5, "n_added": 4, "n_erased": 2,
-                      "n_added_unchanged": 2, "erased_fraction_mean": pytest.approx(table.erased_fraction[[0, 2]].mean())}
+                      "n_added_unchanged": 2, "erased_fraction_mean": pytest.approx(table.erased_fraction[[0, 2]].mean()),
+                      "changed_fraction_mean": pytest.approx(table.changed_fraction.mean())}
+
+
+def tiny_prepared(tmp_path, images):
+    """A prepared dataset of the given uint8 images (N, S, S, 3), every one a training image of class 0."""
+    np.save(tmp_path / "images.npy", images)
+    pd.DataFrame({"index": range(len(images)), "source": [f"x{i}" for i in range(len(images))],
+                  "label": 0, "class": "a", "split": "train", "sha1": [f"h{i}" for i in range(len(images))]}
+                 ).to_csv(tmp_path / "index.csv", index=False)
+    (tmp_path / "classes.json").write_text('{"classes": ["a", "b"], "image_size": %d}' % images.shape[1])
+    return {"images": tmp_path / "images.npy", "index": tmp_path / "index.csv", "classes": tmp_path / "classes.json"}
+
+
+def test_black_fill_on_black_changes_nothing_and_is_not_counted_as_erased(tmp_path):
+    """#22.3: n_erased counts images with a changed pixel, not images with a mask: a black
+    fill over a black image changes none, so it is an unchanged copy."""
+    from proxyattention.aggregate import added_counts
+
+    size = 16
+    images = np.zeros((2, size, size, 3), np.uint8)
+    images[1, :, : size // 2] = 200  # left half bright, right half black
+    prepared = tiny_prepared(tmp_path, images)
+    rising = np.arange(size)[None, :] + np.arange(size)[:, None] / size  # left to right, all values distinct
+    maps = np.stack([rising, rising[:, ::-1]]).astype(np.float32) / size  # tops: right (black), left (bright)
+    table, _ = run_stage(prepared, tmp_path, maps, np.array([0, 1]))
+    assert table["added"].tolist() == [True, True]
+    assert table["erased_fraction"].gt(0).all()  # both masks hold pixels
+    assert table["changed_fraction"].tolist()[0] == 0.0
+    assert table["changed_fraction"].tolist()[1] == pytest.approx(table["erased_fraction"].tolist()[1])
+    counts = added_counts(tmp_path / "erased.csv")
+    assert (counts["n_erased"], counts["n_added_unchanged"]) == (1, 1)
+    assert counts["changed_fraction_mean"] == pytest.approx(table["changed_fraction"].mean())
+
+
+@pytest.mark.parametrize("control", [None, "random", "duplicate"])
+def test_a_plateau_that_covers_the_quantile_is_an_empty_map(tmp_path, control):
+    """#22.4: a 2x2 map upsampled to 64 px has a top plateau of a quarter of the pixels; with
+    q = 0.95 nothing lies strictly above the quantile, so the mask is empty: under
+    empty_maps: skip it is not added (by any arm), like a constant map."""
+    size = 64
+    rng = np.random.default_rng(0)
+    images = rng.integers(1, 255, (2, size, size, 3), dtype=np.uint8)
+    prepared = tiny_prepared(tmp_path, images)
+    plateau = np.kron(np.array([[0.0, 0.2], [0.5, 1.0]]), np.ones((32, 32)))
+    maps = np.stack([plateau, ramp_maps(n=1, size=size)[0]]).astype(np.float32)
+    np.savez(tmp_path / "cams.npz", maps=maps.astype(np.float16), index=np.array([0, 1]),
+             target=np.zeros(2, np.int64))
+    settings = {"proxy": {**SETTINGS["proxy"], "threshold": {"mode": "quantile", "value": 0.95}}}
+    mask_and_save(settings, prepared["images"], prepared["index"], prepared["classes"], tmp_path / "cams.npz",
+                  tmp_path / "erased", tmp_path / "erased.npz", tmp_path / "erased.csv", control=control)
+    table = pd.read_csv(tmp_path / "erased.csv", keep_default_na=False)
+    assert table["empty_map"].tolist() == [True, False]
+    assert table["added"].tolist() == [False, True]
+    assert np.load(tmp_path / "erased.npz")["index"].tolist() == [1]

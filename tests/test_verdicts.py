@@ -83,3 +83,15 @@ def test_the_committed_study_redraws_from_its_summary(tmp_path):
         (ROOT / "docs" / "study" / "tables" / "fashion_mnist_verdicts.csv").read_text()
     assert all((tmp_path / f"{name}.png").stat().st_size > 10_000 for name in ("paired_differences", "time_to_target"))
     assert "python -m proxyattention.figures docs/study/summary.csv" in (ROOT / "docs" / "study.md").read_text()
+
+
+def test_equal_differences_from_three_seeds_give_no_verdict():
+    """#22.2: accuracy moves in steps of 1/n, so three seeds can differ by exactly the same
+    amount; a zero spread gives a zero-width interval, which is no evidence of anything."""
+    from proxyattention.aggregate import mean_ci, verdict
+
+    mean, low, high, n = mean_ci([0.0005] * 3)
+    assert n == 3 and mean == pytest.approx(0.0005)
+    assert verdict(low, high, n) == NO_EVIDENCE
+    frame = summary({"baseline": {1: [0.5, 0.6, 0.7]}, "proxy": {1: [0.5005, 0.6005, 0.7005]}})
+    assert verdicts(frame, "d", [("proxy", "baseline")]).verdict.tolist() == [NO_EVIDENCE]

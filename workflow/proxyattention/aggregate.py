@@ -63,17 +63,21 @@ def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = Non
 def added_counts(table) -> dict:
     """What a cycle added to training, from its ``erased.csv`` (None: an arm that adds nothing).
 
-    n_selected: images the selection rule chose; n_empty_maps: of those, maps that were
-    constant (nothing to erase); n_added: images that joined training; n_erased: added with
-    at least one pixel changed; n_added_unchanged: added with none changed (the duplicate
-    arm's, or proxy.empty_maps: keep).
+    n_selected: images the selection rule chose; n_empty_maps: of those, maps whose mask held no
+    pixel (constant, or a top plateau over the threshold: nothing to erase); n_added: images that
+    joined training; n_erased: added with at least one pixel whose value changed; n_added_unchanged:
+    added with none changed (the duplicate arm's, proxy.empty_maps: keep, or a fill that equals
+    what it covers, e.g. black on black); erased_fraction_mean: the mask's share of the image, over
+    the added images with a mask; changed_fraction_mean: the share of pixels changed, over every
+    added image.
     """
     if table is None:
         return {"n_selected": 0, "n_empty_maps": 0, "empty_map_fraction": np.nan, "n_added": 0, "n_erased": 0,
-                "n_added_unchanged": 0, "erased_fraction_mean": np.nan}
+                "n_added_unchanged": 0, "erased_fraction_mean": np.nan, "changed_fraction_mean": np.nan}
     erased = pd.read_csv(table, keep_default_na=False)
     added = erased[erased["added"].astype(bool)]
-    changed = added["erased_fraction"] > 0
+    changed = added["changed_fraction"] > 0
+    masked = added["erased_fraction"] > 0
     n = len(erased)
     return {
         "n_selected": n,
@@ -82,7 +86,8 @@ def added_counts(table) -> dict:
         "n_added": len(added),
         "n_erased": int(changed.sum()),
         "n_added_unchanged": int((~changed).sum()),
-        "erased_fraction_mean": float(added.loc[changed, "erased_fraction"].mean()) if changed.any() else np.nan,
+        "erased_fraction_mean": float(added.loc[masked, "erased_fraction"].mean()) if masked.any() else np.nan,
+        "changed_fraction_mean": float(added["changed_fraction"].mean()) if len(added) else np.nan,
     }
 
 
@@ -169,12 +174,17 @@ BETTER, WORSE, NO_EVIDENCE = "better", "worse", "no evidence at this n"
 # Fewest seed pairs for a verdict: a t-interval from two pairs has one degree of freedom, and
 # two equal differences (accuracy moves in steps of 1/n_val) give it zero width.
 MIN_PAIRS = 3
+# An interval narrower than this has no spread: accuracy moves in steps of 1/n, so three seeds
+# can differ by exactly the same amount (up to float rounding), and a zero-width interval
+# excludes zero without any evidence of a spread-adjusted effect.
+MIN_WIDTH = 1e-9
 
 
 def verdict(low: float, high: float, n: int) -> str:
     """The plain word for a paired difference: better or worse only when its 95% interval,
-    from at least MIN_PAIRS seed pairs, excludes zero; otherwise no evidence at this n."""
-    if n < MIN_PAIRS:
+    from at least MIN_PAIRS seed pairs with a positive spread, excludes zero; otherwise no
+    evidence at this n."""
+    if n < MIN_PAIRS or not (np.isfinite(low) and np.isfinite(high)) or high - low <= MIN_WIDTH:
         return NO_EVIDENCE
     if np.isfinite(low) and low > 0:
         return BETTER
@@ -228,8 +238,8 @@ def verdicts_html(table: pd.DataFrame, dataset: str) -> str:
             f"<h3>{html.escape(dataset)}: each arm minus its control at the last cycle, paired by seed</h3>"
             f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
             f"<p><em>better</em> / <em>worse</em>: the 95% interval from at least {MIN_PAIRS} seed pairs excludes "
-            "zero. <em>no evidence at this n</em>: it does not, or there are fewer pairs; it does not mean "
-            "the arms are equal.</p></body></html>")
+            "zero. <em>no evidence at this n</em>: it does not, or there are fewer pairs, or every pair differs by "
+            "the same amount (no spread, so no interval); it does not mean the arms are equal.</p></body></html>")
 
 
 VERDICT_COLUMNS = ["dataset", "model", "comparison", "arm", "control", "cycle", "metric", "split", "mean_difference",

@@ -47,6 +47,16 @@ def explain(cam, model, runtime, images, rows: np.ndarray, classes: np.ndarray, 
         raise CamError(f"computed {start} maps for {len(rows)} selected images; no map may be left out")
 
 
+def _empty(maps: np.ndarray, proxy: dict) -> np.ndarray:
+    """Maps with nothing to erase: under the arm's threshold when the stage knows it (it does
+    with explain_prediction, which explains those again), else the constant ones."""
+    if "threshold" in proxy:
+        from .masking import empty_masks
+
+        return empty_masks(maps.astype(np.float32), proxy["threshold"])
+    return empty_maps(maps)
+
+
 @timed_stage
 def compute_cams(settings: dict, images_path, index_path, weights, meta, selected_csv, out_cams, out_table,
                  device: str | None = None) -> None:
@@ -79,7 +89,7 @@ def compute_cams(settings: dict, images_path, index_path, weights, meta, selecte
         name = type(cam).__name__
         try:
             explain(cam, model, runtime, images, rows, targets, info["mean"], info["std"], mset["batch_size"], maps)
-            redo = np.flatnonzero(empty_maps(maps) & (targets != predictions))
+            redo = np.flatnonzero(_empty(maps, proxy) & (targets != predictions))
             if proxy["empty_maps"] == "explain_prediction" and len(redo):
                 again = np.zeros((len(redo), size, size), dtype=np.float16)
                 explain(cam, model, runtime, images, rows[redo], predictions[redo], info["mean"], info["std"],
@@ -89,7 +99,7 @@ def compute_cams(settings: dict, images_path, index_path, weights, meta, selecte
         finally:
             release(cam)
     seconds = time.perf_counter() - t0
-    empty = empty_maps(maps)
+    empty = _empty(maps, proxy)
     log.info("%d maps with %s at %s in %.2f s; %d empty", len(rows), name, layer, seconds, int(empty.sum()))
     if len(rows) and empty.mean() > 0.5:
         log.warning("%d of %d maps are empty (constant): nothing to erase in them (proxy.empty_maps: %s). "

@@ -198,7 +198,10 @@ def stage_settings(config: dict, dataset: str, model: str, cycle: int = 0, stage
         settings.update(full)
         settings["epochs"] = epochs_for(config, cycle)
         return settings
-    for key in STAGE_SECTIONS[stage]:
+    sections = STAGE_SECTIONS[stage]
+    if stage == "compute_cams" and full["proxy"]["empty_maps"] == "explain_prediction":
+        sections += ("proxy.threshold",)  # which maps are empty, and so explained again, depends on it
+    for key in sections:
         section, _, leaf = key.partition(".")
         if leaf:
             settings.setdefault(section, {})[leaf] = full[section][leaf]

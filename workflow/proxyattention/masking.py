@@ -54,6 +54,26 @@ def threshold_masks(maps: np.ndarray, mode: str, value: float) -> tuple[np.ndarr
     return masks.reshape(n, h, w), np.asarray(thresholds, dtype=np.float64)
 
 
+def empty_masks(maps: np.ndarray, threshold: dict, batch_size: int = 256) -> np.ndarray:
+    """True for each map whose mask under ``threshold`` (``proxy.threshold``) holds no pixel:
+    a constant map, or a top plateau that covers the quantile (``quantile`` keeps pixels
+    strictly above it, so ties at the top erase nothing). Such an image is "empty" for
+    ``proxy.empty_maps``, whatever made it so."""
+    out = np.zeros(len(maps), dtype=bool)
+    for start in range(0, len(maps), batch_size):
+        masks, _ = threshold_masks(maps[start : start + batch_size], threshold["mode"], threshold["value"])
+        out[start : start + batch_size] = ~masks.reshape(len(masks), -1).any(1)
+    return out
+
+
+def changed_fraction(originals: np.ndarray, erased: np.ndarray) -> np.ndarray:
+    """Per image (N, H, W, 3): the fraction of pixels whose value changed in any channel (a black
+    fill over black background changes none of the pixels its mask covers)."""
+    if not len(originals):
+        return np.zeros(0)
+    return (originals != erased).any(axis=-1).reshape(len(originals), -1).mean(1)
+
+
 def fill_values(images: np.ndarray, mode: str, rng: np.random.Generator) -> np.ndarray:
     """What masked pixels become, per pixel (N, H, W, 3) uint8, for mean/blur/noise."""
     if mode == "mean":
@@ -135,13 +155,14 @@ def mask_and_save(settings: dict, images_path, index_path, classes_path, cams_pa
     maps, rows, _ = load_cams(cams_path)
     labels = index.set_index("index").loc[rows, "label"].to_numpy() if len(rows) else np.zeros(0, np.int64)
     sources = index.set_index("index").loc[rows, "source"].to_numpy() if len(rows) else np.zeros(0, str)
-    empty = empty_maps(maps)
+    empty = empty_masks(maps, proxy["threshold"], batch_size)
     added = ~empty if proxy["empty_maps"] != "keep" else np.ones(len(rows), bool)
     rng = np.random.default_rng((seed, {None: 0, "random": 1, "duplicate": 2}[control]))
     size = images.shape[1]
     erased = np.zeros((len(rows), size, size, 3), dtype=np.uint8)
     thresholds = np.zeros(len(rows))
     fractions = np.zeros(len(rows))
+    changed = np.zeros(len(rows))
     for start in range(0, len(rows), batch_size):
         part = slice(start, start + batch_size)
         batch_maps = maps[part]
@@ -154,8 +175,10 @@ def mask_and_save(settings: dict, images_path, index_path, classes_path, cams_pa
             level = np.where(masks.any((1, 2)), (batch_maps * masks).sum((1, 2)) / np.maximum(masks.sum((1, 2)), 1), 0)
             batch_maps = np.where(moved, level[:, None, None], 0).astype(np.float32)
             masks = moved
-        erased[part] = erase(np.asarray(images[rows[part]]), batch_maps, masks, proxy["fill"], rng)
+        originals = np.asarray(images[rows[part]])
+        erased[part] = erase(originals, batch_maps, masks, proxy["fill"], rng)
         fractions[part] = masks.reshape(len(masks), -1).mean(1)
+        changed[part] = changed_fraction(originals, erased[part])
 
     keep = np.flatnonzero(added)
     files = np.full(len(rows), "", dtype=object)
@@ -171,5 +194,6 @@ def mask_and_save(settings: dict, images_path, index_path, classes_path, cams_pa
     write_csv(out_table, pd.DataFrame({
         "map_position": np.arange(len(rows)), "index": rows, "source": sources, "label": labels,
         "class": [classes[l] for l in labels], "empty_map": empty, "added": added, "png": files,
-        "threshold": thresholds, "erased_fraction": fractions, "control": control or "cam",
+        "threshold": thresholds, "erased_fraction": fractions, "changed_fraction": changed,
+        "control": control or "cam",
     }))
