@@ -174,7 +174,7 @@ def bench_data(n_images: int, size: int, repeats: int, source_size: int = 512) -
     import cv2
     from skimage import data
 
-    from proxyattention.data import ArraySource, augment, make_loader, normalise
+    from proxyattention.data import ArraySource, augment, draw_plan, make_loader, normalise
     from proxyattention.images import decode_image, resize
 
     photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
@@ -200,7 +200,7 @@ def bench_data(n_images: int, size: int, repeats: int, source_size: int = 512) -
         def from_files():
             for start in range(0, n_images, 64):
                 batch = np.stack([resize(decode_image(f), size) for f in files[start : start + 64]])
-                normalise(augment(batch, rng, True, 4), mean, std)
+                normalise(augment(batch, draw_plan(rng, len(batch), True, 4), 4), mean, std)
 
         t_array, t_files = median_times([from_array, from_files], repeats)
     return {"images": n_images, "source": f"{source_size}px JPEG", "size": size, "prepared_img_s": n_images / t_array,
@@ -232,7 +232,7 @@ def bench_data_path(n_images: int, size: int, batch: int, repeats: int, step_mod
         def numpy_path():
             for b, idx in enumerate(batches):
                 images, _ = source.gather(idx)
-                normalise(augment(images, np.random.default_rng((0, b)), True, 4), mean, std)
+                normalise(augment(images, draw_plan(np.random.default_rng((0, b)), len(idx), True, 4), 4), mean, std)
 
         def worker_path():
             for b, idx in enumerate(batches):
@@ -242,7 +242,7 @@ def bench_data_path(n_images: int, size: int, batch: int, repeats: int, step_mod
         transform = DeviceTransform(mean, std, 4)
         images, _ = source.gather(batches[0])
         plan = torch.from_numpy(draw_plan(np.random.default_rng((0, 0)), batch, True, 4))
-        want = normalise(augment(images, np.random.default_rng((0, 0)), True, 4), mean, std)
+        want = normalise(augment(images, plan.numpy(), 4), mean, std)
         on_device = torch.from_numpy(images).to(runtime.device), plan.to(runtime.device)
         equal = torch.equal(transform(*on_device, runtime.channels_last).cpu(), want)
 

@@ -118,8 +118,9 @@ def test_retrain_adds_erased_images(prepared, trained, tmp_path):
     assert stats["n_train_original"] == 500 and stats["n_train_extra"] == 7 and stats["images_seen"] == 507
 
 
-def batch_orders(prepared, trained, tmp_path, monkeypatch, cycle, name):
-    """The order of images a retrain of ``cycle`` draws, with the images and augmentation it gets."""
+def batch_orders(prepared, trained, tmp_path, monkeypatch, cycle, name, extra=()):
+    """What a retrain of ``cycle`` draws: per training batch, its key, the indices, and the images
+    and crop/flip plan it got."""
     from proxyattention import data
 
     drawn = []
@@ -128,29 +129,69 @@ def batch_orders(prepared, trained, tmp_path, monkeypatch, cycle, name):
     def record(self, key):
         x, y, plan = real(self, key)
         if self.train:  # validation batches are neither shuffled nor augmented
-            drawn.append((key[0], key[1], list(key[2]), np.concatenate([x.numpy().ravel(), plan.numpy().ravel()])))
+            drawn.append((key[0], key[1], list(key[2]), x.numpy().copy(), plan.numpy().copy()))
         return x, y, plan
 
     monkeypatch.setattr(data.BatchDataset, "__getitem__", record)
     config = make_config(training={"epochs": 1, "num_workers": 0})
-    run(prepared, tmp_path / name, config, cycle=cycle, init_weights=trained["weights"], init_meta=trained["meta"])
+    run(prepared, tmp_path / name, config, cycle=cycle, init_weights=trained["weights"], init_meta=trained["meta"],
+        extra=list(extra))
     monkeypatch.undo()
     return drawn
 
 
+def per_image(drawn, below: int):
+    """The sequence of image indices below ``below`` (the originals), and each one's plan row."""
+    order = [i for d in drawn for i in d[2] if i < below]
+    plans = {i: tuple(row) for d in drawn for i, row in zip(d[2], d[4]) if i < below}
+    return order, plans
+
+
 def test_each_cycle_draws_a_fresh_stream_and_arms_share_it(prepared, trained, tmp_path, monkeypatch):
-    """Shuffling and augmentation are keyed by (seed, cycle, epoch, batch): cycle 2 does not replay
-    cycle 1's stream, and two arms in one cycle draw the same (common random numbers)."""
+    """Shuffling and augmentation are keyed by (seed, cycle, purpose, epoch): cycle 2 does not
+    replay cycle 1's stream; within a cycle, an arm that adds images (here 7) sees the 500
+    original images in the same relative order with the same crop and flip each as baseline."""
+    images = np.load(prepared["images"])[:7]
+    np.savez(tmp_path / "erased.npz", images=255 - images, labels=np.arange(7), index=np.arange(7))
     one = batch_orders(prepared, trained, tmp_path, monkeypatch, 1, "a")
     same = batch_orders(prepared, trained, tmp_path, monkeypatch, 1, "b")
+    adding = batch_orders(prepared, trained, tmp_path, monkeypatch, 1, "d", extra=[tmp_path / "erased.npz"])
     two = batch_orders(prepared, trained, tmp_path, monkeypatch, 2, "c")
     assert [d[2] for d in one] == [d[2] for d in same]
-    assert all((a[3] == b[3]).all() for a, b in zip(one, same))  # identical images, crops and flips too
+    assert all((a[3] == b[3]).all() and (a[4] == b[4]).all() for a, b in zip(one, same))
+    base_order, base_plans = per_image(one, 500)
+    add_order, add_plans = per_image(adding, 500)
+    assert sorted(base_order) == list(range(500)) and add_order == base_order
+    assert add_plans == base_plans and len({p for p in base_plans.values()}) > 20
+    added = [i for d in adding for i in d[2] if i >= 500]
+    assert sorted(added) == list(range(500, 507))
+    assert [d[2] for d in adding] != [d[2] for d in one]  # the added images move the batch boundaries
     assert [d[2] for d in one] != [d[2] for d in two]
-    assert sum((a[3] != b[3]).any() for a, b in zip(one, two)) == len(one)
+    assert sum((a[4] != b[4]).any() for a, b in zip(one, two)) == len(one)
     weights = [load_file(tmp_path / n / "model.safetensors") for n in "abc"]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+
+
+def test_every_random_stream_of_an_epoch_has_a_key_of_its_own(prepared, trained, tmp_path, monkeypatch):
+    """#22.7: the epoch's shuffle was keyed (seed, cycle, epoch, 7), which was also batch 7's
+    crop-and-flip key. Every generator one training epoch creates now has a distinct key."""
+    images = np.load(prepared["images"])[:7]
+    np.savez(tmp_path / "erased.npz", images=images, labels=np.arange(7), index=np.arange(7))
+    keys = []
+    real = np.random.default_rng
+
+    def recording(seed=None):
+        keys.append(tuple(seed) if isinstance(seed, (tuple, list)) else seed)
+        return real(seed)
+
+    monkeypatch.setattr(np.random, "default_rng", recording)
+    config = make_config(training={"epochs": 1, "num_workers": 0})
+    run(prepared, tmp_path / "r", config, cycle=1, init_weights=trained["weights"], init_meta=trained["meta"],
+        extra=[tmp_path / "erased.npz"])
+    monkeypatch.undo()
+    assert len(keys) >= 4  # the originals' order and plan, the added images' order and plan
+    assert len(set(keys)) == len(keys), keys
 
 
 def test_resume_state_belongs_to_the_inputs_content(prepared, trained, tmp_path, monkeypatch):

@@ -6,11 +6,16 @@ after zero padding, horizontal flips) on the CPU; the batch travels as (pinned) 
 4x fewer bytes than float32, and :class:`DeviceTransform` crops, flips, converts and
 normalises it with batched tensor ops on the job's device. The result equals, bit for bit,
 augmenting and normalising in numpy (:func:`augment` and :func:`normalise`, kept as the
-reference the tests and bench/ compare against). Every random choice comes from a
-generator seeded by (seed, cycle, epoch, batch), so results do not depend on the number of
-workers, a resumed run draws exactly what an uninterrupted one would, each cycle draws a
-fresh stream, and every arm draws the same stream within a cycle (common random numbers
-keep paired differences between arms tight).
+reference the tests and bench/ compare against).
+
+Every random choice comes from a generator keyed by (seed, cycle, purpose, epoch) (streams.py),
+so results do not depend on the number of workers, a resumed run draws exactly what an
+uninterrupted one would, and each cycle draws a fresh stream. Within a cycle, what arms can
+share they share (common random numbers keep paired differences tight): the original training
+images come in the same relative order with the same crop and flip each, in every arm; an
+adding arm's added images are shuffled, placed among the originals and augmented by streams of
+their own (the same for arms that add the same number of images). Where images are added, the
+batch boundaries move, so batch composition is not shared.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from .streams import ADDED_AUGMENT, ADDED_ORDER, AUGMENT, ORDER, generator, stream_key
 
 
 class ArraySource:
@@ -30,6 +37,11 @@ class ArraySource:
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
+
+    @property
+    def n_original(self) -> int:
+        """Images of the first part (the original training images; the rest were added)."""
+        return int(self.offsets[1]) if len(self.parts) else 0
 
     @property
     def labels(self) -> np.ndarray:
@@ -55,14 +67,8 @@ class ArraySource:
         return images, labels
 
 
-def stream_key(seed) -> tuple[int, ...]:
-    """The random stream of a training job: ``seed`` or a tuple such as (seed, cycle)."""
-    return tuple(int(s) for s in seed) if isinstance(seed, (tuple, list)) else (int(seed),)
-
-
 def draw_plan(rng: np.random.Generator, b: int, hflip: bool, crop_padding: int) -> np.ndarray:
-    """(B, 3) int64: each image's crop offsets (dy, dx) into the zero-padded image and flip flag,
-    drawn in the order :func:`augment` draws them (so both give the same batch)."""
+    """(B, 3) int64: each image's crop offsets (dy, dx) into the zero-padded image and flip flag."""
     plan = np.zeros((b, 3), dtype=np.int64)
     if crop_padding > 0:
         plan[:, 0] = rng.integers(0, 2 * crop_padding + 1, size=b)
@@ -72,23 +78,28 @@ def draw_plan(rng: np.random.Generator, b: int, hflip: bool, crop_padding: int) 
     return plan
 
 
-def augment(images: np.ndarray, rng: np.random.Generator, hflip: bool, crop_padding: int) -> np.ndarray:
-    """Reference: random crop after zero padding and random horizontal flip, per image, in numpy."""
+def epoch_plan(seed, epoch: int, n: int, n_original: int, hflip: bool, crop_padding: int) -> np.ndarray:
+    """(n, 3): the plan of every image of a training source in one epoch, by its index: the
+    originals' from one stream, the added images' from another, so an original image gets the
+    same crop and flip in every arm of a cycle."""
+    return np.concatenate([
+        draw_plan(generator(seed, AUGMENT, epoch), n_original, hflip, crop_padding),
+        draw_plan(generator(seed, ADDED_AUGMENT, epoch), n - n_original, hflip, crop_padding),
+    ])
+
+
+def augment(images: np.ndarray, plan: np.ndarray, crop_padding: int) -> np.ndarray:
+    """Reference: crop after zero padding by ``crop_padding`` and flip each image as ``plan``
+    (B, 3: dy, dx, flip) says, in numpy."""
     b, h, w, _ = images.shape
-    out = images
-    if crop_padding > 0:
-        p = crop_padding
-        padded = np.zeros((b, h + 2 * p, w + 2 * p, 3), dtype=np.uint8)
-        padded[:, p : p + h, p : p + w] = images
-        dy = rng.integers(0, 2 * p + 1, size=b)
-        dx = rng.integers(0, 2 * p + 1, size=b)
-        rows = dy[:, None] + np.arange(h)[None, :]
-        cols = dx[:, None] + np.arange(w)[None, :]
-        out = padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
-    if hflip:
-        flip = rng.random(b) < 0.5
-        out = out.copy() if out is images else out
-        out[flip] = out[flip, :, ::-1]
+    p = crop_padding
+    padded = np.zeros((b, h + 2 * p, w + 2 * p, 3), dtype=np.uint8)
+    padded[:, p : p + h, p : p + w] = images
+    rows = plan[:, 0:1] + np.arange(h)[None, :]
+    cols = plan[:, 1:2] + np.arange(w)[None, :]
+    out = padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    flip = plan[:, 2].astype(bool)
+    out[flip] = out[flip, :, ::-1]
     return out
 
 
@@ -151,6 +162,7 @@ class BatchDataset(Dataset):
     def __init__(self, source: ArraySource, seed, train: bool, hflip=False, crop_padding=0):
         self.source, self.seed = source, stream_key(seed)
         self.train, self.hflip, self.crop_padding = train, hflip, crop_padding
+        self._plans = (None, None)  # (epoch, its plan table): drawn once per epoch in each worker
 
     def __len__(self) -> int:
         return len(self.source)
@@ -160,8 +172,10 @@ class BatchDataset(Dataset):
         images, labels = self.source.gather(indices)
         plan = None
         if self.train:
-            rng = np.random.default_rng((*self.seed, epoch, batch))
-            plan = torch.from_numpy(draw_plan(rng, len(indices), self.hflip, self.crop_padding))
+            if self._plans[0] != epoch:
+                self._plans = (epoch, epoch_plan(self.seed, epoch, len(self.source), self.source.n_original,
+                                                 self.hflip, self.crop_padding))
+            plan = torch.from_numpy(self._plans[1][np.asarray(indices, dtype=np.int64)])
         return torch.from_numpy(images), torch.from_numpy(labels), plan
 
 
@@ -185,11 +199,29 @@ class DeviceBatches:
             yield self.transform(images, plan, self.channels_last), labels
 
 
-class EpochBatches(torch.utils.data.Sampler):
-    """Yields (epoch, batch, indices): a fresh permutation per epoch when shuffling."""
+def epoch_order(seed, epoch: int, n: int, n_original: int) -> np.ndarray:
+    """The order of a training source's images in one epoch: the originals (indices below
+    ``n_original``) permuted by one stream, the added images permuted and placed among them by
+    another, so the originals keep the same relative order in every arm of a cycle."""
+    order = generator(seed, ORDER, epoch).permutation(n_original)
+    if n == n_original:
+        return order
+    rng = generator(seed, ADDED_ORDER, epoch)
+    added = n_original + rng.permutation(n - n_original)
+    slots = np.zeros(n, dtype=bool)
+    slots[rng.choice(n, n - n_original, replace=False)] = True
+    full = np.empty(n, dtype=np.int64)
+    full[slots], full[~slots] = added, order
+    return full
 
-    def __init__(self, n: int, batch_size: int, seed, shuffle: bool, drop_last: bool = False):
+
+class EpochBatches(torch.utils.data.Sampler):
+    """Yields (epoch, batch, indices): a fresh order per epoch when shuffling (epoch_order)."""
+
+    def __init__(self, n: int, batch_size: int, seed, shuffle: bool, drop_last: bool = False,
+                 n_original: int | None = None):
         self.n, self.batch_size, self.shuffle, self.drop_last = n, batch_size, shuffle, drop_last
+        self.n_original = n if n_original is None else n_original
         self.seed = stream_key(seed)
         self.epoch = 0
 
@@ -200,7 +232,7 @@ class EpochBatches(torch.utils.data.Sampler):
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
 
     def __iter__(self):
-        order = np.random.default_rng((*self.seed, self.epoch, 7)).permutation(self.n) if self.shuffle else np.arange(self.n)
+        order = epoch_order(self.seed, self.epoch, self.n, self.n_original) if self.shuffle else np.arange(self.n)
         for b in range(len(self)):
             yield self.epoch, b, order[b * self.batch_size : (b + 1) * self.batch_size]
 
@@ -213,7 +245,8 @@ def make_loader(source: ArraySource, mean, std, batch_size: int, seed=0, train: 
     dataset = BatchDataset(source, seed, train, hflip, crop_padding)
     # Drop a last batch of one when training: BatchNorm cannot normalise a single sample.
     drop_last = train and len(source) % batch_size == 1
-    sampler = EpochBatches(len(source), batch_size, seed, shuffle=train, drop_last=drop_last)
+    sampler = EpochBatches(len(source), batch_size, seed, shuffle=train, drop_last=drop_last,
+                           n_original=source.n_original)
     loader = DataLoader(
         dataset,
         sampler=sampler,

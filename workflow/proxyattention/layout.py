@@ -68,6 +68,6 @@ def describe_grid(config: dict, configfiles=()) -> str:
             f"results in {config['results']}/")
 
 
-def mask_seed(seed, cycle) -> int:
-    """Seed of a cycle's random draws in mask-and-save: distinct per seed and cycle."""
-    return int(seed) * 1000 + int(cycle)
+def mask_seed(seed, cycle) -> list[int]:
+    """The stream of a cycle's random draws in mask-and-save: (seed, cycle), as training's."""
+    return [int(seed), int(cycle)]

@@ -23,6 +23,7 @@ import pandas as pd
 from .artifacts import empty_maps, load_cams
 from .atomic import atomic_dir, atomic_path, read_json, write_csv
 from .prepare import load_prepared
+from .streams import MASK, generator
 from .timing import timed_stage
 
 
@@ -139,13 +140,14 @@ CONTROLS = (None, "random", "duplicate")
 
 @timed_stage
 def mask_and_save(settings: dict, images_path, index_path, classes_path, cams_path, out_dir, out_npz, out_table,
-                  *, control: str | None = None, seed: int = 0, batch_size: int = 256) -> None:
+                  *, control: str | None = None, seed=0, batch_size: int = 256) -> None:
     """Erase each selected image's top-activated pixels (or, with ``control='random'``,
     the same number of pixels at random; with ``control='duplicate'``, nothing) and save
     the images that join training.
 
     Images whose map is empty are left out unless ``proxy.empty_maps`` is ``keep``.
-    The random draws depend only on ``seed``, so a rerun writes the same files.
+    The random draws depend only on ``seed`` (an int, or (seed, cycle)), so a rerun writes the
+    same files.
     """
     if control not in CONTROLS:
         raise ValueError(f"unknown control '{control}'; allowed: {CONTROLS}")
@@ -157,7 +159,7 @@ def mask_and_save(settings: dict, images_path, index_path, classes_path, cams_pa
     sources = index.set_index("index").loc[rows, "source"].to_numpy() if len(rows) else np.zeros(0, str)
     empty = empty_masks(maps, proxy["threshold"], batch_size)
     added = ~empty if proxy["empty_maps"] != "keep" else np.ones(len(rows), bool)
-    rng = np.random.default_rng((seed, {None: 0, "random": 1, "duplicate": 2}[control]))
+    rng = generator(seed, MASK, {None: 0, "random": 1, "duplicate": 2}[control])
     size = images.shape[1]
     erased = np.zeros((len(rows), size, size, 3), dtype=np.uint8)
     thresholds = np.zeros(len(rows))
