@@ -270,6 +270,61 @@ def bench_data_path(n_images: int, size: int, batch: int, repeats: int, step_mod
             "device_side_of_step": t_device / t_step, "identical_batch": equal}
 
 
+def bench_loader(n_images: int, size: int, batch: int, repeats: int, threads=(1, 2)) -> dict:
+    """What the training loop receives, end to end: uint8 batches (images, labels, plan) of one
+    shuffled, augmented epoch from make_loader's gather threads, against the plain gather of
+    the same rows in one process (the ceiling) and against the transport it replaced (torch
+    DataLoader worker processes over the same batches: a fresh shared-memory block per batch).
+    The array is warm in the page cache, as after the first epoch. Batches are checked equal."""
+    from torch.utils.data import DataLoader
+
+    from proxyattention.data import ArraySource, make_loader
+
+    rng = np.random.default_rng(0)
+    out = {"images": n_images, "size": size, "batch": batch}
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(Path(tmp) / "images.npy", rng.integers(0, 256, size=(n_images, size, size, 3), dtype=np.uint8))
+        mapped = np.load(Path(tmp) / "images.npy", mmap_mode="r")
+        source = ArraySource([(mapped, np.arange(n_images), np.zeros(n_images))])
+        np.asarray(mapped).sum()
+
+        def loader_of(n_threads):
+            device_batches, sampler = make_loader(source, (0.5,) * 3, (0.5,) * 3, batch, seed=(0, 1), train=True,
+                                                  hflip=True, crop_padding=4, num_workers=n_threads)
+            return device_batches.loader, sampler  # the uint8 batches, before the device transform
+
+        gathered, sampler = loader_of(0)
+        keys = list(sampler)
+
+        def plain():
+            for _, _, idx in keys:
+                source.gather(idx)
+
+        runs = {"plain_gather": plain}
+        loaders = {"threads_0": gathered}
+        for n in threads:
+            loaders[f"threads_{n}"] = loader_of(n)[0]
+            loaders[f"dataloader_workers_{n}"] = DataLoader(gathered.dataset, sampler=sampler, batch_size=None,
+                                                            num_workers=n, persistent_workers=True, prefetch_factor=4)
+        for name, loader in loaders.items():
+            runs[name] = (lambda it: (lambda: [None for _ in it]))(loader)
+        reference = [b for b in gathered]
+        equal = True
+        for name, loader in loaders.items():
+            got = list(loader)
+            equal &= len(got) == len(reference) and all(
+                torch.equal(a[0], b[0]) and torch.equal(a[2], b[2]) for a, b in zip(got, reference))
+        times = median_times(list(runs.values()), repeats)
+    n = sum(len(k[2]) for k in keys)
+    for (name, _), t in zip(runs.items(), times):
+        out[f"{name}_img_s"] = n / t
+    for n_threads in threads:
+        out[f"threads_{n_threads}_of_plain"] = out[f"threads_{n_threads}_img_s"] / out["plain_gather_img_s"]
+        out[f"workers_{n_threads}_of_plain"] = out[f"dataloader_workers_{n_threads}_img_s"] / out["plain_gather_img_s"]
+    out["identical_batches"] = bool(equal)
+    return out
+
+
 def bench_channels_last(models, size: int, batch: int, repeats: int) -> list[dict]:
     """A training step on this device with the model and batch in NCHW vs channels-last memory
     (what training.channels_last chooses), same model, batch and optimiser."""
@@ -539,6 +594,7 @@ def main(argv=None) -> int:
                                          224, 128, repeats),
             "data_path": [bench_data_path(2048, 224, 128, repeats, "resnet18"),
                           bench_data_path(2048, 224, 128, repeats, "resnet50")],
+            "loader": [bench_loader(3072, 224, 128, repeats)],
             "channels_last": bench_channels_last(["resnet18", "resnet50", "tf_efficientnet_lite0"], 224, 128, repeats),
         }
     elif args.quick:
@@ -548,6 +604,7 @@ def main(argv=None) -> int:
             "data": [bench_data(16, 32, repeats, source_size=64)],
             "prepare": [bench_prepare(16, 32, 64, 2, repeats)],
             "data_path": [bench_data_path(64, 32, 16, repeats)],
+            "loader": [bench_loader(64, 32, 16, repeats, threads=(1,))],
             "channels_last": bench_channels_last(["resnet18"], 32, 8, repeats),
             "masking": [bench_masking(16, 32, repeats)],
             "imports": bench_imports(1)[:2],
@@ -559,6 +616,7 @@ def main(argv=None) -> int:
                          bench_training("resnet18", 64, 50, 500, repeats)],
             "data": [bench_data(256, 224, repeats), bench_data(512, 64, repeats, source_size=256)],
             "data_path": [bench_data_path(1024, 224, 128, repeats, "resnet18")],
+            "loader": [bench_loader(3072, 224, 128, repeats), bench_loader(5000, 64, 50, repeats)],
             "channels_last": bench_channels_last(["tf_efficientnet_lite0", "resnet18", "resnet50",
                                                   "vit_tiny_patch16_224"], 64, 50, repeats),
             "prepare": [bench_prepare(1000, 224, 512, args.cores, repeats),
@@ -582,6 +640,7 @@ def main(argv=None) -> int:
               "imports": "Import time of each stage's module (fresh process)",
               "workflow": "Whole workflow: wall time x cores vs the stages' own time, cold and with warm start",
               "data_path": "Data path at the device: per-worker images/s, numpy path vs uint8 + plan; device side vs a training step",
+              "loader": "Loader end to end: uint8 batches the loop receives (gather threads; the DataLoader worker processes they replaced) vs the plain gather",
               "channels_last": "Training step: NCHW vs channels-last memory on this device",
               "precision": "GPU: fp32 vs mixed precision (training step)"}
     md = [f"# Benchmarks\n\nMachine: {report['machine']}. Median of {repeats} repeat(s).\n"]

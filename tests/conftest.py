@@ -106,3 +106,23 @@ def tiny_run(tmp_path_factory):
     tiny_config(workdir)
     snakemake(workdir)
     return workdir
+
+
+SIX = {
+    "baseline": {"kind": "baseline"},
+    "duplicate": {"kind": "duplicate"},
+    "gradcam": {"kind": "proxy"},
+    "eigencam": {"kind": "proxy", "cam_method": "eigencam"},
+    "gradcampp_pred": {"kind": "proxy", "cam_method": "gradcam++", "target": "prediction",
+                       "fill": {"mode": "blend", "blend_lambda": 0.4}},
+    "gradcam_random": {"kind": "random_erase", "matches": "gradcam"},
+}
+
+
+@pytest.fixture(scope="session")
+def six_arm_run(tmp_path_factory):
+    """A tiny run of six named arms (the mapping form), one cycle: the named-arms and report tests read it."""
+    workdir = tmp_path_factory.mktemp("six")
+    tiny_config(workdir, arms=SIX, seeds=[0, 1], cycles=1)
+    snakemake(workdir)
+    return workdir

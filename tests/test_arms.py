@@ -1,6 +1,5 @@
 """Named arms: variants of Proxy Attention compared in one DAG, sharing the work that does not differ."""
 
-import re
 import subprocess
 
 import numpy as np
@@ -8,20 +7,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, make_config, run_dir, snakemake, tiny_config, user_command
+from conftest import ROOT, SIX, make_config, run_dir, user_command
 from proxyattention.arms import comparisons, normalise, owner, proxy_settings
 from proxyattention.config import ConfigError, check_config, stage_settings, validate
 from proxyattention.misclassified import find_misclassified
-
-SIX = {
-    "baseline": {"kind": "baseline"},
-    "duplicate": {"kind": "duplicate"},
-    "gradcam": {"kind": "proxy"},
-    "eigencam": {"kind": "proxy", "cam_method": "eigencam"},
-    "gradcampp_pred": {"kind": "proxy", "cam_method": "gradcam++", "target": "prediction",
-                       "fill": {"mode": "blend", "blend_lambda": 0.4}},
-    "gradcam_random": {"kind": "random_erase", "matches": "gradcam"},
-}
 
 
 def test_the_list_form_means_what_it_meant():
@@ -88,7 +77,7 @@ def test_the_variants_config_shares_cycle_one_work(tmp_path):
     one cycle-1 find_misclassified per (dataset, model, seed), one cycle-1 compute_cams per
     distinct CAM setting (gradcam shared by duplicate and gradcam_random, eigencam, gradcam++)."""
     for entry in ROOT.iterdir():
-        if entry.name not in {".git", ".venv", "results", ".snakemake"}:
+        if entry.name not in {".git", ".venv", ".venv-readme", "results", ".snakemake"}:
             (tmp_path / entry.name).symlink_to(entry)
     proc = subprocess.run(user_command("snakemake", "--cores", "all", "-n", "--configfile", "config.variants.yaml"),
                           cwd=tmp_path, capture_output=True, text=True)
@@ -109,35 +98,34 @@ def test_the_variants_config_shares_cycle_one_work(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_tiny_six_arm_run_compares_every_pair(tmp_path, tiny_run):
-    tiny_config(tmp_path, arms=SIX, seeds=[0, 1], cycles=1)
-    snakemake(tmp_path)
-    summary = pd.read_csv(tmp_path / "results" / "summary.csv")
+def test_a_tiny_six_arm_run_compares_every_pair(six_arm_run, tiny_run, tmp_path):
+    run = six_arm_run
+    summary = pd.read_csv(run / "results" / "summary.csv")
     later = summary[summary.cycle > 0]
     assert sorted(later.arm.unique()) == sorted(SIX) and len(later) == 2 * len(SIX)
-    table = pd.read_csv(tmp_path / "results" / "tables" / "fm_comparison.csv")
-    config = validate(yaml.safe_load((tmp_path / "config.yaml").read_text()))
+    table = pd.read_csv(run / "results" / "tables" / "fm_comparison.csv")
+    config = validate(yaml.safe_load((run / "config.yaml").read_text()))
     for arm, other in comparisons(config):
         assert table[f"{arm}_minus_{other}_pairs"].iloc[0] == 2, (arm, other)
     # the shared selection is what the duplicate arm's own job would have selected
-    shared = run_dir(tmp_path, "gradcam", 0, 1)
-    prepared = tmp_path / "results" / "prepared" / "fm"
-    finetune = run_dir(tmp_path, "finetune", 0, 0)
+    shared = run_dir(run, "gradcam", 0, 1)
+    prepared = run / "results" / "prepared" / "fm"
+    finetune = run_dir(run, "finetune", 0, 0)
     find_misclassified(stage_settings(config, "fm", "lite0", 1, "find_misclassified", "duplicate"),
                        prepared / "images.npy", prepared / "index.csv", finetune / "model.safetensors",
                        finetune / "model.json", tmp_path / "predictions.csv", tmp_path / "selected.csv")
     assert (tmp_path / "selected.csv").read_bytes() == (shared / "selected.csv").read_bytes()
-    assert not (run_dir(tmp_path, "duplicate", 0, 1) / "selected.csv").exists()  # not computed twice
+    assert not (run_dir(run, "duplicate", 0, 1) / "selected.csv").exists()  # not computed twice
     # duplicate adds exactly what gradcam adds (same maps, same empty ones), unchanged
-    dup, grad = (np.load(run_dir(tmp_path, a, 0, 1) / "erased.npz") for a in ("duplicate", "gradcam"))
+    dup, grad = (np.load(run_dir(run, a, 0, 1) / "erased.npz") for a in ("duplicate", "gradcam"))
     np.testing.assert_array_equal(dup["index"], grad["index"])
     for arm in ("gradcam", "eigencam", "gradcampp_pred"):
-        assert (tmp_path / "results" / "figures" / "examples" / "fm" / "lite0" / f"{arm}.png").exists()
+        assert (run / "results" / "figures" / "examples" / "fm" / "lite0" / f"{arm}.png").exists()
     # the list form (tiny_run: [baseline, duplicate, proxy]) gives the same cycle-1 outputs as the
     # arms of the mapping form that mean the same thing, to the byte
     for seed in (0, 1):
         for named, listed in (("baseline", "baseline"), ("duplicate", "duplicate"), ("gradcam", "proxy")):
-            ours, theirs = run_dir(tmp_path, named, seed, 1), run_dir(tiny_run, listed, seed, 1)
+            ours, theirs = run_dir(run, named, seed, 1), run_dir(tiny_run, listed, seed, 1)
             for name in ("model.safetensors", "erased.npz", "erased.csv"):
                 if (theirs / name).exists() or (ours / name).exists():
                     mine = (ours / name).read_bytes().replace(f"/{named}/".encode(), f"/{listed}/".encode())  # png paths

@@ -18,6 +18,7 @@ def test_benchmarks_run_and_report(tmp_path):
     assert report["masking"][0]["identical_output"]
     assert report["data_path"][0]["identical_batch"] and report["data_path"][0]["worker_ratio"] > 0
     assert report["channels_last"][0]["ratio"] > 0
+    assert report["loader"][0]["identical_batches"] and report["loader"][0]["threads_1_of_plain"] > 0
     assert report["prepare"][0]["identical_output"] and report["prepare"][0]["n_threads_img_s"] > 0
     cold, warm = report["workflow"]
     assert (cold["warm_start"], warm["warm_start"]) == (False, True)

@@ -1,13 +1,9 @@
 """The conda environment for cluster users asks for what pyproject.toml asks for."""
 
 import sys
+import tomllib
 
 import yaml
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10, which pyproject.toml allows: tomllib's origin
-    import tomli as tomllib
 
 from conftest import ROOT
 

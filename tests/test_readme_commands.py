@@ -15,7 +15,7 @@ from conftest import ROOT, user_command
 def clone(tmp_path):
     """The repository's files, linked into a fresh folder (no results/, no .snakemake/)."""
     for entry in ROOT.iterdir():
-        if entry.name not in {".git", ".venv", "results", ".snakemake", ".pytest_cache"}:
+        if entry.name not in {".git", ".venv", ".venv-readme", "results", ".snakemake", ".pytest_cache"}:
             (tmp_path / entry.name).symlink_to(entry)
     return tmp_path
 

@@ -28,7 +28,34 @@ def entries(tiny_run) -> dict:
         "1. Verdicts": ["results/tables/fm_verdicts.html", "results/figures/paired_differences.png"],
         "Figures": [f"results/figures/{n}.png" for n in FIGURE_NAMES if n != "paired_differences"],
         "Examples": [f"results/figures/examples/fm/lite0/{n}" for n in examples],
+        "Provenance": ["results/provenance.html"],
     }
+
+
+def check_front_page(page, body: str, arms: list) -> None:
+    """#22.10: no docutils message on the page a reader opens, and the arms as a list, one item each."""
+    assert "System Message" not in body and "Bullet list ends" not in body
+    items = page.evaluate("[...document.querySelectorAll('li')].map(li => li.innerText)")
+    listed = [i for i in items if any(i.startswith(f"{a} (") for a in arms)]
+    assert [i.split(" (")[0] for i in listed] == arms, items
+
+
+@pytest.mark.slow
+def test_the_report_front_page_lists_named_arms(six_arm_run):
+    executable = browser_path()
+    from playwright.sync_api import sync_playwright
+
+    from conftest import SIX
+
+    snakemake(six_arm_run, "--report", "results/report.html")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto((six_arm_run / "results" / "report.html").as_uri())
+        page.wait_for_load_state("networkidle")
+        check_front_page(page, page.inner_text("body"), list(SIX))
+        assert "Provenance" in page.inner_text("body")
+        browser.close()
 
 
 @pytest.mark.slow
@@ -39,6 +66,9 @@ def test_the_report_shows_every_figure_and_table_in_a_browser(tiny_run):
     snakemake(tiny_run, "--report", "results/report.html")
     url = (tiny_run / "results" / "report.html").as_uri()
     verdict_rows = len(pd.read_csv(tiny_run / "results" / "tables" / "fm_verdicts.csv"))
+    import json
+
+    digest = json.loads((tiny_run / "results" / "provenance.json").read_text())["config_digest"]
     errors, shown = [], []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
@@ -49,6 +79,7 @@ def test_the_report_shows_every_figure_and_table_in_a_browser(tiny_run):
         page.wait_for_load_state("networkidle")
         body = page.inner_text("body")
         assert "What was compared" in body and "no evidence at this n" in body  # the opening text
+        check_front_page(page, body, ["baseline", "duplicate", "proxy"])
         assert body.index("1. Verdicts") < body.index("Figures")  # the answer comes first
         assert "Tables" in body  # summary.csv, offered for download
         for category, files in entries(tiny_run).items():
@@ -63,9 +94,12 @@ def test_the_report_shows_every_figure_and_table_in_a_browser(tiny_run):
                     sizes = page.evaluate("[...document.images].filter(i => i.src.includes('filename=' + "
                                           f"{stem!r})).map(i => i.naturalWidth)")
                     assert sizes and all(s > 100 for s in sizes), (category, name, sizes)
-                else:
+                elif name.endswith("verdicts.html"):
                     frames = [f for f in page.frames if "filename=fm_verdicts.html" in f.url]
                     assert frames and frames[0].locator("tbody tr").count() == verdict_rows, (category, name)
+                else:  # provenance: the commit and the config digest, as the run recorded them
+                    frames = [f for f in page.frames if "filename=provenance.html" in f.url]
+                    assert frames and digest in frames[0].inner_text("body"), (category, name)
                 shown.append(name)
         browser.close()
     assert errors == []

@@ -282,3 +282,43 @@ def test_prepare_shows_a_bar_on_a_terminal_and_tenths_in_its_log(tmp_path):
     lines = [line for line in log.read_text().splitlines() if "decoded" in line]
     assert len(lines) == 10 and lines[-1].endswith(f"decoded {total} of {total} images")
     assert "\r" not in log.read_text()
+
+
+@pytest.mark.parametrize("with_test", [False, True])
+def test_a_tree_with_train_and_no_val_draws_validation_from_train(tmp_path, with_test):
+    """#22.6: root/train/<class>/* (and perhaps root/test/<class>/*) without val/: the items were
+    all 'train', so val_fraction never applied and evaluate failed late. Validation is now drawn
+    from the training images by val_fraction, and test/ stays the test split."""
+    digits_tree(tmp_path / "data", per_class=10 if with_test else 8, val=False)
+    if with_test:  # two of each class's ten images move to test/
+        for folder in sorted((tmp_path / "data" / "train").iterdir()):
+            (tmp_path / "data" / "test" / folder.name).mkdir(parents=True)
+            for f in sorted(folder.iterdir())[:2]:
+                f.rename(tmp_path / "data" / "test" / folder.name / f.name)
+    _, index = run_prepare(spec(tmp_path / "data"), tmp_path)
+    counts = index.groupby(["label", "split"]).size().unstack(fill_value=0)
+    assert (counts["val"] == 2).all() and (counts["train"] == 6).all()  # 0.25 of 8 per class
+    assert ("test" in counts) == with_test
+    assert index.loc[index.split == "test", "source"].str.contains("/test/").all()
+
+
+def test_an_image_in_two_splits_leaves_the_later_one(tmp_path):
+    """#22.6: the same pixels in train/ and val/ (a file copied across splits) would measure
+    validation on a trained image: the copy leaves validation and skipped.csv says why."""
+    import json
+    import shutil
+
+    files = digits_tree(tmp_path / "data", per_class=4)
+    train_file = next(f for f, (c, split, _) in files.items() if split == "train" and c == 1)
+    copy = tmp_path / "data" / "val" / "digit_1" / "copied.png"
+    shutil.copy(train_file, copy)
+    _, index = run_prepare(spec(tmp_path / "data"), tmp_path)
+    row = index.set_index("source").loc[str(copy)]
+    assert row.split == "duplicate"
+    assert index.loc[index.source == train_file, "split"].item() == "train"
+    skipped = pd.read_csv(tmp_path / "skipped.csv")
+    assert skipped.source.tolist() == [str(copy)] and train_file in skipped.reason.item()
+    info = json.loads((tmp_path / "classes.json").read_text())
+    assert info["n_cross_split_duplicates"] == 1 and info["n_val"] == 3 * 2
+    train = set(index.loc[index.split == "train", "sha1"])
+    assert not train & set(index.loc[index.split.isin(["val", "test"]), "sha1"])

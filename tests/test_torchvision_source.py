@@ -69,6 +69,10 @@ def test_every_supported_class_takes_its_split_arguments(name):
     ({"name": "FashionMNIST", "val_split": "val"}, "datasets.fm.val_split: FashionMNIST has no split 'val'"),
     ({"name": "EuroSAT", "val_split": "test"}, "datasets.fm.val_split: EuroSAT has no splits"),
     ({"name": "DTD", "train_split": "val"}, "both 'val'"),
+    # #22.1: FGVCAircraft's trainval holds val: validation would be measured on trained images
+    ({"name": "FGVCAircraft", "train_split": "trainval"},
+     "datasets.fm: train_split 'trainval' and val_split 'val' share images (FGVCAircraft's 'trainval' holds 'val')"),
+    ({"name": "FGVCAircraft", "val_split": "trainval"}, "train_split 'train' and val_split 'trainval' share images"),
     ({"name": "CIFAR100", "path": "nowhere/cifar"}, "datasets.fm.path: nowhere/cifar does not exist; set download: true"),
 ])
 def test_a_wrong_torchvision_entry_is_refused_before_any_job(tmp_path, entry, words):
@@ -76,6 +80,12 @@ def test_a_wrong_torchvision_entry_is_refused_before_any_job(tmp_path, entry, wo
     with pytest.raises(ConfigError) as err:
         check_config(config)
     assert words in str(err.value)
+
+
+def test_trainval_against_test_is_accepted(tmp_path):
+    config = make_config(datasets={"fm": {"source": "torchvision", "name": "FGVCAircraft", "path": str(tmp_path),
+                                          "train_split": "trainval", "val_split": "test"}})
+    check_config(config)
 
 
 def test_download_true_needs_no_folder_yet(tmp_path):

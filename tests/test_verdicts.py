@@ -95,3 +95,90 @@ def test_equal_differences_from_three_seeds_give_no_verdict():
     assert verdict(low, high, n) == NO_EVIDENCE
     frame = summary({"baseline": {1: [0.5, 0.6, 0.7]}, "proxy": {1: [0.5005, 0.6005, 0.7005]}})
     assert verdicts(frame, "d", [("proxy", "baseline")]).verdict.tolist() == [NO_EVIDENCE]
+
+
+def test_figures_redraw_a_summary_whose_seeds_all_score_the_same(tmp_path):
+    """#22.9: a model stuck at chance (0.1 on every seed) made the mean a rounding error above
+    the minimum and matplotlib refused the negative whisker; every figure is written now."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    frame = pd.read_csv(ROOT / "docs" / "study" / "summary.csv")
+    frame.loc[frame.arm == "proxy", "accuracy"] = 0.1  # mean of six 0.1s is 0.10000000000000002
+    frame.to_csv(tmp_path / "summary.csv", index=False)
+    proc = subprocess.run([sys.executable, "-m", "proxyattention.figures", str(tmp_path / "summary.csv"),
+                           str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in ("accuracy_by_cycle", "accuracy_by_time", "paired_differences", "accuracy_cost", "peak_memory",
+                 "time_to_target"):
+        assert (tmp_path / "out" / f"{name}.png").stat().st_size > 10_000
+
+
+def named_arms_summary(test: bool = False) -> pd.DataFrame:
+    """Three seeds of named arms (a proxy arm, its random control, baseline), one cycle."""
+    frame = summary({"finetune": {0: [0.5, 0.5, 0.5]}, "baseline": {1: [0.60, 0.62, 0.61]},
+                     "gradcam": {1: [0.64, 0.65, 0.66]}, "gradcam_random": {1: [0.61, 0.60, 0.63]}})
+    kinds = {"finetune": ("finetune", ""), "baseline": ("baseline", ""), "gradcam": ("proxy", ""),
+             "gradcam_random": ("random_erase", "gradcam")}
+    frame["kind"] = frame.arm.map(lambda a: kinds[a][0])
+    frame["matches"] = frame.arm.map(lambda a: kinds[a][1])
+    frame["stop_reason"] = ""
+    frame["peak_memory_mib"], frame["peak_memory_kind"] = 100.0, "cpu"
+    if test:
+        frame["test_accuracy"] = frame.accuracy - 0.1
+    return frame
+
+
+def test_redraw_compares_the_arms_the_summary_holds_with_the_split_it_used(tmp_path):
+    """#22.8: redraw took the default arms' comparisons whatever the summary held, and dropped
+    the stop-rule caveat; it now reads the arms' kinds from the summary and the stop rule from
+    provenance.json beside it, and draws every figure on the verdicts' split."""
+    import json
+
+    from proxyattention.figures import redraw, reach_target
+
+    named_arms_summary().to_csv(tmp_path / "summary.csv", index=False)
+    (tmp_path / "provenance.json").write_text(json.dumps({"stop_rule": True, "job_commits": ["abc"],
+                                                          "config_digest": "f" * 64}))
+    redraw(tmp_path / "summary.csv", tmp_path / "out")
+    table = pd.read_csv(tmp_path / "out" / "d_verdicts.csv")
+    assert table.comparison.tolist() == ["gradcam - baseline", "gradcam_random - baseline",
+                                         "gradcam - gradcam_random"]
+    assert table.split.unique().tolist() == ["validation (the stop rule also chose on it)"]
+    assert json.loads((tmp_path / "out" / "provenance.json").read_text())["redrawn_from"].endswith("summary.csv")
+    tested = named_arms_summary(test=True)
+    reach = reach_target(tested)
+    assert reach.metric.unique().tolist() == ["test_accuracy"]
+    assert reach.target.iloc[0] == pytest.approx(tested[tested.cycle == 1].groupby("arm").test_accuracy.mean().min())
+
+
+def test_the_cost_of_an_adding_arm_includes_its_own_stages(tmp_path):
+    """#22.5: cumulative_seconds adds the find, CAM and mask stages' own time (from their logs)
+    to training; cumulative_train_seconds stays training alone; time to target uses the first."""
+    import json
+
+    from proxyattention.aggregate import summarise
+    from proxyattention.figures import reach_target
+
+    cells, paths = [], []
+    for arm, cycle, seconds in (("finetune", 0, 10.0), ("baseline", 1, 5.0), ("proxy", 1, 6.0)):
+        path = tmp_path / f"{arm}.json"
+        path.write_text(json.dumps({"accuracy": 0.5 + cycle * 0.1, "train_seconds": seconds, "images_seen": 100,
+                                    "wall_seconds": seconds}))
+        cells.append(["d", "m", 0, arm, cycle])
+        paths.append(path)
+    logs = {}
+    for stage, seconds in (("find_misclassified", 2.0), ("compute_cams", 3.0), ("mask_and_save", 0.5)):
+        (tmp_path / f"{stage}.log").write_text(f"stage {stage} took 99.000 s\n(a rerun)\nstage {stage} took {seconds:.3f} s\n")
+        logs[stage] = tmp_path / f"{stage}.log"
+    frame = summarise(cells, paths, stage_logs={("d", "m", 0, "proxy", 1): logs}).set_index("arm")
+    assert frame.loc["proxy", "proxy_seconds"] == 5.5
+    assert frame.loc["proxy", "cumulative_train_seconds"] == 16.0 and frame.loc["proxy", "cumulative_seconds"] == 21.5
+    assert frame.loc["baseline", "cumulative_seconds"] == frame.loc["baseline", "cumulative_train_seconds"] == 15.0
+    reach = reach_target(frame.reset_index(), target_accuracy=0.6).set_index("arm")
+    assert reach.loc["proxy", "seconds"] == 21.5
+    (tmp_path / "mask_and_save.log").write_text("killed before it finished\n")
+    frame = summarise(cells, paths, stage_logs={("d", "m", 0, "proxy", 1): logs}).set_index("arm")
+    assert np.isnan(frame.loc["proxy", "cumulative_seconds"])  # unknown, never a smaller number

@@ -29,7 +29,20 @@ def test_whole_dag_produces_the_summary_and_figures(tiny_run):
             assert len(erased["labels"]) == row.n_added == row.n_selected - row.n_empty_maps
             table = pd.read_csv(run_dir(tiny_run, arm, row.seed, row.cycle) / "erased.csv")
             assert not table.loc[table.empty_map, "added"].any()  # no empty map joins training by default
-    assert (proxy.n_added_unchanged == 0).all()  # proxy adds no unchanged copy under the name of erasing
+    # proxy adds no empty map; what it adds unchanged is counted as such: a black fill whose mask lies
+    # on the black background of Fashion-MNIST changes no pixel (#22.3)
+    for row in proxy.itertuples():
+        folder = run_dir(tiny_run, "proxy", row.seed, row.cycle)
+        table = pd.read_csv(folder / "erased.csv")
+        added = table[table.added].reset_index(drop=True)
+        unchanged = added.changed_fraction == 0
+        assert row.n_added_unchanged == unchanged.sum() and row.n_erased == (~unchanged).sum()
+        assert (added.loc[unchanged, "erased_fraction"] > 0).all()  # a mask, over pixels already black
+        saved = np.load(folder / "erased.npz")
+        images = np.load(tiny_run / "results" / "prepared" / "fm" / "images.npy", mmap_mode="r")
+        for i in np.flatnonzero(unchanged):
+            np.testing.assert_array_equal(saved["images"][i], images[saved["index"][i]])
+            assert (saved["images"][i] == 0).any()
     assert (duplicate.n_erased == 0).all() and (duplicate.n_added == duplicate.n_added_unchanged).all()
     # cycle 1 starts from the one shared finetune: duplicate adds exactly the images proxy adds, unchanged
     for seed in (0, 1):
@@ -60,6 +73,28 @@ def test_whole_dag_produces_the_summary_and_figures(tiny_run):
     assert all("running in a fork of the warm-start server" in p.read_text() for p in job_logs)
     assert all(PATTERN.search(p.read_text()) for p in job_logs)  # each logs its own stage time
     assert (summary.peak_memory_kind == "cpu_peak_rss_warm_fork").all()  # not comparable with a cold RSS
+    # #22.5: the adding arms' cost includes their own find, CAM and mask stages, read from those jobs' logs
+    adding = summary[summary.arm.isin(["proxy", "duplicate"])]
+    assert (adding.proxy_seconds > 0).all()
+    assert (adding.cumulative_seconds > adding.cumulative_train_seconds).all()
+    plain = summary[summary.arm.isin(["baseline", "finetune"])]
+    assert (plain.proxy_seconds == 0).all() and (plain.cumulative_seconds == plain.cumulative_train_seconds).all()
+    from proxyattention.timing import last_stage_seconds
+
+    row = summary[(summary.arm == "proxy") & (summary.seed == 0) & (summary.cycle == 2)].iloc[0]
+    logs = tiny_run / "results" / "logs"
+    expected = sum(last_stage_seconds(logs / stage / "fm" / "lite0" / "seed0" / "proxy" / "cycle2.log", stage)
+                   for stage in ("find_misclassified", "compute_cams", "mask_and_save"))
+    assert row.proxy_seconds == pytest.approx(expected)
+    assert set(summary.kind) == {"finetune", "baseline", "duplicate", "proxy"}
+    # #22.14: what made the results, once per run
+    made = json.loads((tiny_run / "results" / "provenance.json").read_text())
+    from proxyattention.provenance import code_commit, config_digest
+
+    assert made["job_commits"] == [code_commit()] and len(made["config_digest"]) == 64
+    assert made["config"]["seeds"] == [0, 1] and made["config_digest"] == config_digest(made["config"])
+    assert {"torch", "timm", "numpy", "python"} <= set(made["versions"])
+    assert made["config_digest"][:12] in (tiny_run / "results" / "tables" / "fm_verdicts.html").read_text()
 
 
 @pytest.mark.slow
@@ -95,7 +130,6 @@ def test_split_is_the_same_for_every_cycle_and_arm(tiny_run):
     assert not sources & val_hashes
 
 
-@pytest.mark.slow
 def job_counts(proc) -> dict:
     counts = {}
     for line in (proc.stdout + proc.stderr).splitlines():
@@ -105,6 +139,7 @@ def job_counts(proc) -> dict:
     return counts
 
 
+@pytest.mark.slow
 def test_deleting_one_output_recomputes_only_its_dependents(tiny_run):
     """Delete the proxy arm's cycle-1 checkpoint of seed 1 and ask for it again: only its job
     runs; the next full run updates exactly the stages downstream of it."""
@@ -163,24 +198,51 @@ def test_stop_rule_skips_later_cycles(stopped_run):
     assert (later.accuracy == first).all()  # the checkpoint carried over unchanged
 
 
+@pytest.fixture(scope="module")
+def held_out_run(tmp_path_factory):
+    """Three seeds, baseline and proxy, one cycle that runs, and a held-out test split."""
+    workdir = tmp_path_factory.mktemp("held_out")
+    config = tiny_config(workdir, seeds=[0, 1, 2], arms=["baseline", "proxy"], cycles=1)
+    spec = yaml.safe_load(config.read_text())
+    spec["datasets"]["fm"]["test_fraction"] = 0.1
+    config.write_text(yaml.safe_dump(spec, sort_keys=False))
+    snakemake(workdir)
+    return workdir
+
+
 @pytest.mark.slow
-def test_verdicts_use_the_held_out_test_split_when_there_is_one(stopped_run):
-    """test_fraction holds out part of each class's training images: never trained on, never
-    seen by the stop rule (which chose on validation), and the verdicts say they are on it."""
-    index = pd.read_csv(stopped_run / "results" / "prepared" / "fm" / "index.csv", keep_default_na=False)
+def test_verdicts_use_the_held_out_test_split_when_there_is_one(held_out_run):
+    """test_fraction holds out part of each class's training images: never trained on, selected,
+    explained or erased, and the verdicts, the comparison table and the figures are on it."""
+    from proxyattention.aggregate import mean_ci, verdict
+
+    index = pd.read_csv(held_out_run / "results" / "prepared" / "fm" / "index.csv", keep_default_na=False)
     counts = index.split.value_counts()
-    train_and_test = counts["train"] + counts["test"]
     assert counts["test"] == sum(round(0.1 * n) for n in index[index.split != "val"].groupby("label").size())
-    metrics = json.loads((run_dir(stopped_run, "finetune", 0, 0) / "metrics.json").read_text())
+    test_rows = set(index.loc[index.split == "test", "index"])
+    train_rows = set(index.loc[index.split == "train", "index"])
+    metrics = json.loads((run_dir(held_out_run, "finetune", 0, 0) / "metrics.json").read_text())
     assert metrics["test"]["n_test"] == counts["test"] and metrics["n_val"] == counts["val"]
-    epochs = pd.read_csv(run_dir(stopped_run, "finetune", 0, 0) / "epochs.csv")
-    stats = json.loads((run_dir(stopped_run, "finetune", 0, 0) / "train_stats.json").read_text())
-    assert stats["images_seen"] == counts["train"] * len(epochs) < train_and_test * len(epochs)
-    summary = pd.read_csv(stopped_run / "results" / "summary.csv")
-    np.testing.assert_allclose(summary[summary.cycle == 0].test_accuracy, metrics["test"]["accuracy"])
-    verdicts = pd.read_csv(stopped_run / "results" / "tables" / "fm_verdicts.csv")
+    for seed in (0, 1, 2):
+        folder = run_dir(held_out_run, "proxy", seed, 1)
+        assert set(pd.read_csv(folder / "predictions.csv")["index"]) == train_rows  # only training images
+        selected = set(pd.read_csv(folder / "selected.csv")["index"])
+        assert selected and not selected & test_rows
+        assert not set(np.load(folder / "cams.npz")["index"]) & test_rows
+        assert not set(np.load(folder / "erased.npz")["index"]) & test_rows
+        stats = json.loads((folder / "train_stats.json").read_text())
+        assert stats["n_train_original"] == counts["train"] and stats["n_train_extra"] > 0
+    summary = pd.read_csv(held_out_run / "results" / "summary.csv")
+    np.testing.assert_allclose(summary[(summary.cycle == 0) & (summary.seed == 0)].test_accuracy,
+                               metrics["test"]["accuracy"])
+    verdicts = pd.read_csv(held_out_run / "results" / "tables" / "fm_verdicts.csv")
     assert verdicts.comparison.tolist() == ["proxy - baseline"] and verdicts.metric.tolist() == ["test_accuracy"]
-    assert verdicts.split.iloc[0].startswith("test") and verdicts.verdict.iloc[0] == "no evidence at this n"
+    assert verdicts.split.iloc[0].startswith("test") and verdicts.n_pairs.iloc[0] == 3
+    last = summary[summary.cycle == 1].pivot_table(index="seed", columns="arm", values="test_accuracy")
+    mean, low, high, n = mean_ci(last.proxy - last.baseline)  # recomputed from the test column
+    assert verdicts.mean_difference.iloc[0] == pytest.approx(mean) and verdicts.verdict.iloc[0] == verdict(low, high, n)
+    table = pd.read_csv(held_out_run / "results" / "tables" / "fm_comparison.csv")
+    assert table.metric.tolist() == ["test_accuracy"] and table.proxy_mean.iloc[0] == pytest.approx(last.proxy.mean())
 
 
 def test_default_config_dry_run_shows_the_full_grid():

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_path, read_json, write_csv
-from .timing import timed_stage
+from .atomic import atomic_path, read_json, write_csv, write_json
+from .timing import last_stage_seconds, timed_stage
 
 log = logging.getLogger(__name__)
 
@@ -20,19 +20,28 @@ CELL = ["dataset", "model", "seed", "arm", "cycle"]  # order of a grid cell (lay
 
 
 def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = None,
-              dataset_infos: dict | None = None, arms: list | None = None) -> pd.DataFrame:
+              dataset_infos: dict | None = None, arms: list | None = None,
+              stage_logs: dict | None = None, arm_specs: dict | None = None) -> pd.DataFrame:
     """One row per (dataset, model, arm, seed, cycle) with every metric, time and memory.
 
     ``cells`` and ``metrics_paths`` are parallel. Cumulative time and images add
     the shared finetune (cycle 0) to each arm's cycles. ``erased_tables`` maps a
     cell to its ``erased.csv`` for the arms that erase; ``dataset_infos`` a dataset
-    to its prepared ``classes.json`` (for the count of skipped bad images).
+    to its prepared ``classes.json`` (for the count of skipped bad images);
+    ``stage_logs`` a cell of an adding arm to {stage: the log of the job it used}
+    (find_misclassified, compute_cams, mask_and_save): their own time is the arm's
+    ``proxy_seconds``, counted in full by every arm that used a shared job, since each would
+    pay it alone. ``cumulative_seconds`` is training plus those stages;
+    ``cumulative_train_seconds`` training alone. ``arm_specs`` (the config's ``arms`` mapping)
+    gives each row its arm's ``kind`` and ``matches``, so the summary alone says what to compare.
     """
     skipped = {d: read_json(p)["n_skipped"] for d, p in (dataset_infos or {}).items()}
     rows = []
     for cell, path in zip(cells, metrics_paths):
         m = read_json(path)
         row = dict(zip(CELL, cell))
+        spec = (arm_specs or {}).get(row["arm"], {"kind": "finetune" if row["arm"] == "finetune" else row["arm"]})
+        row["kind"], row["matches"] = spec["kind"], spec.get("matches") or ""
         row.update({k: m.get(k, np.nan) for k in METRICS})
         test = m.get("test", {})  # the held-out test split, when the dataset has one
         row.update({f"test_{k}": test.get(k, np.nan) for k in TEST_METRICS})
@@ -43,21 +52,37 @@ def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = Non
         row["run_dir_mib"] = _folder_mib(Path(path).parent)
         row["n_skipped_images"] = skipped.get(row["dataset"], 0)
         row.update(added_counts((erased_tables or {}).get(tuple(cell))))
+        row["proxy_seconds"] = proxy_seconds((stage_logs or {}).get(tuple(cell), {}))
         rows.append(row)
     frame = pd.DataFrame(rows)[KEYS + [k for k in rows[0] if k not in KEYS]]
     finetune = frame[frame.cycle == 0].set_index(["dataset", "model", "seed"])
-    cum_seconds, cum_images = [], []
+    cum_seconds, cum_all, cum_images = [], [], []
     for _, r in frame.iterrows():
         base = finetune.loc[(r.dataset, r.model, r.seed)]
         same = frame[(frame.dataset == r.dataset) & (frame.model == r.model) & (frame.seed == r.seed)
                      & (frame.arm == r.arm) & (frame.cycle > 0) & (frame.cycle <= r.cycle)]
         cum_seconds.append(base.train_seconds + (same.train_seconds.sum() if r.cycle > 0 else 0.0))
+        cum_all.append(cum_seconds[-1] + (same.proxy_seconds.sum(skipna=False) if r.cycle > 0 else 0.0))
         cum_images.append(base.images_seen + (same.images_seen.sum() if r.cycle > 0 else 0))
     frame["cumulative_train_seconds"] = cum_seconds
+    frame["cumulative_seconds"] = cum_all
     frame["cumulative_images_seen"] = cum_images
     order = ["finetune", *(arms or DEFAULT_ARMS)]
     order += sorted(set(frame.arm) - set(order))
     return frame.sort_values(KEYS, key=lambda s: s.map(order.index) if s.name == "arm" else s).reset_index(drop=True)
+
+
+def proxy_seconds(logs: dict) -> float:
+    """The Proxy Attention stages' own time for one cell, from {stage: log}; NaN (with a warning
+    naming the log) when a log is missing or unfinished, rather than a number that leaves it out."""
+    total = 0.0
+    for stage, path in logs.items():
+        try:
+            total += last_stage_seconds(path, stage)
+        except (OSError, ValueError) as err:
+            log.warning("cost of %s unknown: %s", stage, err)
+            return np.nan
+    return total
 
 
 def added_counts(table) -> dict:
@@ -219,8 +244,9 @@ def verdicts(frame: pd.DataFrame, dataset: str, comparisons: list | None = None,
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
 
-def verdicts_html(table: pd.DataFrame, dataset: str) -> str:
-    """The verdict table as a page of its own, for the report (which previews HTML, not CSV)."""
+def verdicts_html(table: pd.DataFrame, dataset: str, stamp: str = "") -> str:
+    """The verdict table as a page of its own, for the report (which previews HTML, not CSV);
+    ``stamp`` says what made it (provenance.summary_line)."""
     import html
 
     shown = table.drop(columns=["dataset", "arm", "control"])
@@ -239,7 +265,8 @@ def verdicts_html(table: pd.DataFrame, dataset: str) -> str:
             f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
             f"<p><em>better</em> / <em>worse</em>: the 95% interval from at least {MIN_PAIRS} seed pairs excludes "
             "zero. <em>no evidence at this n</em>: it does not, or there are fewer pairs, or every pair differs by "
-            "the same amount (no spread, so no interval); it does not mean the arms are equal.</p></body></html>")
+            "the same amount (no spread, so no interval); it does not mean the arms are equal.</p>"
+            + (f"<p><small>{html.escape(stamp)}</small></p>" if stamp else "") + "</body></html>")
 
 
 VERDICT_COLUMNS = ["dataset", "model", "comparison", "arm", "control", "cycle", "metric", "split", "mean_difference",
@@ -249,21 +276,36 @@ VERDICT_COLUMNS = ["dataset", "model", "comparison", "arm", "control", "cycle", 
 @timed_stage
 def aggregate(cells: list, metrics_paths: list, erased_tables: dict, out_summary, out_tables: dict,
               dataset_infos: dict | None = None, arms: list | None = None, comparisons: list | None = None,
-              out_verdicts: dict | None = None, stop_rule: bool = False) -> None:
-    """Write ``summary.csv``, and per dataset a comparison table (``out_tables``: dataset -> path)
+              out_verdicts: dict | None = None, stop_rule: bool = False, stage_logs: dict | None = None,
+              config: dict | None = None) -> None:
+    """Write ``summary.csv``, ``provenance.json`` and ``provenance.html`` beside it (``config``:
+    the validated config), and per dataset a comparison table (``out_tables``: dataset -> path)
     and a verdict table (``out_verdicts``: dataset -> path)."""
-    frame = summarise(cells, metrics_paths, erased_tables, dataset_infos, arms)
+    from . import provenance
+
+    arm_specs = (config or {}).get("arms") if isinstance((config or {}).get("arms"), dict) else None
+    frame = summarise(cells, metrics_paths, erased_tables, dataset_infos, arms, stage_logs, arm_specs)
+    comparisons = COMPARISONS if comparisons is None else comparisons
+    made = provenance.gather(config or {}, [read_json(p).get("versions") for p in metrics_paths], comparisons,
+                             stop_rule)
+    if len(made["job_commits"]) > 1:
+        log.warning("the jobs of this run ran from %d commits: %s", len(made["job_commits"]),
+                    ", ".join(made["job_commits"]))
+    write_json(Path(out_summary).with_name("provenance.json"), made)
+    with atomic_path(Path(out_summary).with_name("provenance.html")) as tmp:
+        tmp.write_text(provenance.as_html(made))
     for r in frame[frame.empty_map_fraction > 0.5].itertuples():
         log.warning("%s/%s seed %s %s cycle %s: %d of %d maps were empty (nothing to erase)", r.dataset, r.model,
                     r.seed, r.arm, r.cycle, r.n_empty_maps, r.n_selected)
     write_csv(out_summary, frame)
-    for dataset, path in out_tables.items():
-        write_csv(path, comparison(frame, dataset, comparisons=comparisons))
+    for dataset, path in out_tables.items():  # on the split the verdicts use (test when there is one)
+        metric, _ = verdict_split(frame[frame.dataset == dataset], stop_rule)
+        write_csv(path, comparison(frame, dataset, metric, comparisons=comparisons))
     for dataset, path in (out_verdicts or {}).items():
         table = verdicts(frame, dataset, comparisons, stop_rule=stop_rule)
         write_csv(path, table)
         with atomic_path(Path(path).with_suffix(".html")) as tmp:
-            tmp.write_text(verdicts_html(table, dataset))
+            tmp.write_text(verdicts_html(table, dataset, provenance.summary_line(made)))
         for r in table.itertuples():
             log.info("%s/%s %s: %+.4f [%+.4f, %+.4f] over %d seed pair(s): %s", dataset, r.model, r.comparison,
                      r.mean_difference, r.ci_low, r.ci_high, r.n_pairs, r.verdict)

@@ -1,10 +1,13 @@
-"""Batches from prepared uint8 arrays: workers gather, the training process's device transforms.
+"""Batches from prepared uint8 arrays: threads gather, the job's device transforms.
 
-A DataLoader worker gathers a uint8 batch from memory-mapped arrays with one
-fancy-indexing call per source and draws that batch's augmentation plan (crop offsets
-after zero padding, horizontal flips) on the CPU; the batch travels as (pinned) uint8,
-4x fewer bytes than float32, and :class:`DeviceTransform` crops, flips, converts and
-normalises it with batched tensor ops on the job's device. The result equals, bit for bit,
+A gather thread in the training process takes a uint8 batch from memory-mapped arrays with
+one fancy-indexing call per source (numpy copies without holding the GIL, so it overlaps the
+training step) and looks up that batch's augmentation plan (crop offsets after zero padding,
+horizontal flips); the batch goes to the device as (pinned) uint8, 4x fewer bytes than
+float32, and :class:`DeviceTransform` crops, flips, converts and normalises it with batched
+tensor ops there. Threads, not DataLoader worker processes: a worker's batch crossed to the
+training process through a fresh shared-memory block each time, and that transport cost ten
+times the gather itself (bench/: ``data_path``). The result equals, bit for bit,
 augmenting and normalising in numpy (:func:`augment` and :func:`normalise`, kept as the
 reference the tests and bench/ compare against).
 
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from .streams import ADDED_AUGMENT, ADDED_ORDER, AUGMENT, ORDER, generator, stream_key
 
@@ -155,8 +157,8 @@ class DeviceTransform:
         return padded[torch.arange(b, device=images.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-class BatchDataset(Dataset):
-    """Map-style dataset whose items are whole batches: ``dataset[(epoch, batch, indices)]`` is
+class BatchDataset:
+    """Items are whole batches: ``dataset[(epoch, batch, indices)]`` is
     (uint8 images (B, H, W, 3), labels, augmentation plan (B, 3) or None when not training)."""
 
     def __init__(self, source: ArraySource, seed, train: bool, hflip=False, crop_padding=0):
@@ -179,11 +181,59 @@ class BatchDataset(Dataset):
         return torch.from_numpy(images), torch.from_numpy(labels), plan
 
 
-class DeviceBatches:
-    """Iterates a DataLoader of uint8 batches and yields (float32 images, labels) on ``device``,
-    transformed there; copies are asynchronous from pinned memory."""
+class GatheredBatches:
+    """The uint8 batches (images, labels, plan) of ``dataset`` in the order ``sampler`` gives,
+    gathered inline (``threads=0``) or by that many threads in this process, up to
+    ``prefetch`` batches ahead, in order. Pinned for an asynchronous copy with ``pin_memory``."""
 
-    def __init__(self, loader: DataLoader, transform: DeviceTransform, device, channels_last: bool):
+    def __init__(self, dataset: "BatchDataset", sampler: "EpochBatches", threads: int = 0,
+                 pin_memory: bool = False, prefetch: int = 4):
+        self.dataset, self.sampler, self.threads = dataset, sampler, threads
+        self.pin_memory, self.prefetch = pin_memory, max(1, prefetch)
+        self._pool = None
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def _load(self, key):
+        images, labels, plan = self.dataset[key]
+        if self.pin_memory:
+            images, labels = images.pin_memory(), labels.pin_memory()
+            plan = plan.pin_memory() if plan is not None else None
+        return images, labels, plan
+
+    def __iter__(self):
+        if self.threads == 0:
+            yield from (self._load(key) for key in self.sampler)
+            return
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._pool is None:  # kept across epochs, like persistent DataLoader workers
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="gather")
+        pending = deque()
+        keys = iter(self.sampler)
+        try:
+            for key in keys:
+                pending.append(self._pool.submit(self._load, key))
+                if len(pending) >= self.prefetch * self.threads:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:  # an early stop (an error in the step) leaves nothing running
+            for future in pending:
+                future.cancel()
+
+    def __del__(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class DeviceBatches:
+    """Iterates uint8 batches and yields (float32 images, labels) on ``device``, transformed
+    there; copies are asynchronous from pinned memory."""
+
+    def __init__(self, loader: GatheredBatches, transform: DeviceTransform, device, channels_last: bool):
         self.loader, self.transform = loader, transform
         self.device, self.channels_last = torch.device(device), channels_last
 
@@ -241,19 +291,13 @@ def make_loader(source: ArraySource, mean, std, batch_size: int, seed=0, train: 
                 hflip: bool = False, crop_padding: int = 0, num_workers: int = 0, pin_memory: bool = False,
                 device="cpu", channels_last: bool = False):
     """Batches of ``source`` as float32 (B, 3, H, W) and labels on ``device`` (channels-last
-    memory with ``channels_last``), and the sampler (call ``sampler.set_epoch`` each epoch)."""
+    memory with ``channels_last``), and the sampler (call ``sampler.set_epoch`` each epoch).
+    ``num_workers`` gather threads prepare batches ahead (0: in the loop itself); the batches
+    do not depend on it."""
     dataset = BatchDataset(source, seed, train, hflip, crop_padding)
     # Drop a last batch of one when training: BatchNorm cannot normalise a single sample.
     drop_last = train and len(source) % batch_size == 1
     sampler = EpochBatches(len(source), batch_size, seed, shuffle=train, drop_last=drop_last,
                            n_original=source.n_original)
-    loader = DataLoader(
-        dataset,
-        sampler=sampler,
-        batch_size=None,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
-        prefetch_factor=4 if num_workers > 0 else None,
-    )
+    loader = GatheredBatches(dataset, sampler, num_workers, pin_memory)
     return DeviceBatches(loader, DeviceTransform(mean, std, crop_padding if train else 0), device, channels_last), sampler

@@ -85,5 +85,6 @@ def evaluate(settings: dict, images_path, index_path, weights, meta, train_stats
         "peak_memory_kind": stats.get("peak_memory_kind"),
         "device": stats.get("device"),
         "precision": stats.get("precision"),
+        "versions": stats.get("versions"),  # the training job's code commit and libraries (None: skipped)
     })
     write_json(out_metrics, metrics)

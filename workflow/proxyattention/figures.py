@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .aggregate import COMPARISONS, MIN_PAIRS, mean_ci, verdicts, with_shared_finetune  # noqa: E402
+from .aggregate import COMPARISONS, MIN_PAIRS, mean_ci, verdict_split, verdicts, with_shared_finetune  # noqa: E402
 from .aggregate import paired_differences as per_seed_differences  # noqa: E402
 from .atomic import atomic_path, read_json, write_csv  # noqa: E402
 from .timing import timed_stage  # noqa: E402
@@ -20,11 +20,28 @@ ARM_COLOURS = {"baseline": "tab:blue", "duplicate": "tab:orange", "proxy": "tab:
                "finetune": "tab:gray"}
 
 
-def _save(fig, png_path) -> None:
+def _save(fig, png_path, stamp: str = "") -> None:
+    """PNG and SVG of ``fig``, with ``stamp`` (what made it: provenance.summary_line) in a footer."""
+    if stamp:
+        fig.text(0.0, -0.01, stamp, fontsize=6, color="0.4", ha="left", va="top")
     for path in (Path(png_path), Path(png_path).with_suffix(".svg")):
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)
+
+
+def split_of(frame: pd.DataFrame, dataset: str) -> tuple[str, str]:
+    """(column, axis label) of the accuracy a dataset's figures show: the split its verdicts use."""
+    metric, _ = verdict_split(frame[frame.dataset == dataset])
+    return metric, ("test accuracy (held out)" if metric == "test_accuracy" else "validation accuracy")
+
+
+def cost_of(frame: pd.DataFrame) -> tuple[str, str]:
+    """(column, axis label) of an arm's cost: training plus its Proxy Attention stages where the
+    summary has them (older summaries: training alone, and the label says so)."""
+    if "cumulative_seconds" in frame and frame.cumulative_seconds.notna().all():
+        return "cumulative_seconds", "cumulative seconds (training + find, CAM, mask)"
+    return "cumulative_train_seconds", "cumulative training seconds (stages not counted)"
 
 
 def _panels(frame: pd.DataFrame):
@@ -56,30 +73,33 @@ def _curve(ax, part: pd.DataFrame, x: str, y: str, arm: str, arms: list) -> None
         ax.fill_between(xs, lo, hi, alpha=0.15, color=c)
 
 
-def accuracy_by(frame: pd.DataFrame, x: str, out_png, xlabel: str) -> None:
+def accuracy_by(frame: pd.DataFrame, x: str, out_png, xlabel: str, stamp: str = "") -> None:
     data = with_shared_finetune(frame)
     fig, panels = _panels(data)
     for (dataset, model), ax in panels:
         part = data[(data.dataset == dataset) & (data.model == model)]
+        metric, ylabel = split_of(frame, dataset)
         for arm, arm_part in part.groupby("arm", sort=False):
-            _curve(ax, arm_part, x, "accuracy", arm, list(frame.arm.unique()))
-        ax.set(title=f"{dataset} / {model}", xlabel=xlabel, ylabel="validation accuracy")
+            _curve(ax, arm_part, x, metric, arm, list(frame.arm.unique()))
+        ax.set(title=f"{dataset} / {model}", xlabel=xlabel, ylabel=ylabel)
         if x == "cycle":
             ax.set_xticks(sorted(part.cycle.unique()))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
-    _save(fig, out_png)
+    _save(fig, out_png, stamp)
 
 
-def paired_differences(frame: pd.DataFrame, comparisons: list, out_png) -> None:
+def paired_differences(frame: pd.DataFrame, comparisons: list, out_png, stamp: str = "",
+                       stop_rule: bool = False) -> None:
     """Forest plot: every (dataset, model, comparison) at the last cycle, the per-seed
     differences as dots, their mean and 95% t-interval, and the verdict word at the right."""
-    rows = pd.concat([verdicts(frame, d, comparisons) for d in frame.dataset.unique()], ignore_index=True)
+    rows = pd.concat([verdicts(frame, d, comparisons, stop_rule) for d in frame.dataset.unique()],
+                     ignore_index=True)
     fig, ax = plt.subplots(figsize=(8.0, 0.9 + 0.36 * max(1, len(rows))))
     if rows.empty:
         ax.text(0.5, 0.5, "no comparisons: the config has a single arm", ha="center", va="center")
         ax.axis("off")
-        _save(fig, out_png)
+        _save(fig, out_png, stamp)
         return
     ys = np.arange(len(rows))[::-1]
     for y, r in zip(ys, rows.itertuples()):
@@ -94,22 +114,30 @@ def paired_differences(frame: pd.DataFrame, comparisons: list, out_png) -> None:
                     fontsize=7)
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(ys, [f"{r.dataset} / {r.model}: {r.comparison}" for r in rows.itertuples()], fontsize=7)
-    splits = " / ".join(sorted({s.split(" (")[0] for s in rows.split}))
-    ax.set(xlabel=f"difference in {splits} accuracy at cycle {int(rows.cycle.max())} (paired by seed)",
+    splits = " / ".join(sorted(set(rows.split)))
+    ax.set(xlabel=f"difference in accuracy at cycle {int(rows.cycle.max())}, paired by seed, on the {splits} split",
            title=f"each arm minus its control: seeds (dots), mean (diamond), 95% interval (bar, from {MIN_PAIRS} "
                  "seed pairs on)")
     ax.title.set_fontsize(9)
     ax.grid(axis="x", alpha=0.3)
-    _save(fig, out_png)
+    _save(fig, out_png, stamp)
 
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 
 
-def accuracy_cost(frame: pd.DataFrame, out_png) -> None:
+def _range(values: pd.Series) -> list:
+    """The whiskers from the mean to the minimum and maximum, never negative (the mean of equal
+    values can land a rounding error outside them, which matplotlib refuses)."""
+    mean = values.mean()
+    return [[max(0.0, mean - values.min())], [max(0.0, values.max() - mean)]]
+
+
+def accuracy_cost(frame: pd.DataFrame, out_png, stamp: str = "") -> None:
     """Question 2, the ViT beside the CNNs: every model x arm at the last cycle as a point,
-    accuracy against cumulative training time and against peak memory, one row per dataset;
-    small marks are the seeds, large ones their mean with the seeds' range as whiskers."""
+    accuracy against cumulative cost (training and the Proxy Attention stages) and against peak
+    memory, one row per dataset; small marks are the seeds, large ones their mean with the seeds'
+    range as whiskers."""
     last = frame[frame.cycle == frame.cycle.max()]
     if frame.cycle.max() == 0:
         last = frame
@@ -117,17 +145,17 @@ def accuracy_cost(frame: pd.DataFrame, out_png) -> None:
     models = list(frame.model.unique())
     arms = list(frame.arm.unique())
     fig, axes = plt.subplots(len(datasets), 2, figsize=(10.5, 3.6 * len(datasets)), squeeze=False)
+    cost, cost_label = cost_of(frame)
     for row, dataset in zip(axes, datasets):
         part = last[last.dataset == dataset]
-        for ax, x, label in ((row[0], "cumulative_train_seconds", "cumulative training seconds (finetune + cycles)"),
-                             (row[1], "peak_memory_mib", "peak memory of a training run (MiB)")):
+        metric, ylabel = split_of(frame, dataset)
+        for ax, x, label in ((row[0], cost, cost_label), (row[1], "peak_memory_mib", "peak memory of a training run (MiB)")):
             for (model, arm), g in part.groupby(["model", "arm"], sort=False):
                 m, c = MARKERS[models.index(model) % len(MARKERS)], colour(arm, arms)
-                ax.scatter(g[x], g.accuracy, marker=m, color=c, s=14, alpha=0.45)
-                ax.errorbar(g[x].mean(), g.accuracy.mean(), fmt=m, color=c, ms=8, mec="black", mew=0.6,
-                            xerr=[[g[x].mean() - g[x].min()], [g[x].max() - g[x].mean()]],
-                            yerr=[[g.accuracy.mean() - g.accuracy.min()], [g.accuracy.max() - g.accuracy.mean()]])
-            ax.set(xlabel=label, ylabel="validation accuracy", title=dataset)
+                ax.scatter(g[x], g[metric], marker=m, color=c, s=14, alpha=0.45)
+                ax.errorbar(g[x].mean(), g[metric].mean(), fmt=m, color=c, ms=8, mec="black", mew=0.6,
+                            xerr=_range(g[x]), yerr=_range(g[metric]))
+            ax.set(xlabel=label, ylabel=ylabel, title=dataset)
             ax.grid(alpha=0.3)
     handles = [plt.Line2D([], [], marker=MARKERS[i % len(MARKERS)], color="0.3", ls="", label=m)
                for i, m in enumerate(models)]
@@ -135,10 +163,10 @@ def accuracy_cost(frame: pd.DataFrame, out_png) -> None:
                 for a in arms if a in set(last.arm)]
     fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=8, frameon=False)
     fig.tight_layout()
-    _save(fig, out_png)
+    _save(fig, out_png, stamp)
 
 
-def peak_memory(frame: pd.DataFrame, out_png) -> None:
+def peak_memory(frame: pd.DataFrame, out_png, stamp: str = "") -> None:
     data = frame.groupby(["model", "arm"], sort=False).peak_memory_mib.max().unstack("arm")
     kind = ", ".join(sorted(set(frame.peak_memory_kind.dropna())))
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(data), 3.4))
@@ -146,39 +174,44 @@ def peak_memory(frame: pd.DataFrame, out_png) -> None:
     ax.set(ylabel=f"peak memory (MiB; {kind})", title="peak memory per training run")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)  # beside the bars
     ax.grid(axis="y", alpha=0.3)
-    _save(fig, out_png)
+    _save(fig, out_png, stamp)
 
 
 def reach_target(frame: pd.DataFrame, target_accuracy: float | None = None) -> pd.DataFrame:
-    """Per (dataset, model, arm, seed): the first cycle whose validation accuracy reaches the
-    target, with the cumulative training seconds and images seen until then (NaN: not reached).
+    """Per (dataset, model, arm, seed): the first cycle whose accuracy (on the verdicts' split)
+    reaches the target, with the cumulative cost (cost_of) and images seen until then (NaN: not
+    reached).
 
     The target is ``target_accuracy`` (the stop rule's) when given, else per (dataset, model)
     the highest mean accuracy that every arm reached, so that each arm can in principle reach it.
     """
     data = with_shared_finetune(frame)
+    cost, _ = cost_of(frame)
     rows = []
     for (dataset, model), part in data.groupby(["dataset", "model"], sort=False):
+        metric, _ = split_of(frame, dataset)
         target = target_accuracy
         if target is None:
-            target = part.groupby(["arm", "cycle"]).accuracy.mean().groupby("arm").max().min()
+            target = part.groupby(["arm", "cycle"])[metric].mean().groupby("arm").max().min()
         for (arm, seed), g in part.groupby(["arm", "seed"], sort=False):
             g = g.sort_values("cycle")
-            hit = g[g.accuracy >= target - 1e-12]
+            hit = g[g[metric] >= target - 1e-12]
             first = hit.iloc[0] if len(hit) else None
             rows.append({"dataset": dataset, "model": model, "arm": arm, "seed": seed, "target": float(target),
                          "reached": first is not None,
                          "cycle": int(first.cycle) if first is not None else np.nan,
-                         "seconds": float(first.cumulative_train_seconds) if first is not None else np.nan,
+                         "metric": metric,
+                         "seconds": float(first[cost]) if first is not None else np.nan,
                          "images_seen": float(first.cumulative_images_seen) if first is not None else np.nan})
     return pd.DataFrame(rows)
 
 
-def time_to_target(frame: pd.DataFrame, out_png, target_accuracy: float | None = None) -> None:
+def time_to_target(frame: pd.DataFrame, out_png, target_accuracy: float | None = None, stamp: str = "") -> None:
     """Question 3: per (dataset, model), each arm's seeds as dots at the training seconds and
     images seen until they first reached the target, their mean as a bar; seeds that never
     reached it are drawn at the right edge as "not reached"."""
     reach = reach_target(frame, target_accuracy)
+    _, cost_label = cost_of(frame)
     pairs = list(reach.groupby(["dataset", "model"], sort=False).groups)
     arms = list(frame.arm.unique())
     fig, axes = plt.subplots(len(pairs), 2, figsize=(10.0, 0.8 + (0.45 * len(arms) + 0.8) * len(pairs)),
@@ -186,8 +219,7 @@ def time_to_target(frame: pd.DataFrame, out_png, target_accuracy: float | None =
     for row, (dataset, model) in zip(axes, pairs):
         part = reach[(reach.dataset == dataset) & (reach.model == model)]
         names = [a for a in arms if a in set(part.arm)]
-        for ax, x, label in ((row[0], "seconds", "cumulative training seconds"), (row[1], "images_seen",
-                                                                                   "cumulative images seen")):
+        for ax, x, label in ((row[0], "seconds", cost_label), (row[1], "images_seen", "cumulative images seen")):
             edge = np.nanmax(part[x].values) * 1.15 if part[x].notna().any() else 1.0
             for y, arm in enumerate(names[::-1]):
                 g, c = part[part.arm == arm], colour(arm, arms)
@@ -202,28 +234,31 @@ def time_to_target(frame: pd.DataFrame, out_png, target_accuracy: float | None =
                                 textcoords="offset points", va="center", fontsize=7)
             ax.set_yticks(range(len(names)), names[::-1], fontsize=8)
             ax.set_xlim(0, edge * 1.45)
-            ax.set(xlabel=label, title=f"{dataset} / {model}: to accuracy {part.target.iloc[0]:.3f}")
+            split = "test" if part.metric.iloc[0] == "test_accuracy" else "validation"
+            ax.set(xlabel=label, title=f"{dataset} / {model}: to {split} accuracy {part.target.iloc[0]:.3f}")
             ax.title.set_fontsize(9)
             ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    _save(fig, out_png)
+    _save(fig, out_png, stamp)
 
 
-def confusion_matrices(cells: list, metrics_paths: list, out_png) -> None:
-    """Confusion matrices of the last cycle of each (dataset, model, arm), first seed."""
+def confusion_matrices(cells: list, metrics_paths: list, out_png, stamp: str = "") -> None:
+    """Confusion matrices of the last cycle of each (dataset, model, arm), first seed, on the
+    held-out test split when the dataset has one (the verdicts' split), else on validation."""
     last = max(c[4] for c in cells)
     first_seed = min(c[2] for c in cells)
     chosen = [(c, p) for c, p in zip(cells, metrics_paths) if c[2] == first_seed and c[4] == last]
     fig, axes = plt.subplots(1, len(chosen), figsize=(3.6 * len(chosen), 3.6), squeeze=False)
     for ax, (cell, path) in zip(axes[0], chosen):
         m = read_json(path)
-        cm = np.asarray(m["confusion_matrix"])
+        scores, split = (m["test"], "test") if m.get("test") else (m, "val")
+        cm = np.asarray(scores["confusion_matrix"])
         ax.imshow(cm, cmap="Blues")
-        ax.set(title=f"{cell[1]} {cell[3]}\nacc {m['accuracy']:.3f}", xlabel="predicted", ylabel="true")
+        ax.set(title=f"{cell[1]} {cell[3]}\n{split} acc {scores['accuracy']:.3f}", xlabel="predicted", ylabel="true")
         ticks = np.arange(len(m["classes"]))
         ax.set_xticks(ticks, m["classes"], rotation=90, fontsize=6)
         ax.set_yticks(ticks, m["classes"], fontsize=6)
-    _save(fig, out_png)
+    _save(fig, out_png, stamp)
 
 
 @timed_stage
@@ -289,36 +324,74 @@ def example_order(selected: pd.DataFrame, added: set) -> list:
 
 @timed_stage
 def figures(summary_csv, cells: list, metrics_paths: list, outputs: dict, comparisons: list | None = None,
-            target_accuracy: float | None = None) -> None:
+            target_accuracy: float | None = None, stop_rule: bool = False) -> None:
+    from .provenance import read_beside, summary_line
+
     frame = pd.read_csv(summary_csv, keep_default_na=False, na_values=[""])
-    accuracy_by(frame, "cycle", outputs["accuracy_by_cycle"], "cycle")
-    accuracy_by(frame, "cumulative_train_seconds", outputs["accuracy_by_time"], "cumulative training seconds")
-    paired_differences(frame, COMPARISONS if comparisons is None else comparisons, outputs["paired_differences"])
-    accuracy_cost(frame, outputs["accuracy_cost"])
-    peak_memory(frame, outputs["peak_memory"])
-    time_to_target(frame, outputs["time_to_target"], target_accuracy)
-    confusion_matrices(cells, metrics_paths, outputs["confusion_matrices"])
+    stamp = summary_line(read_beside(summary_csv))
+    comparisons = COMPARISONS if comparisons is None else comparisons
+    cost, cost_label = cost_of(frame)
+    accuracy_by(frame, "cycle", outputs["accuracy_by_cycle"], "cycle", stamp)
+    accuracy_by(frame, cost, outputs["accuracy_by_time"], cost_label, stamp)
+    paired_differences(frame, comparisons, outputs["paired_differences"], stamp, stop_rule)
+    accuracy_cost(frame, outputs["accuracy_cost"], stamp)
+    peak_memory(frame, outputs["peak_memory"], stamp)
+    time_to_target(frame, outputs["time_to_target"], target_accuracy, stamp)
+    confusion_matrices(cells, metrics_paths, outputs["confusion_matrices"], stamp)
+
+
+def comparisons_in(frame: pd.DataFrame) -> list:
+    """The comparisons a summary's arms call for (arms.comparisons), from its ``kind`` and
+    ``matches`` columns; a summary without them names its arms by kind (the list form)."""
+    from .arms import comparisons
+
+    names = [a for a in frame.arm.unique() if a != "finetune"]
+    if "kind" in frame:
+        specs = frame[frame.arm != "finetune"].drop_duplicates("arm").set_index("arm")
+        arms = {a: {"kind": specs.loc[a, "kind"], **({"matches": specs.loc[a, "matches"]}
+                                                      if isinstance(specs.loc[a, "matches"], str)
+                                                      and specs.loc[a, "matches"] else {})} for a in names}
+    else:
+        arms = {a: ({"kind": a, "matches": "proxy"} if a in ("duplicate", "random_erase") and "proxy" in names
+                    else {"kind": a}) for a in names}
+    return comparisons({"arms": arms})
 
 
 def redraw(summary_csv, out_dir, target_accuracy: float | None = None) -> list[Path]:
     """Every figure that reads only ``summary.csv`` and each dataset's verdict table, from a
     committed summary (docs/study/), without rerunning anything:
-    ``python -m proxyattention.figures docs/study/summary.csv OUT_DIR``."""
+    ``python -m proxyattention.figures docs/study/summary.csv OUT_DIR``. The comparisons come from
+    the arms the summary holds; the stop rule, commit and config digest from ``provenance.json``
+    beside it when there is one (copied to ``OUT_DIR`` with where it was redrawn from)."""
+    from .atomic import write_json
+    from .provenance import read_beside, summary_line
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = pd.read_csv(summary_csv, keep_default_na=False, na_values=[""])
+    made = read_beside(summary_csv)
+    stamp = summary_line(made)
+    if made is not None:
+        stop_rule = bool(made.get("stop_rule"))
+    else:  # an older summary: a stop rule shows where it stopped a cycle
+        stop_rule = bool("stop_reason" in frame and frame.stop_reason.fillna("").astype(str).str.len().gt(0).any())
+    comparisons = comparisons_in(frame)
+    cost, cost_label = cost_of(frame)
     written = [out_dir / f"{name}.png" for name in ("accuracy_by_cycle", "accuracy_by_time", "paired_differences",
                                                     "accuracy_cost", "peak_memory", "time_to_target")]
-    accuracy_by(frame, "cycle", written[0], "cycle")
-    accuracy_by(frame, "cumulative_train_seconds", written[1], "cumulative training seconds")
-    paired_differences(frame, COMPARISONS, written[2])
-    accuracy_cost(frame, written[3])
-    peak_memory(frame, written[4])
-    time_to_target(frame, written[5], target_accuracy)
+    accuracy_by(frame, "cycle", written[0], "cycle", stamp)
+    accuracy_by(frame, cost, written[1], cost_label, stamp)
+    paired_differences(frame, comparisons, written[2], stamp, stop_rule)
+    accuracy_cost(frame, written[3], stamp)
+    peak_memory(frame, written[4], stamp)
+    time_to_target(frame, written[5], target_accuracy, stamp)
     for dataset in frame.dataset.unique():
         path = out_dir / f"{dataset}_verdicts.csv"
-        write_csv(path, verdicts(frame, dataset))
+        write_csv(path, verdicts(frame, dataset, comparisons, stop_rule))
         written.append(path)
+    if made is not None:
+        write_json(out_dir / "provenance.json", {**made, "redrawn_from": str(summary_csv)})
+        written.append(out_dir / "provenance.json")
     return written
 
 

@@ -178,6 +178,10 @@ def prepare(dataset: dict, images_path, index_path, classes_path, skipped_path, 
             "sha1": hashes,
         }
     )
+    duplicates = drop_cross_split_duplicates(index)
+    if len(duplicates):
+        log.warning("%d held-out image(s) have the same pixels as an image of an earlier split and leave their "
+                    "split (listed in %s)", len(duplicates), skipped_path)
     train_classes = set(index.loc[index.split == "train", "label"])
     missing_val = sorted(set(range(len(classes))) - set(index.loc[index.split == "val", "label"]))
     if len(train_classes) < len(classes):
@@ -188,7 +192,8 @@ def prepare(dataset: dict, images_path, index_path, classes_path, skipped_path, 
         )
     if missing_val:
         log.warning("classes %s have no validation images", [classes[i] for i in missing_val])
-    write_csv(skipped_path, pd.DataFrame(bad, columns=["source", "reason"]))
+    write_csv(skipped_path, pd.concat([pd.DataFrame(bad, columns=["source", "reason"]), duplicates],
+                                      ignore_index=True))
     write_csv(index_path, index)
     write_json(
         classes_path,
@@ -201,9 +206,34 @@ def prepare(dataset: dict, images_path, index_path, classes_path, skipped_path, 
             "n_val_available": n_val_available,  # before val_subset
             "n_test": int((index.split == "test").sum()),
             "n_skipped": len(bad),
+            "n_cross_split_duplicates": len(duplicates),  # held-out images equal to an earlier split's
             "classes_without_val": [classes[i] for i in missing_val],
         },
     )
+
+
+SPLIT_ORDER = ("train", "val", "test")  # a duplicate stays in the first of these and leaves the later ones
+
+
+def drop_cross_split_duplicates(index: pd.DataFrame) -> pd.DataFrame:
+    """Take out of validation and test every image whose pixels (sha1 of the prepared array)
+    equal an image of an earlier split (train before val before test): its split becomes
+    ``duplicate`` (in no split; its row stays in images.npy). Returns the (source, reason) rows
+    for skipped.csv. Duplicates within one split are left alone."""
+    seen: dict[str, tuple[str, str]] = {}  # sha1 -> (split, source) of its first image
+    dropped = []
+    for split in SPLIT_ORDER:
+        members = index[index.split == split]
+        for row in members.itertuples():
+            if row.sha1 in seen:
+                first_split, first_source = seen[row.sha1]
+                dropped.append((row.Index, row.source,
+                                f"same pixels as {first_source} ({first_split}); left out of {split}"))
+        for row in members.itertuples():
+            seen.setdefault(row.sha1, (split, row.source))
+    if dropped:
+        index.loc[[d[0] for d in dropped], "split"] = "duplicate"
+    return pd.DataFrame([d[1:] for d in dropped], columns=["source", "reason"])
 
 
 def load_prepared(images_path, index_path) -> tuple[np.ndarray, pd.DataFrame]:

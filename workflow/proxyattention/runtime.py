@@ -116,8 +116,10 @@ def versions() -> dict:
     import numpy
     import timm
 
+    from .provenance import code_commit
+
     out = {"python": sys.version.split()[0], "torch": torch.__version__, "timm": timm.__version__,
-           "numpy": numpy.__version__, "platform": platform.platform()}
+           "numpy": numpy.__version__, "platform": platform.platform(), "commit": code_commit()}
     from importlib.metadata import PackageNotFoundError, version
 
     try:  # from the installed metadata: importing the library would cost a training job ~3 s

@@ -32,7 +32,11 @@ class Item:
 
 
 def list_items(spec: dict, base: str | os.PathLike = ".") -> tuple[list[Item], list[str]]:
-    """List every item of a dataset spec (as in the config) and its class names."""
+    """List every item of a dataset spec (as in the config) and its class names.
+
+    A source with a training split and no validation split (``train/`` and maybe ``test/``
+    folders, a CSV whose split column has no ``val``) gets its validation drawn from the
+    training images by ``val_fraction``, as a source without splits does."""
     from .torchvision_source import list_torchvision
 
     kind = spec["source"]
@@ -54,6 +58,9 @@ def list_items(spec: dict, base: str | os.PathLike = ".") -> tuple[list[Item], l
             remap = np.array([order[c] for c in classes])
             items = [Item(it.source, int(remap[it.label]), it.split, it.load) for it in items]
             classes = named
+    if any(it.split == "train" for it in items) and not any(it.split == "val" for it in items):
+        # train/ (and perhaps test/) but no val/: validation is drawn from the training images
+        items = [Item(it.source, it.label, "" if it.split == "train" else it.split, it.load) for it in items]
     return items, classes
 
 

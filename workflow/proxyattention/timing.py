@@ -33,3 +33,14 @@ def timed_stage(fn):
 def stage_seconds(log_text: str) -> float:
     """Sum of the stage times logged in one log file's text."""
     return sum(float(seconds) for _, seconds in PATTERN.findall(log_text))
+
+
+def last_stage_seconds(log_path, stage: str) -> float:
+    """The time the last run of ``stage`` logged in ``log_path`` (a job's log; a rerun may have
+    appended to it). Raises ValueError naming the log when it holds no such line."""
+    from pathlib import Path
+
+    times = [float(s) for name, s in PATTERN.findall(Path(log_path).read_text()) if name == stage]
+    if not times:
+        raise ValueError(f"{log_path}: no 'stage {stage} took' line; the job that wrote it did not finish")
+    return times[-1]

@@ -42,6 +42,23 @@ SPLITS = {
 }
 
 
+# Which official splits hold the images of others (by the datasets' own definitions); every
+# other pair of splits of a class above is a disjoint partition of its images (train/test,
+# train/val/test, the PCAM and SVHN files, QMNIST's train and test sets). A split that holds
+# the validation split would measure validation accuracy on trained images.
+CONTAINS = {
+    "FGVCAircraft": {"trainval": ("train", "val")},
+}
+
+
+def overlapping(name: str, first: str | None, second: str | None) -> bool:
+    """Whether two splits of ``name`` share images (one is or holds the other)."""
+    if first is None or second is None:
+        return False
+    holds = CONTAINS.get(name, {})
+    return first == second or second in holds.get(first, ()) or first in holds.get(second, ())
+
+
 def split_kwargs(name: str, split: str | None) -> dict:
     """Keyword arguments of ``torchvision.datasets.<name>`` that select ``split``."""
     how = SPLITS[name][0]
@@ -82,6 +99,12 @@ def check(key: str, spec: dict, base=".") -> str | None:
     train, val = chosen_splits(spec)
     if how is not None and train == val:
         return f"{key}: train_split and val_split are both '{train}'; validation must be another split"
+    if how is not None and overlapping(name, train, val):
+        big, small = (train, val) if val in CONTAINS.get(name, {}).get(train, ()) else (val, train)
+        disjoint = [s for s in splits if s != train and not overlapping(name, train, s)]
+        return (f"{key}: train_split '{train}' and val_split '{val}' share images ({name}'s '{big}' holds "
+                f"'{small}'), so validation would be measured on trained images; set val_split to a split "
+                f"outside '{train}' ({', '.join(disjoint)})")
     if not spec.get("download", False) and not Path(base, spec["path"]).exists():
         return (f"{key}.path: {spec['path']} does not exist; set download: true to fetch {name} there, "
                 "or point path at the folder that holds it")

@@ -19,6 +19,12 @@ rule aggregate:
             f"{RESULTS}/tables/{{dataset}}_comparison.csv", dataset=config["datasets"]
         ),
         verdicts=expand(f"{RESULTS}/tables/{{dataset}}_verdicts.csv", dataset=config["datasets"]),
+        provenance=f"{RESULTS}/provenance.json",
+        provenance_html=report(
+            f"{RESULTS}/provenance.html",
+            caption="../report/provenance.rst",
+            category="Provenance",
+        ),
         verdicts_html=report(
             expand(f"{RESULTS}/tables/{{dataset}}_verdicts.html", dataset=config["datasets"]),
             caption="../report/verdicts.rst",
@@ -27,6 +33,7 @@ rule aggregate:
     params:
         cells=grid(),
         erased_cells=erased_cells(),
+        stage_logs=stage_logs(),
         datasets=list(config["datasets"]),
         arms=list(config["arms"]),
         comparisons=arms.comparisons(config),
@@ -42,6 +49,7 @@ rule aggregate:
 rule figures:
     input:
         summary=f"{RESULTS}/summary.csv",
+        provenance=f"{RESULTS}/provenance.json",
         metrics=all_metrics(),
     output:
         **{
@@ -57,6 +65,7 @@ rule figures:
         cells=grid(),
         comparisons=arms.comparisons(config),
         target_accuracy=config["stop_when"].get("target_accuracy"),
+        stop_rule=stop_rule_on(),
     log:
         f"{LOGS}/figures.log",
     conda:

@@ -218,6 +218,22 @@ def erased_cells():
     return [cell for cell in grid() if cell[3] in ADDING_ARMS]
 
 
+PROXY_STAGES = ("find_misclassified", "compute_cams", "mask_and_save")
+
+
+def stage_logs():
+    """Per erased cell, the log of each Proxy Attention stage job it used (a shared cycle-1 job's
+    is its owner's): aggregate reads each stage's own time from them."""
+    out = []
+    for dataset, model, seed, arm, cycle in erased_cells():
+        logs = {}
+        for stage in PROXY_STAGES:
+            owner = arm if stage == "mask_and_save" else arms.owner(config, dataset, model, arm, int(cycle), stage)
+            logs[stage] = log_file(stage).format(dataset=dataset, model=model, seed=seed, arm=owner, cycle=cycle)
+        out.append(logs)
+    return out
+
+
 def all_erased_tables():
     return [f"{run_dir_of(*cell)}/erased.csv" for cell in erased_cells()]
 

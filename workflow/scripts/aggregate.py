@@ -15,4 +15,6 @@ aggregate(
     comparisons=[tuple(pair) for pair in snakemake.params.comparisons],
     out_verdicts=dict(zip(snakemake.params.datasets, snakemake.output.verdicts)),
     stop_rule=snakemake.params.stop_rule,
+    config=snakemake.config,
+    stage_logs={tuple(cell): logs for cell, logs in zip(snakemake.params.erased_cells, snakemake.params.stage_logs)},
 )

@@ -12,4 +12,5 @@ figures(
     {name: snakemake.output[name] for name in FIGURE_NAMES},
     comparisons=[tuple(pair) for pair in snakemake.params.comparisons],
     target_accuracy=snakemake.params.target_accuracy,
+    stop_rule=snakemake.params.stop_rule,
 )
