@@ -111,9 +111,16 @@ def test_a_tiny_six_arm_run_compares_every_pair(six_arm_run, tiny_run, tmp_path)
     shared = run_dir(run, "gradcam", 0, 1)
     prepared = run / "results" / "prepared" / "fm"
     finetune = run_dir(run, "finetune", 0, 0)
-    find_misclassified(stage_settings(config, "fm", "lite0", 1, "find_misclassified", "duplicate"),
-                       prepared / "images.npy", prepared / "index.csv", finetune / "model.safetensors",
-                       finetune / "model.json", tmp_path / "predictions.csv", tmp_path / "selected.csv")
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the rule's job (threads: 1): other kernels round the last digits otherwise
+    try:
+        find_misclassified(stage_settings(config, "fm", "lite0", 1, "find_misclassified", "duplicate"),
+                           prepared / "images.npy", prepared / "index.csv", finetune / "model.safetensors",
+                           finetune / "model.json", tmp_path / "predictions.csv", tmp_path / "selected.csv")
+    finally:
+        torch.set_num_threads(threads)
     assert (tmp_path / "selected.csv").read_bytes() == (shared / "selected.csv").read_bytes()
     assert not (run_dir(run, "duplicate", 0, 1) / "selected.csv").exists()  # not computed twice
     # duplicate adds exactly what gradcam adds (same maps, same empty ones), unchanged
