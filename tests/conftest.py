@@ -60,9 +60,10 @@ def trained(prepared, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     config = make_config()
     paths = {k: out / n for k, n in [("weights", "model.safetensors"), ("meta", "model.json"),
-                                     ("epochs", "epochs.csv"), ("stats", "train_stats.json")]}
+                                     ("epochs", "epochs.csv"), ("stats", "train_stats.json"),
+                                     ("optimizer", "optimizer.safetensors")]}
     train(stage_settings(config, "fm", "lite0", 0), prepared["images"], prepared["index"], prepared["classes"],
-          paths["weights"], paths["meta"], paths["epochs"], paths["stats"], seed=0)
+          paths["weights"], paths["meta"], paths["epochs"], paths["stats"], seed=0, out_optimizer=paths["optimizer"])
     return {**paths, "config": config}
 
 

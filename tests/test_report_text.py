@@ -18,11 +18,16 @@ class Job:
         self.config = config
 
 
-def front_page(config: dict) -> str:
+class Record:
+    def __init__(self, path):
+        self.path = path
+
+
+def front_page(config: dict, categories: dict | None = None) -> str:
     template = (ROOT / "workflow" / "report" / "workflow.rst").read_text()
     env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)  # snakemake/report/__init__.py
-    return publish_parts(env.from_string(template).render(snakemake=Job(config)), writer="html",
-                         settings_overrides={"report_level": 1})["html_body"]
+    text = env.from_string(template).render(snakemake=Job(config), categories=categories or {}, files={})
+    return publish_parts(text, writer="html", settings_overrides={"report_level": 1})["html_body"]
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -34,3 +39,23 @@ def test_the_front_page_renders_without_a_docutils_message(name):
     assert "System Message" not in page and "system-message" not in page
     items = page.split("The arms:")[1].split("</ul>")[0].count("<li>")
     assert items == len(config["arms"])
+
+
+def test_the_front_page_opens_with_the_answer_sentences(tmp_path):
+    """#24: the answer the aggregate job wrote (<dataset>_answer.md) is the first thing on the page."""
+    import pandas as pd
+
+    from proxyattention.aggregate import answers
+
+    table = pd.DataFrame([{"dataset": "d", "model": "m", "arm": "proxy", "control": "baseline", "cycle": 3,
+                           "split": "validation", "metric": "accuracy", "verdict_holm": "no evidence at this n",
+                           "mean_difference": 0.001,
+                           "ci_low": -0.004, "ci_high": 0.006, "n_pairs": 6, "mde": 0.0081,
+                           "effect_of_interest": 0.005, "pairs_needed": 13.0}])
+    (tmp_path / "d_answer.md").write_text(answers(table, ["proxy"]))
+    config = validate(yaml.safe_load((ROOT / "config.yaml").read_text()))
+    page = front_page(config, {"1. Verdicts": {"": [Record(tmp_path / "d_answer.md")]}})
+    assert "System Message" not in page
+    first = page.split("What was compared")[0]
+    assert "d / m, does Proxy Attention help" in first and "+0.10 points" in first
+    assert "could detect 0.81 points" in first and "would need 13 seed pairs" in first

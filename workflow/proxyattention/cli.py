@@ -41,7 +41,7 @@ STAGES = {
 MADE_BY = {
     "images.npy": "prepare", "index.csv": "prepare", "classes.json": "prepare",
     "model.safetensors": "finetune (cycle 0) or retrain", "model.json": "finetune (cycle 0) or retrain",
-    "train_stats.json": "finetune (cycle 0) or retrain", "decision.json": "the workflow's stop rule (decide_cycle)",
+    "train_stats.json": "finetune (cycle 0) or retrain", "optimizer.safetensors": "finetune (cycle 0) or retrain", "decision.json": "the workflow's stop rule (decide_cycle)",
     "selected.csv": "find-misclassified", "cams.npz": "compute-cams", "erased.npz": "mask-and-save",
     "metrics.json": "evaluate",
 }

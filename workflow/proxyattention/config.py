@@ -92,6 +92,10 @@ def check_config(config: dict, base: str | os.PathLike = ".") -> None:
     from .models import BUNDLED
 
     check_arms(config)
+    if config["training"]["cycle_mode"] == "continue" and config["training"]["retrain_from"] == "pretrained":
+        raise ConfigError("training.retrain_from: pretrained starts each cycle from the pretrained weights, while "
+                          "training.cycle_mode: continue carries one run (weights and optimizer) across cycles; set "
+                          "cycle_mode: restart, or retrain_from: previous")
 
     for name, ds in config["datasets"].items():
         if ds["source"] == "torchvision":
@@ -154,10 +158,26 @@ def epochs_for(config: dict, cycle: int) -> int:
     return epochs[cycle - 1] if isinstance(epochs, list) else epochs
 
 
+def schedule_span(config: dict, cycle: int) -> dict:
+    """The slice of the learning-rate schedule a training job trains, in epochs.
+
+    ``cycle_mode: continue``: one schedule over the whole run (the finetune and every cycle up
+    to ``cycles``, the most a stop rule lets run), each job its own slice: so every job's
+    learning rates depend on the run's total length, and editing any cycle's epochs retrains
+    the whole run. ``restart``: each job a schedule of its own, from 0 over its own epochs.
+    """
+    mode = config["training"]["cycle_mode"]
+    if mode == "restart":
+        return {"mode": mode, "start_epoch": 0, "total_epochs": epochs_for(config, cycle)}
+    return {"mode": mode, "start_epoch": sum(epochs_for(config, c) for c in range(cycle)),
+            "total_epochs": sum(epochs_for(config, c) for c in range(config["cycles"] + 1))}
+
+
 # What each stage reads from the config. Snakemake reruns a job when its params
 # change, so a stage gets only what changes its outputs: choosing another CAM
-# method must not retrain the finetune, and editing the epochs of cycle 4 must not
-# retrain cycle 1. Settings that change speed but not results (threads, DataLoader
+# method must not retrain the finetune, and (with cycle_mode: restart) editing the
+# epochs of cycle 4 must not retrain cycle 1; with cycle_mode: continue every training
+# job's slice of the one schedule (schedule_span) is part of its settings. Settings that change speed but not results (threads, DataLoader
 # workers) are passed outside the settings; what only chooses inputs (accumulate,
 # retrain_from) shows in the job's input files instead.
 TRAIN_MODEL_KEYS = ("timm_name", "weights", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "schedule")
@@ -169,7 +189,8 @@ STAGE_SECTIONS = {
     "compute_cams": ("model.batch_size", "model.target_layer", "proxy.cam_method", "proxy.fast_path", "proxy.target",
                      "proxy.empty_maps"),
     "mask_and_save": ("proxy.threshold", "proxy.fill", "proxy.random_erase", "proxy.empty_maps"),
-    "evaluate": ("model.batch_size", "training.precision", "training.channels_last", "training.deterministic"),
+    "evaluate": ("model.batch_size", "model.target_layer", "training.precision", "training.channels_last",
+                 "training.deterministic", "evaluation", "maps"),
 }
 SPEED_ONLY = {"training": ("threads", "num_workers")}
 
@@ -189,14 +210,19 @@ def stage_settings(config: dict, dataset: str, model: str, cycle: int = 0, stage
         "proxy": proxy_settings(config, arm),
     }
     full["proxy"]["cam_method"] = cam_method(config, model, arm)
-    if stage == "train":
+    full["evaluation"] = copy.deepcopy(config.get("evaluation", {}))
+    # every arm's maps measured alike in evaluate: the model's CAM method, not an arm's
+    full["maps"] = {"cam_method": cam_method(config, model), "fast_path": config["proxy"]["fast_path"],
+                    "target_layer": config["models"][model]["target_layer"]}
+    if stage in ("train", None):
         full["epochs"] = epochs_for(config, cycle)
+        full["schedule_span"] = schedule_span(config, cycle)
     settings = {"names": {"dataset": dataset, "model": model}, "cycle": cycle}
     if "epochs" in full:
         settings["epochs"] = full.pop("epochs")
+        settings["schedule_span"] = full.pop("schedule_span")
     if stage is None:
         settings.update(full)
-        settings["epochs"] = epochs_for(config, cycle)
         return settings
     sections = STAGE_SECTIONS[stage]
     if stage == "compute_cams" and full["proxy"]["empty_maps"] == "explain_prediction":

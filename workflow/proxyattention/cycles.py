@@ -42,12 +42,17 @@ def should_run(decision_path) -> bool:
 
 
 @timed_stage
-def skip_training(init_weights, init_meta, out_weights, out_meta, out_epochs, out_stats, reason: str) -> None:
-    """Outputs of a stopped cycle's training: the previous checkpoint, no epochs, zero cost."""
-    for src, dst in ((init_weights, out_weights), (init_meta, out_meta)):
+def skip_training(init_weights, init_meta, out_weights, out_meta, out_epochs, out_stats, reason: str,
+                  init_optimizer=None, out_optimizer=None) -> None:
+    """Outputs of a stopped cycle's training: the previous checkpoint (and optimizer state), no
+    epochs, zero cost."""
+    pairs = [(init_weights, out_weights), (init_meta, out_meta)]
+    if out_optimizer:
+        pairs.append((init_optimizer, out_optimizer))
+    for src, dst in pairs:
         with atomic_path(dst) as tmp:
             shutil.copyfile(src, tmp)
-    write_csv(out_epochs, pd.DataFrame(columns=["epoch", "lr_start", "lr_end", "train_loss", "train_accuracy",
+    write_csv(out_epochs, pd.DataFrame(columns=["epoch", "run_epoch", "lr_start", "lr_end", "train_loss", "train_accuracy",
                                                  "val_loss", "val_accuracy", "seconds", "images_per_s"]))
     write_json(out_stats, {"skipped": True, "reason": reason, "epochs": 0, "images_seen": 0, "train_seconds": 0.0,
                            "wall_seconds": 0.0, "n_train_original": 0, "n_train_extra": 0})

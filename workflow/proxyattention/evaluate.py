@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .atomic import read_json, write_json
+from .atomic import atomic_path, read_json, write_json
 from .inference import cross_entropy, predict_logits
 from .models import load_checkpoint
 from .prepare import load_prepared
@@ -50,11 +50,79 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, n_classes: in
     return out
 
 
+def per_image(source, logits: np.ndarray) -> dict:
+    """Per evaluated image: its prepared row, true class, predicted class, the true class's
+    probability and the top probability (float32)."""
+    from .inference import softmax
+
+    labels = source.labels
+    probs = softmax(logits.astype(np.float64)) if len(labels) else np.zeros((0, 1))
+    rows = np.concatenate([rows for _, rows, _ in source.parts]) if len(labels) else np.zeros(0, np.int64)
+    return {"index": rows.astype(np.int64), "label": labels.astype(np.int64),
+            "prediction": probs.argmax(1).astype(np.int64),
+            "p_true": probs[np.arange(len(labels)), labels].astype(np.float32),
+            "p_top": probs.max(1).astype(np.float32)}
+
+
+def attention(settings: dict, model, info: dict, images, index, runtime) -> dict:
+    """Question 2's measures (attention_measures.py) on the verdicts' split (test when the dataset
+    has one, else validation): calibration on every image; occlusion accuracies and their area on
+    a fixed sample (``evaluation.occlusion_sample``); the spread of the predicted class's map on
+    another (``evaluation.map_sample``), each with the number of images it rests on."""
+    import time
+
+    from . import attention_measures as am
+    from .data import ArraySource
+    from .inference import softmax
+
+    ev, batch = settings["evaluation"], settings["model"]["batch_size"]
+    split = "test" if (index.split == "test").any() else "val"
+    rows = index.loc[index.split == split, "index"].to_numpy()
+    labels = index.loc[index.split == split, "label"].to_numpy()
+    out = {"split": split}
+    t0 = time.perf_counter()
+    if ev["calibration"]:
+        source = ArraySource([(images, rows, labels)])
+        probs = softmax(predict_logits(model, source, info["mean"], info["std"], batch, runtime).astype(np.float64))
+        out["ece"] = am.expected_calibration_error(probs.max(1), probs.argmax(1) == labels)
+        out["brier"] = am.brier(probs, labels)
+        out["n_calibration"] = int(len(rows))
+    if ev["occlusion"]:
+        chosen = am.sample_rows(rows, ev["occlusion_sample"])
+        source = ArraySource([(images, rows[chosen], labels[chosen])])
+        accuracies = am.occlusion_accuracies(model, source, rows[chosen], info["mean"], info["std"], batch, runtime)
+        out.update({f"occlusion_{int(round(100 * level))}": a for level, a in zip(am.LEVELS, accuracies)})
+        out["occlusion_auc"] = am.occlusion_auc(accuracies)
+        out["n_occlusion"] = int(len(chosen))
+    if ev["maps"]:
+        from .cams import auto_target_layer, build_cam
+        from .compute_cams import explain, release
+
+        chosen = am.sample_rows(rows, ev["map_sample"])
+        source = ArraySource([(images, rows[chosen], labels[chosen])])
+        predicted = predict_logits(model, source, info["mean"], info["std"], batch, runtime).argmax(1)
+        maps_settings = settings["maps"]
+        layer = maps_settings["target_layer"]
+        if layer == "auto":
+            layer = auto_target_layer(model, images.shape[1])
+        maps = np.zeros((len(chosen), images.shape[1], images.shape[1]), dtype=np.float16)
+        cam = build_cam(model, maps_settings["cam_method"], layer, images.shape[1], maps_settings["fast_path"], batch)
+        try:
+            explain(cam, model, runtime, images, rows[chosen], predicted, info["mean"], info["std"], batch, maps)
+        finally:
+            release(cam)
+        out["map_top10_mass"], out["map_entropy"] = am.map_spread(maps.astype(np.float32))
+        out["n_maps"], out["map_layer"], out["map_method"] = int(len(chosen)), layer, maps_settings["cam_method"]
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
 @timed_stage
 def evaluate(settings: dict, images_path, index_path, weights, meta, train_stats, out_metrics,
-             decision=None, device: str | None = None) -> None:
+             decision=None, device: str | None = None, out_per_image=None) -> None:
     """Evaluate the checkpoint on the validation split, and on the test split when the dataset
-    has one (under ``test``); add the training cost from its stats."""
+    has one (under ``test``); add the training cost from its stats. ``out_per_image`` receives
+    every evaluated image's result (``val_*`` and ``test_*`` arrays of per_image) as .npz."""
     images, index = load_prepared(images_path, index_path)
     runtime = select_runtime(settings["training"]["precision"], settings["training"]["channels_last"], device,
                              settings["training"]["deterministic"])
@@ -65,11 +133,18 @@ def evaluate(settings: dict, images_path, index_path, weights, meta, train_stats
         raise ValueError(f"{index_path}: the validation split is empty; set val_fraction or add a val/ folder")
     logits = predict_logits(model, source, info["mean"], info["std"], settings["model"]["batch_size"], runtime)
     metrics = classification_metrics(logits, source.labels, len(info["classes"]))
+    images_out = {f"val_{k}": v for k, v in per_image(source, logits).items()}
     test = split_source(images, index, "test")
     if len(test):  # the held-out test split (dataset test_fraction, or the source's own): for the verdicts
         test_logits = predict_logits(model, test, info["mean"], info["std"], settings["model"]["batch_size"], runtime)
         scores = classification_metrics(test_logits, test.labels, len(info["classes"]))
         metrics["test"] = {"n_test": scores.pop("n_val"), "loss": scores.pop("val_loss"), **scores}
+        images_out.update({f"test_{k}": v for k, v in per_image(test, test_logits).items()})
+    if out_per_image is not None:
+        with atomic_path(out_per_image) as tmp:
+            np.savez_compressed(tmp, **images_out)
+    if settings.get("evaluation"):
+        metrics["attention"] = attention(settings, model, info, images, index, runtime)
     stats = read_json(train_stats)
     metrics.update({
         "classes": info["classes"],
@@ -85,6 +160,7 @@ def evaluate(settings: dict, images_path, index_path, weights, meta, train_stats
         "peak_memory_kind": stats.get("peak_memory_kind"),
         "device": stats.get("device"),
         "precision": stats.get("precision"),
-        "versions": stats.get("versions"),  # the training job's code commit and libraries (None: skipped)
+        "versions": stats.get("versions"),
+        "pretrained": info.get("pretrained"),  # the weights the model started from  # the training job's code commit and libraries (None: skipped)
     })
     write_json(out_metrics, metrics)

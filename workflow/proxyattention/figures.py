@@ -11,7 +11,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .aggregate import COMPARISONS, MIN_PAIRS, mean_ci, verdict_split, verdicts, with_shared_finetune  # noqa: E402
+from .aggregate import (ATTENTION_METRICS, COMPARISONS, EFFECT_OF_INTEREST, MIN_PAIRS, mean_ci,  # noqa: E402
+                        verdict_split, verdicts, with_shared_finetune)
+from .aggregate import answers  # noqa: E402
 from .aggregate import paired_differences as per_seed_differences  # noqa: E402
 from .atomic import atomic_path, read_json, write_csv  # noqa: E402
 from .timing import timed_stage  # noqa: E402
@@ -90,11 +92,13 @@ def accuracy_by(frame: pd.DataFrame, x: str, out_png, xlabel: str, stamp: str = 
 
 
 def paired_differences(frame: pd.DataFrame, comparisons: list, out_png, stamp: str = "",
-                       stop_rule: bool = False) -> None:
+                       stop_rule: bool = False, effect_of_interest: float = EFFECT_OF_INTEREST) -> None:
     """Forest plot: every (dataset, model, comparison) at the last cycle, the per-seed
-    differences as dots, their mean and 95% t-interval, and the verdict word at the right."""
-    rows = pd.concat([verdicts(frame, d, comparisons, stop_rule) for d in frame.dataset.unique()],
-                     ignore_index=True)
+    differences as dots, their mean and 95% t-interval, ticks at plus and minus the minimum
+    detectable effect, and the Holm-adjusted verdict word at the right."""
+    rows = pd.concat([verdicts(frame, d, comparisons, stop_rule, effect_of_interest)
+                      for d in frame.dataset.unique()], ignore_index=True)
+    rows = rows[~rows.metric.isin(list(ATTENTION_METRICS))].reset_index(drop=True)  # accuracy's rows
     fig, ax = plt.subplots(figsize=(8.0, 0.9 + 0.36 * max(1, len(rows))))
     if rows.empty:
         ax.text(0.5, 0.5, "no comparisons: the config has a single arm", ha="center", va="center")
@@ -110,14 +114,17 @@ def paired_differences(frame: pd.DataFrame, comparisons: list, out_png, stamp: s
         if r.n_pairs >= MIN_PAIRS and np.isfinite(r.ci_low):
             ax.plot([r.ci_low, r.ci_high], [y, y], color=c, lw=2.2, zorder=1)
         ax.scatter([r.mean_difference], [y], marker="D", s=36, color=c, zorder=3)
-        ax.annotate(f"n={r.n_pairs}: {r.verdict}", (1.01, y), xycoords=("axes fraction", "data"), va="center",
-                    fontsize=7)
+        if np.isfinite(r.mde):  # what this row could have detected, either way
+            ax.scatter([-r.mde, r.mde], [y, y], marker="|", s=90, color="black", zorder=2)
+        mde = "undefined" if not np.isfinite(r.mde) else f"{r.mde:.4f}"
+        ax.annotate(f"n={r.n_pairs}: {r.verdict_holm} (MDE {mde})", (1.01, y), xycoords=("axes fraction", "data"),
+                    va="center", fontsize=7)
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(ys, [f"{r.dataset} / {r.model}: {r.comparison}" for r in rows.itertuples()], fontsize=7)
     splits = " / ".join(sorted(set(rows.split)))
     ax.set(xlabel=f"difference in accuracy at cycle {int(rows.cycle.max())}, paired by seed, on the {splits} split",
            title=f"each arm minus its control: seeds (dots), mean (diamond), 95% interval (bar, from {MIN_PAIRS} "
-                 "seed pairs on)")
+                 "seed pairs on),\n| at ± the minimum detectable effect (80% power); words Holm-adjusted")
     ax.title.set_fontsize(9)
     ax.grid(axis="x", alpha=0.3)
     _save(fig, out_png, stamp)
@@ -166,6 +173,90 @@ def accuracy_cost(frame: pd.DataFrame, out_png, stamp: str = "") -> None:
     _save(fig, out_png, stamp)
 
 
+def _weights_label(part: pd.DataFrame) -> str:
+    values = part.pretrained.dropna().astype(str).unique() if "pretrained" in part else []
+    return ", ".join(values) if len(values) else "weights not recorded"
+
+
+def reliability(per_image_paths: list, split: str = "val", bins: int = 15) -> tuple[np.ndarray, np.ndarray, int]:
+    """(mean confidence, accuracy) per equal-width confidence bin, pooled over the files, and
+    the number of images."""
+    confidence, correct = [], []
+    for path in per_image_paths:
+        with np.load(path) as f:
+            key = split if f"{split}_p_top" in f else "val"
+            confidence.append(f[f"{key}_p_top"].astype(np.float64))
+            correct.append(f[f"{key}_prediction"] == f[f"{key}_label"])
+    confidence, correct = np.concatenate(confidence), np.concatenate(correct)
+    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    conf = np.array([confidence[which == b].mean() if (which == b).any() else np.nan for b in range(bins)])
+    acc = np.array([correct[which == b].mean() if (which == b).any() else np.nan for b in range(bins)])
+    return conf, acc, len(confidence)
+
+
+def attention_measures(frame: pd.DataFrame, out_png, stamp: str = "", per_image: dict | None = None) -> None:
+    """Question 2 side by side, one row per dataset: occlusion curves per model x arm (mean over
+    seeds at the last cycle), occlusion area against accuracy, ECE and cost per model x arm, and
+    (with per-image files) reliability diagrams."""
+    last = frame[frame.cycle == frame.cycle.max()] if frame.cycle.max() > 0 else frame
+    datasets = list(last.dataset.unique())
+    models, arms = list(frame.model.unique()), list(frame.arm.unique())
+    fig, axes = plt.subplots(len(datasets), 4, figsize=(19, 3.9 * len(datasets)), squeeze=False)
+    levels = [0, 20, 40, 60, 80]
+    cost, cost_label = cost_of(frame)
+    for row, dataset in zip(axes, datasets):
+        part = last[last.dataset == dataset]
+        metric, ylabel = split_of(frame, dataset)
+        if "occlusion_auc" not in part or part.occlusion_auc.isna().all():
+            for ax in row:
+                ax.text(0.5, 0.5, "no occlusion measure in this summary\n(evaluation.occlusion)", ha="center",
+                        va="center")
+                ax.axis("off")
+            continue
+        n_occ = int(part.n_occlusion.max())
+        labels = []
+        for (model, arm), g in part.groupby(["model", "arm"], sort=False):
+            m, c = MARKERS[models.index(model) % len(MARKERS)], colour(arm, arms)
+            style = ["-", "--", ":", "-."][models.index(model) % 4]
+            row[0].plot(levels, [g[f"occlusion_{lv}"].mean() for lv in levels], marker=m, color=c, ls=style, ms=4,
+                        label=f"{model} / {arm}")
+            row[1].errorbar(g[metric].mean(), g.occlusion_auc.mean(), fmt=m, color=c, ms=8, mec="black", mew=0.6,
+                            xerr=_range(g[metric]), yerr=_range(g.occlusion_auc))
+            labels.append((f"{model}\n{arm}", g.ece.mean(), g[cost].mean(), c))
+        row[0].set(xlabel="% of the 14 x 14 patches set to the mean colour", ylabel="accuracy",
+                   title=f"{dataset}: occlusion ({n_occ} images each)")
+        row[0].legend(fontsize=6)
+        row[1].set(xlabel=ylabel, ylabel="occlusion area (mean accuracy over 0-80%)",
+                   title="occlusion area against accuracy")
+        ys = np.arange(len(labels))
+        row[2].barh(ys, [v[1] for v in labels], color=[v[3] for v in labels], alpha=0.7)
+        row[2].set_yticks(ys, [v[0] for v in labels], fontsize=6)
+        row[2].set(xlabel=f"expected calibration error (15 bins, {int(part.n_calibration.max())} images; lower is "
+                          "better)", title="calibration")
+        if per_image:
+            for (model, arm), g in part.groupby(["model", "arm"], sort=False):
+                files = [per_image[k] for k in per_image if k[0] == dataset and k[1] == model and k[3] == arm
+                         and k[4] == int(g.cycle.iloc[0])]
+                if files:
+                    conf, acc, n = reliability(files, "test" if metric == "test_accuracy" else "val")
+                    row[3].plot(conf, acc, marker=MARKERS[models.index(model) % len(MARKERS)], ms=3,
+                                color=colour(arm, arms), label=f"{model} / {arm} ({n})")
+            row[3].plot([0, 1], [0, 1], color="0.5", lw=0.8, ls="--")
+            row[3].set(xlabel="confidence (top probability)", ylabel="accuracy", title="reliability (pooled seeds)")
+            row[3].legend(fontsize=6)
+        else:
+            row[3].barh(ys, [v[2] for v in labels], color=[v[3] for v in labels], alpha=0.7)
+            row[3].set_yticks(ys, [v[0] for v in labels], fontsize=6)
+            row[3].set(xlabel=cost_label, title="cost")
+        weights = "; ".join(f"{model}: {_weights_label(part[part.model == model])}" for model in models
+                            if model in set(part.model))
+        row[0].annotate(f"started from: {weights}", (0, -0.28), xycoords="axes fraction", fontsize=7)
+        for ax in row:
+            ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, out_png, stamp)
+
+
 def peak_memory(frame: pd.DataFrame, out_png, stamp: str = "") -> None:
     data = frame.groupby(["model", "arm"], sort=False).peak_memory_mib.max().unstack("arm")
     kind = ", ".join(sorted(set(frame.peak_memory_kind.dropna())))
@@ -182,8 +273,10 @@ def reach_target(frame: pd.DataFrame, target_accuracy: float | None = None) -> p
     reaches the target, with the cumulative cost (cost_of) and images seen until then (NaN: not
     reached).
 
-    The target is ``target_accuracy`` (the stop rule's) when given, else per (dataset, model)
-    the highest mean accuracy that every arm reached, so that each arm can in principle reach it.
+    The target is ``target_accuracy`` (the stop rule's) when given, else per (dataset, model) the
+    baseline arm's mean accuracy at its last cycle (what plain training gets to: the question is
+    whether another arm gets there sooner), or, without a baseline arm, the highest mean every
+    arm reached.
     """
     data = with_shared_finetune(frame)
     cost, _ = cost_of(frame)
@@ -191,7 +284,10 @@ def reach_target(frame: pd.DataFrame, target_accuracy: float | None = None) -> p
     for (dataset, model), part in data.groupby(["dataset", "model"], sort=False):
         metric, _ = split_of(frame, dataset)
         target = target_accuracy
-        if target is None:
+        baselines = part[part.kind == "baseline"] if "kind" in part else part[part.arm == "baseline"]
+        if target is None and len(baselines):
+            target = baselines[baselines.cycle == baselines.cycle.max()][metric].mean()
+        elif target is None:
             target = part.groupby(["arm", "cycle"])[metric].mean().groupby("arm").max().min()
         for (arm, seed), g in part.groupby(["arm", "seed"], sort=False):
             g = g.sort_values("cycle")
@@ -206,10 +302,17 @@ def reach_target(frame: pd.DataFrame, target_accuracy: float | None = None) -> p
     return pd.DataFrame(rows)
 
 
+def censored_median(values: pd.Series, reached: pd.Series) -> float:
+    """The median over every seed, a seed that never reached the target ranked last (inf): never
+    the mean of the seeds that arrived. inf when half or more never arrived."""
+    ranked = np.where(reached.to_numpy(), values.to_numpy(dtype=np.float64), np.inf)
+    return float(np.median(ranked)) if len(ranked) else np.nan
+
+
 def time_to_target(frame: pd.DataFrame, out_png, target_accuracy: float | None = None, stamp: str = "") -> None:
-    """Question 3: per (dataset, model), each arm's seeds as dots at the training seconds and
-    images seen until they first reached the target, their mean as a bar; seeds that never
-    reached it are drawn at the right edge as "not reached"."""
+    """Question 3: per (dataset, model), each arm's seeds as dots at the cost (every stage the
+    arm paid) and images seen until they first reached the target, the censored median as a
+    bar; seeds that never reached it are drawn at the right edge as "not reached"."""
     reach = reach_target(frame, target_accuracy)
     _, cost_label = cost_of(frame)
     pairs = list(reach.groupby(["dataset", "model"], sort=False).groups)
@@ -224,8 +327,10 @@ def time_to_target(frame: pd.DataFrame, out_png, target_accuracy: float | None =
             for y, arm in enumerate(names[::-1]):
                 g, c = part[part.arm == arm], colour(arm, arms)
                 done = g[g.reached]
+                median = censored_median(g[x], g.reached)
+                if np.isfinite(median):  # the bar: the median over all seeds, not-reached ranked last
+                    ax.barh(y, median, color=c, alpha=0.35, height=0.6)
                 if len(done):
-                    ax.barh(y, done[x].mean(), color=c, alpha=0.35, height=0.6)
                     ax.scatter(done[x], np.full(len(done), y), color=c, s=18, zorder=3)
                 missing = int((~g.reached).sum())
                 if missing:
@@ -234,8 +339,10 @@ def time_to_target(frame: pd.DataFrame, out_png, target_accuracy: float | None =
                                 textcoords="offset points", va="center", fontsize=7)
             ax.set_yticks(range(len(names)), names[::-1], fontsize=8)
             ax.set_xlim(0, edge * 1.45)
+            ax.locator_params(axis="x", nbins=5)  # tick labels of large counts must not run together
             split = "test" if part.metric.iloc[0] == "test_accuracy" else "validation"
-            ax.set(xlabel=label, title=f"{dataset} / {model}: to {split} accuracy {part.target.iloc[0]:.3f}")
+            ax.set(xlabel=label, title=f"{dataset} / {model}: to {split} accuracy {part.target.iloc[0]:.3f}\n"
+                                       "(bar: median over all seeds, a seed not reaching it counted last)")
             ax.title.set_fontsize(9)
             ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
@@ -324,7 +431,8 @@ def example_order(selected: pd.DataFrame, added: set) -> list:
 
 @timed_stage
 def figures(summary_csv, cells: list, metrics_paths: list, outputs: dict, comparisons: list | None = None,
-            target_accuracy: float | None = None, stop_rule: bool = False) -> None:
+            target_accuracy: float | None = None, stop_rule: bool = False,
+            effect_of_interest: float = EFFECT_OF_INTEREST) -> None:
     from .provenance import read_beside, summary_line
 
     frame = pd.read_csv(summary_csv, keep_default_na=False, na_values=[""])
@@ -333,11 +441,14 @@ def figures(summary_csv, cells: list, metrics_paths: list, outputs: dict, compar
     cost, cost_label = cost_of(frame)
     accuracy_by(frame, "cycle", outputs["accuracy_by_cycle"], "cycle", stamp)
     accuracy_by(frame, cost, outputs["accuracy_by_time"], cost_label, stamp)
-    paired_differences(frame, comparisons, outputs["paired_differences"], stamp, stop_rule)
+    paired_differences(frame, comparisons, outputs["paired_differences"], stamp, stop_rule, effect_of_interest)
     accuracy_cost(frame, outputs["accuracy_cost"], stamp)
     peak_memory(frame, outputs["peak_memory"], stamp)
     time_to_target(frame, outputs["time_to_target"], target_accuracy, stamp)
     confusion_matrices(cells, metrics_paths, outputs["confusion_matrices"], stamp)
+    per_image = {(c[0], c[1], int(c[2]), c[3], int(c[4])): Path(p).with_name("per_image.npz")
+                 for c, p in zip(cells, metrics_paths) if Path(p).with_name("per_image.npz").exists()}
+    attention_measures(frame, outputs["attention_measures"], stamp, per_image)
 
 
 def comparisons_in(frame: pd.DataFrame) -> list:
@@ -357,7 +468,8 @@ def comparisons_in(frame: pd.DataFrame) -> list:
     return comparisons({"arms": arms})
 
 
-def redraw(summary_csv, out_dir, target_accuracy: float | None = None) -> list[Path]:
+def redraw(summary_csv, out_dir, target_accuracy: float | None = None,
+           effect_of_interest: float | None = None) -> list[Path]:
     """Every figure that reads only ``summary.csv`` and each dataset's verdict table, from a
     committed summary (docs/study/), without rerunning anything:
     ``python -m proxyattention.figures docs/study/summary.csv OUT_DIR``. The comparisons come from
@@ -374,21 +486,30 @@ def redraw(summary_csv, out_dir, target_accuracy: float | None = None) -> list[P
     if made is not None:
         stop_rule = bool(made.get("stop_rule"))
     else:  # an older summary: a stop rule shows where it stopped a cycle
-        stop_rule = bool("stop_reason" in frame and frame.stop_reason.fillna("").astype(str).str.len().gt(0).any())
+        stop_rule = bool("stop_reason" in frame and frame.stop_reason.dropna().astype(str).str.len().gt(0).any())
     comparisons = comparisons_in(frame)
+    if effect_of_interest is None:
+        effect_of_interest = ((made or {}).get("config", {}).get("report", {})
+                              .get("effect_of_interest", EFFECT_OF_INTEREST))
     cost, cost_label = cost_of(frame)
     written = [out_dir / f"{name}.png" for name in ("accuracy_by_cycle", "accuracy_by_time", "paired_differences",
-                                                    "accuracy_cost", "peak_memory", "time_to_target")]
+                                                    "accuracy_cost", "peak_memory", "time_to_target",
+                                                    "attention_measures")]
     accuracy_by(frame, "cycle", written[0], "cycle", stamp)
     accuracy_by(frame, cost, written[1], cost_label, stamp)
-    paired_differences(frame, comparisons, written[2], stamp, stop_rule)
+    paired_differences(frame, comparisons, written[2], stamp, stop_rule, effect_of_interest)
     accuracy_cost(frame, written[3], stamp)
     peak_memory(frame, written[4], stamp)
     time_to_target(frame, written[5], target_accuracy, stamp)
+    attention_measures(frame, written[6], stamp)
     for dataset in frame.dataset.unique():
         path = out_dir / f"{dataset}_verdicts.csv"
-        write_csv(path, verdicts(frame, dataset, comparisons, stop_rule))
-        written.append(path)
+        table = verdicts(frame, dataset, comparisons, stop_rule, effect_of_interest)
+        write_csv(path, table)
+        answer = out_dir / f"{dataset}_answer.md"
+        proxy_arms = sorted(set(frame.loc[frame.kind == "proxy", "arm"])) if "kind" in frame else ["proxy"]
+        answer.write_text(answers(table, proxy_arms))
+        written += [path, answer]
     if made is not None:
         write_json(out_dir / "provenance.json", {**made, "redrawn_from": str(summary_csv)})
         written.append(out_dir / "provenance.json")
@@ -402,6 +523,8 @@ if __name__ == "__main__":
     parser.add_argument("summary", help="a summary.csv the workflow wrote")
     parser.add_argument("out_dir")
     parser.add_argument("--target-accuracy", type=float, default=None)
+    parser.add_argument("--effect-of-interest", type=float, default=None,
+                        help="accuracy difference for the pairs_needed column (default: the run's, else 0.005)")
     args = parser.parse_args()
-    for path in redraw(args.summary, args.out_dir, args.target_accuracy):
+    for path in redraw(args.summary, args.out_dir, args.target_accuracy, args.effect_of_interest):
         print(path)

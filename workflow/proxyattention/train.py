@@ -26,7 +26,9 @@ from .data import ArraySource, make_loader
 from .inference import cross_entropy, predict_logits
 from .models import create_model, data_config, load_checkpoint, save_checkpoint, weights_source
 from .prepare import load_prepared
+from . import optimizer_state
 from .runtime import peak_memory, reset_peak_memory, seed_everything, select_runtime, versions
+from .schedules import RunSchedule
 from .timing import timed_stage
 
 log = logging.getLogger(__name__)
@@ -58,20 +60,15 @@ def validation_source(images, index: pd.DataFrame) -> ArraySource:
     return split_source(images, index, "val")
 
 
-def make_optimizer(model, settings: dict, steps: int):
+def make_optimizer(model, settings: dict):
+    """The model's optimizer and its RunSchedule over the job's slice of the run (schedule_span)."""
     m = settings["model"]
     if m["optimizer"] == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=m["lr"], momentum=m["momentum"], weight_decay=m["weight_decay"])
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=m["lr"], weight_decay=m["weight_decay"])
-    steps = max(steps, 1)
-    if m["schedule"] == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=m["lr"], total_steps=steps)
-    elif m["schedule"] == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    else:
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    return opt, sched
+    span = settings["schedule_span"]
+    return opt, RunSchedule(opt, m["schedule"], m["lr"], span["start_epoch"], span["total_epochs"])
 
 
 CHECK_EVERY = 100  # steps between the host's looks at the device-side finiteness record
@@ -143,13 +140,16 @@ def content_digest(path) -> str:
 @timed_stage
 def train(settings: dict, images_path, index_path, classes_path, out_weights, out_meta, out_epochs, out_stats,
           *, seed: int, init_weights=None, init_meta=None, extra=(), num_workers: int = 0,
-          device: str | None = None) -> None:
+          device: str | None = None, init_optimizer=None, out_optimizer=None) -> None:
     """Train for ``settings['epochs']`` epochs and write the checkpoint, epoch log and stats.
 
     Starts from ``init_weights``/``init_meta`` (a previous checkpoint) when given,
-    else from the configured pretrained weights with a new head. ``extra`` lists
-    ``erased.npz`` files whose images join the original training images.
-    ``num_workers`` DataLoader processes prepare batches; results do not depend on it.
+    else from the configured pretrained weights with a new head; with ``init_optimizer``
+    (the previous job's ``optimizer.safetensors``) the optimizer and grad scaler continue
+    from its state, and the schedule from ``settings['schedule_span']``. ``out_optimizer``
+    receives the state at the end. ``extra`` lists ``erased.npz`` files whose images join
+    the original training images. ``num_workers`` gather threads prepare batches; results
+    do not depend on it.
     """
     wall_start = time.perf_counter()
     out_weights = Path(out_weights)
@@ -182,13 +182,19 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
         crop_padding=tset["augment"]["crop_padding"], num_workers=num_workers,
         pin_memory=runtime.device.type == "cuda", device=runtime.device, channels_last=runtime.channels_last,
     )
-    optimizer, scheduler = make_optimizer(model, settings, epochs * len(loader))
+    optimizer, scheduler = make_optimizer(model, settings)
     scaler = runtime.grad_scaler()
+    run_start = int(settings["schedule_span"]["start_epoch"])
+    if init_optimizer:
+        saved = optimizer_state.load(init_optimizer, optimizer, scaler)
+        if abs(saved["position"] - run_start) > 1e-6:
+            log.warning("%s ended at epoch %.3f of the run; this job starts its slice at epoch %d", init_optimizer,
+                        saved["position"], run_start)
 
     # index.csv holds each prepared image's sha1, so its digest stands for images.npy's pixels.
     fingerprint = _fingerprint(settings, seed, runtime.precision, str(runtime.device.type), content_digest(index_path),
                                [content_digest(p) for p in extra], init_weights and content_digest(init_weights),
-                               len(source))
+                               init_optimizer and content_digest(init_optimizer), len(source))
     rows, start_epoch, train_seconds, images_seen = [], 0, 0.0, 0
     state_file = state_dir / "state.pt"
     if state_file.exists():
@@ -211,6 +217,7 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
     show_bar = sys.stderr.isatty()
     for epoch in range(start_epoch, epochs):
         sampler.set_epoch(epoch)
+        scheduler.begin_epoch(run_start + epoch, len(loader))
         lr_start = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
         batches = loader
@@ -227,6 +234,7 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
         val_labels = val_source.labels
         rows.append({
             "epoch": epoch + 1,
+            "run_epoch": run_start + epoch + 1,  # the epoch's place in the whole run (cycle_mode: continue)
             "lr_start": lr_start,
             "lr_end": optimizer.param_groups[0]["lr"],
             "train_loss": loss_sum / max(seen, 1),
@@ -251,6 +259,8 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
             }, tmp)
 
     save_checkpoint(model, out_weights, out_meta, meta)
+    if out_optimizer:
+        optimizer_state.save(out_optimizer, optimizer, scaler, scheduler)
     write_csv(out_epochs, pd.DataFrame(rows))
     write_json(out_stats, {
         "epochs": epochs,

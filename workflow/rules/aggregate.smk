@@ -7,6 +7,7 @@ localrules:
 rule aggregate:
     input:
         metrics=all_metrics(),
+        per_image=all_per_image(),
         erased=all_erased_tables(),
         infos=expand(prepared("classes.json"), dataset=config["datasets"]),
     output:
@@ -25,6 +26,11 @@ rule aggregate:
             caption="../report/provenance.rst",
             category="Provenance",
         ),
+        answers=report(
+            expand(f"{RESULTS}/tables/{{dataset}}_answer.md", dataset=config["datasets"]),
+            caption="../report/answer.rst",
+            category="1. Verdicts",
+        ),
         verdicts_html=report(
             expand(f"{RESULTS}/tables/{{dataset}}_verdicts.html", dataset=config["datasets"]),
             caption="../report/verdicts.rst",
@@ -38,6 +44,7 @@ rule aggregate:
         arms=list(config["arms"]),
         comparisons=arms.comparisons(config),
         stop_rule=stop_rule_on(),
+        effect_of_interest=config["report"]["effect_of_interest"],
     log:
         f"{LOGS}/aggregate.log",
     conda:
@@ -66,6 +73,7 @@ rule figures:
         comparisons=arms.comparisons(config),
         target_accuracy=config["stop_when"].get("target_accuracy"),
         stop_rule=stop_rule_on(),
+        effect_of_interest=config["report"]["effect_of_interest"],
     log:
         f"{LOGS}/figures.log",
     conda:

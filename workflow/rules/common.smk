@@ -117,15 +117,25 @@ def previous_checkpoint(wc):
     return {"weights": f"{prev}/model.safetensors", "meta": f"{prev}/model.json"}
 
 
+def previous_optimizer(wc):
+    return f"{layout.previous_run_dir(RESULTS, *cell_of(wc))}/optimizer.safetensors"
+
+
 def previous_checkpoint_inputs(wc):
-    return {f"previous_{key}": path for key, path in previous_checkpoint(wc).items()}
+    """What a cycle the stop rule skipped carries over unchanged: the previous checkpoint and optimizer state."""
+    inputs = {f"previous_{key}": path for key, path in previous_checkpoint(wc).items()}
+    return {**inputs, "previous_optimizer": previous_optimizer(wc)}
 
 
 def init_checkpoint(wc):
-    """Where a retrain starts: the previous checkpoint, or nothing (pretrained weights)."""
-    if config["training"]["retrain_from"] == "previous":
-        return {f"init_{key}": path for key, path in previous_checkpoint(wc).items()}
-    return {}
+    """Where a retrain starts: the previous checkpoint, or nothing (pretrained weights); with
+    cycle_mode: continue also the previous job's optimizer state, so the run goes on."""
+    if config["training"]["retrain_from"] != "previous":
+        return {}
+    inputs = {f"init_{key}": path for key, path in previous_checkpoint(wc).items()}
+    if config["training"]["cycle_mode"] == "continue":
+        inputs["init_optimizer"] = previous_optimizer(wc)
+    return inputs
 
 
 def previous_metrics(wc):
@@ -159,6 +169,10 @@ def run_dir_of(*cell):
 
 def all_metrics():
     return [f"{run_dir_of(*cell)}/metrics.json" for cell in grid()]
+
+
+def all_per_image():
+    return [f"{run_dir_of(*cell)}/per_image.npz" for cell in grid()]
 
 
 def all_targets():

@@ -6,7 +6,8 @@ rule evaluate:
         meta=run_file("model.json"),
         stats=run_file("train_stats.json"),
     output:
-        run_file("metrics.json"),
+        metrics=run_file("metrics.json"),
+        per_image=run_file("per_image.npz"),
     params:
         settings=settings_for("evaluate"),
     log:

@@ -3,6 +3,7 @@ TRAIN_OUTPUTS = dict(
     meta=run_file("model.json"),
     epochs=run_file("epochs.csv"),
     stats=run_file("train_stats.json"),
+    optimizer=run_file("optimizer.safetensors"),
 )
 
 

@@ -16,5 +16,7 @@ aggregate(
     out_verdicts=dict(zip(snakemake.params.datasets, snakemake.output.verdicts)),
     stop_rule=snakemake.params.stop_rule,
     config=snakemake.config,
+    effect_of_interest=snakemake.params.effect_of_interest,
+    per_image_paths=list(snakemake.input.per_image),
     stage_logs={tuple(cell): logs for cell, logs in zip(snakemake.params.erased_cells, snakemake.params.stage_logs)},
 )

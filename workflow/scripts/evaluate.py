@@ -11,6 +11,7 @@ evaluate(
     snakemake.input.weights,
     snakemake.input.meta,
     snakemake.input.stats,
-    snakemake.output[0],
+    snakemake.output.metrics,
     decision=snakemake.input.get("decision"),
+    out_per_image=snakemake.output.per_image,
 )

@@ -13,4 +13,5 @@ figures(
     comparisons=[tuple(pair) for pair in snakemake.params.comparisons],
     target_accuracy=snakemake.params.target_accuracy,
     stop_rule=snakemake.params.stop_rule,
+    effect_of_interest=snakemake.params.effect_of_interest,
 )

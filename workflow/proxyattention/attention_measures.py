@@ -1,0 +1,129 @@
+"""Question 2, measured without extra labels: what attention is known to do differently, measured
+in any model, so a CNN with and without Proxy Attention can be put beside a ViT.
+
+- Occlusion robustness (Naseer et al., NeurIPS 2021: ViTs keep far more accuracy than CNNs when
+  random patches are dropped): accuracy with 0, 20, 40, 60 and 80% of a 14 x 14 grid of patches
+  set to the fill the normalisation maps to zero (the dataset's mean colour), the patches drawn
+  once per image from its own seeded stream, each level's patches holding the previous level's,
+  so every arm and model sees the same occlusions; the area under that curve as one number.
+- Calibration (Minderer et al., NeurIPS 2021): expected calibration error over 15 equal-width
+  confidence bins, the multiclass Brier score (negative log-likelihood is ``val_loss``).
+- Where the model looks: the spread of the predicted class's map at the configured target layer
+  on a fixed sample of images: the share of the map's mass in its top 10% of pixels, and the
+  map's entropy (normalised by the largest possible, so 1 is a flat map).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .streams import generator
+
+GRID = 14
+LEVELS = (0.0, 0.2, 0.4, 0.6, 0.8)
+ECE_BINS = 15
+OCCLUSION = 6  # the stream tag of the occlusion draws (streams.py holds 1-5)
+SAMPLE = 7  # the stream tag of the evaluation samples
+
+
+def sample_rows(rows: np.ndarray, n: int | None) -> np.ndarray:
+    """A fixed sample of ``n`` of the evaluation rows (all of them for None or n >= len), the same
+    for every arm, model and seed: drawn from a stream keyed by the sample's purpose only."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if n is None or n >= len(rows):
+        return np.arange(len(rows))
+    return np.sort(generator((0,), SAMPLE, len(rows)).choice(len(rows), n, replace=False))
+
+
+def patch_bounds(size: int, grid: int = GRID) -> np.ndarray:
+    """Pixel boundaries of a ``grid`` x ``grid`` partition of a ``size`` px side (16 px at 224)."""
+    return np.rint(np.linspace(0, size, grid + 1)).astype(np.int64)
+
+
+def occlusion_masks(rows: np.ndarray, size: int, level: float) -> np.ndarray:
+    """(N, size, size) float32: 0 where an image's dropped patches are, 1 elsewhere. Image ``row``
+    drops the first round(level * 196) patches of a permutation drawn from its own stream."""
+    bounds = patch_bounds(size)
+    k = int(round(level * GRID * GRID))
+    masks = np.ones((len(rows), size, size), dtype=np.float32)
+    for i, row in enumerate(rows):
+        for patch in generator((0,), OCCLUSION, int(row)).permutation(GRID * GRID)[:k]:
+            y, x = divmod(int(patch), GRID)
+            masks[i, bounds[y] : bounds[y + 1], bounds[x] : bounds[x + 1]] = 0.0
+    return masks
+
+
+@torch.no_grad()
+def occlusion_accuracies(model, source, rows: np.ndarray, mean, std, batch_size: int, runtime) -> list[float]:
+    """Accuracy at each of LEVELS on ``source`` (an ArraySource of the sampled images, whose
+    prepared rows are ``rows``), one model in eval mode; the levels of a batch in one pass."""
+    from .data import make_loader
+
+    model.eval()
+    size = source.parts[0][0].shape[1]
+    masks = {level: occlusion_masks(rows, size, level) for level in LEVELS}
+    loader, _ = make_loader(source, mean, std, batch_size, device=runtime.device, channels_last=runtime.channels_last)
+    correct = np.zeros(len(LEVELS))
+    start = 0
+    for x, y in loader:
+        b = len(y)
+        stacked = torch.cat([x * torch.from_numpy(masks[level][start : start + b]).to(x.device)[:, None]
+                             for level in LEVELS])  # the normalised fill is 0: the dataset's mean colour
+        if runtime.channels_last:
+            stacked = stacked.contiguous(memory_format=torch.channels_last)
+        with runtime.autocast():
+            pred = model(stacked).float().argmax(1).view(len(LEVELS), b)
+        correct += (pred == y[None]).sum(1).cpu().numpy()
+        start += b
+    return (correct / max(start, 1)).tolist()
+
+
+def occlusion_auc(accuracies: list[float], levels=LEVELS) -> float:
+    """The area under accuracy against the occluded fraction, divided by the fraction spanned:
+    the curve's mean height (1: no loss at any level)."""
+    return float(np.trapezoid(accuracies, levels) / (levels[-1] - levels[0]))
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Sum over equal-width confidence bins of (share of images in the bin) x |accuracy - mean
+    confidence| in it; a confidence of exactly 1 falls in the last bin, 0 in the first."""
+    confidence, correct = np.asarray(confidence, np.float64), np.asarray(correct, np.float64)
+    if not len(confidence):
+        return math.nan
+    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            total += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
+    return float(total)
+
+
+def brier(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Multiclass Brier score: mean over images of the squared distance to the one-hot label."""
+    p = np.asarray(probabilities, np.float64)
+    if not len(p):
+        return math.nan
+    onehot = np.zeros_like(p)
+    onehot[np.arange(len(p)), labels] = 1.0
+    return float(((p - onehot) ** 2).sum(1).mean())
+
+
+def map_spread(maps: np.ndarray) -> tuple[float, float]:
+    """Mean over maps (N, H, W, non-negative) of the share of mass in the top 10% of pixels and of
+    the entropy of the map as a distribution over pixels divided by log(H*W); constant maps
+    count as flat (0.1, 1.0), empty (all-zero) maps are left out."""
+    flat = np.asarray(maps, np.float64).reshape(len(maps), -1)
+    mass = flat.sum(1)
+    keep = mass > 0
+    if not keep.any():
+        return math.nan, math.nan
+    p = flat[keep] / mass[keep, None]
+    top = max(1, int(round(0.1 * p.shape[1])))
+    top_share = np.sort(p, axis=1)[:, -top:].sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.where(p > 0, p * np.log(p), 0.0).sum(1) / math.log(p.shape[1])
+    return float(top_share.mean()), float(entropy.mean())
