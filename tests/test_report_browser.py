@@ -79,6 +79,9 @@ def test_the_report_shows_every_figure_and_table_in_a_browser(tiny_run):
         page.wait_for_load_state("networkidle")
         body = page.inner_text("body")
         assert "What was compared" in body and "no evidence at this n" in body  # the opening text
+        # #24: the page opens with the answer sentences the aggregate job wrote from the numbers
+        assert body.index("fm / lite0, does Proxy Attention help") < body.index("What was compared")
+        assert "seed pairs" in body[: body.index("What was compared")]
         check_front_page(page, body, ["baseline", "duplicate", "proxy"])
         assert body.index("1. Verdicts") < body.index("Figures")  # the answer comes first
         assert "Tables" in body  # summary.csv, offered for download

@@ -107,7 +107,13 @@ def test_whole_dag_produces_the_summary_and_figures(tiny_run):
     assert {"mde", "pairs_needed", "verdict_holm", "p_holm"} <= set(verdicts.columns)
     # #25: Question 2's measures in every evaluation, with verdicts like accuracy's
     assert summary.occlusion_auc.between(0, 1).all() and summary.ece.between(0, 1).all()
-    assert (summary.occlusion_0 == summary.accuracy).all()  # the sample is every validation image here
+    from proxyattention.attention_measures import sample_rows
+
+    for row in summary[summary.seed == 1].itertuples():  # level 0 is the plain accuracy on the fixed sample
+        with np.load(run_dir(tiny_run, row.arm, row.seed, row.cycle) / "per_image.npz") as images:
+            chosen = sample_rows(images["val_index"], 100)
+            right = images["val_prediction"][chosen] == images["val_label"][chosen]
+        assert row.n_occlusion == 100 and row.occlusion_0 == pytest.approx(right.mean())
     assert (summary.occlusion_80 <= summary.occlusion_0 + 0.2).all() and summary.map_entropy.between(0, 1).all()
     assert (summary.n_maps == 200).all() and (summary.pretrained == "bundled").all()
     assert {"occlusion_auc", "ece", "brier", "map_top10_mass", "map_entropy"} <= set(verdicts.metric)

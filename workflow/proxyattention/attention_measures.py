@@ -46,39 +46,42 @@ def patch_bounds(size: int, grid: int = GRID) -> np.ndarray:
 def occlusion_masks(rows: np.ndarray, size: int, level: float) -> np.ndarray:
     """(N, size, size) float32: 0 where an image's dropped patches are, 1 elsewhere. Image ``row``
     drops the first round(level * 196) patches of a permutation drawn from its own stream."""
-    bounds = patch_bounds(size)
     k = int(round(level * GRID * GRID))
-    masks = np.ones((len(rows), size, size), dtype=np.float32)
+    grid = np.ones((len(rows), GRID * GRID), dtype=np.float32)
     for i, row in enumerate(rows):
-        for patch in generator((0,), OCCLUSION, int(row)).permutation(GRID * GRID)[:k]:
-            y, x = divmod(int(patch), GRID)
-            masks[i, bounds[y] : bounds[y + 1], bounds[x] : bounds[x + 1]] = 0.0
-    return masks
+        grid[i, generator((0,), OCCLUSION, int(row)).permutation(GRID * GRID)[:k]] = 0.0
+    counts = np.diff(patch_bounds(size))  # each patch's height and width in pixels
+    grid = grid.reshape(len(rows), GRID, GRID)
+    return np.repeat(np.repeat(grid, counts, axis=1), counts, axis=2)
 
 
 @torch.no_grad()
-def occlusion_accuracies(model, source, rows: np.ndarray, mean, std, batch_size: int, runtime) -> list[float]:
+def occlusion_accuracies(model, source, rows: np.ndarray, mean, std, batch_size: int, runtime,
+                         unoccluded: float | None = None) -> list[float]:
     """Accuracy at each of LEVELS on ``source`` (an ArraySource of the sampled images, whose
-    prepared rows are ``rows``), one model in eval mode; the levels of a batch in one pass."""
+    prepared rows are ``rows``), one model in eval mode; the occluded levels of a batch in one
+    pass. ``unoccluded``: the accuracy at level 0 when the caller has it (one pass fewer)."""
     from .data import make_loader
 
     model.eval()
     size = source.parts[0][0].shape[1]
-    masks = {level: occlusion_masks(rows, size, level) for level in LEVELS}
+    levels = LEVELS[1:] if unoccluded is not None else LEVELS
+    masks = {level: occlusion_masks(rows, size, level) for level in levels}
     loader, _ = make_loader(source, mean, std, batch_size, device=runtime.device, channels_last=runtime.channels_last)
-    correct = np.zeros(len(LEVELS))
+    correct = np.zeros(len(levels))
     start = 0
     for x, y in loader:
         b = len(y)
         stacked = torch.cat([x * torch.from_numpy(masks[level][start : start + b]).to(x.device)[:, None]
-                             for level in LEVELS])  # the normalised fill is 0: the dataset's mean colour
+                             for level in levels])  # the normalised fill is 0: the dataset's mean colour
         if runtime.channels_last:
             stacked = stacked.contiguous(memory_format=torch.channels_last)
         with runtime.autocast():
-            pred = model(stacked).float().argmax(1).view(len(LEVELS), b)
+            pred = model(stacked).float().argmax(1).view(len(levels), b)
         correct += (pred == y[None]).sum(1).cpu().numpy()
         start += b
-    return (correct / max(start, 1)).tolist()
+    accuracies = (correct / max(start, 1)).tolist()
+    return ([unoccluded] if unoccluded is not None else []) + accuracies
 
 
 def occlusion_auc(accuracies: list[float], levels=LEVELS) -> float:

@@ -64,11 +64,12 @@ def per_image(source, logits: np.ndarray) -> dict:
             "p_top": probs.max(1).astype(np.float32)}
 
 
-def attention(settings: dict, model, info: dict, images, index, runtime) -> dict:
+def attention(settings: dict, model, info: dict, images, index, runtime, logits: np.ndarray | None = None) -> dict:
     """Question 2's measures (attention_measures.py) on the verdicts' split (test when the dataset
     has one, else validation): calibration on every image; occlusion accuracies and their area on
     a fixed sample (``evaluation.occlusion_sample``); the spread of the predicted class's map on
-    another (``evaluation.map_sample``), each with the number of images it rests on."""
+    another (``evaluation.map_sample``), each with the number of images it rests on. ``logits``:
+    the evaluation's own logits on that split, reused rather than predicted again."""
     import time
 
     from . import attention_measures as am
@@ -81,16 +82,20 @@ def attention(settings: dict, model, info: dict, images, index, runtime) -> dict
     labels = index.loc[index.split == split, "label"].to_numpy()
     out = {"split": split}
     t0 = time.perf_counter()
+    if logits is None:
+        logits = predict_logits(model, ArraySource([(images, rows, labels)]), info["mean"], info["std"], batch,
+                                runtime)
     if ev["calibration"]:
-        source = ArraySource([(images, rows, labels)])
-        probs = softmax(predict_logits(model, source, info["mean"], info["std"], batch, runtime).astype(np.float64))
+        probs = softmax(logits.astype(np.float64))
         out["ece"] = am.expected_calibration_error(probs.max(1), probs.argmax(1) == labels)
         out["brier"] = am.brier(probs, labels)
         out["n_calibration"] = int(len(rows))
     if ev["occlusion"]:
         chosen = am.sample_rows(rows, ev["occlusion_sample"])
         source = ArraySource([(images, rows[chosen], labels[chosen])])
-        accuracies = am.occlusion_accuracies(model, source, rows[chosen], info["mean"], info["std"], batch, runtime)
+        plain = float((logits[chosen].argmax(1) == labels[chosen]).mean())  # level 0: no pass of its own
+        accuracies = am.occlusion_accuracies(model, source, rows[chosen], info["mean"], info["std"], batch, runtime,
+                                             unoccluded=plain)
         out.update({f"occlusion_{int(round(100 * level))}": a for level, a in zip(am.LEVELS, accuracies)})
         out["occlusion_auc"] = am.occlusion_auc(accuracies)
         out["n_occlusion"] = int(len(chosen))
@@ -99,8 +104,7 @@ def attention(settings: dict, model, info: dict, images, index, runtime) -> dict
         from .compute_cams import explain, release
 
         chosen = am.sample_rows(rows, ev["map_sample"])
-        source = ArraySource([(images, rows[chosen], labels[chosen])])
-        predicted = predict_logits(model, source, info["mean"], info["std"], batch, runtime).argmax(1)
+        predicted = logits[chosen].argmax(1)
         maps_settings = settings["maps"]
         layer = maps_settings["target_layer"]
         if layer == "auto":
@@ -144,7 +148,8 @@ def evaluate(settings: dict, images_path, index_path, weights, meta, train_stats
         with atomic_path(out_per_image) as tmp:
             np.savez_compressed(tmp, **images_out)
     if settings.get("evaluation"):
-        metrics["attention"] = attention(settings, model, info, images, index, runtime)
+        metrics["attention"] = attention(settings, model, info, images, index, runtime,
+                                         test_logits if len(test) else logits)
     stats = read_json(train_stats)
     metrics.update({
         "classes": info["classes"],
