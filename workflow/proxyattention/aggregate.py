@@ -327,7 +327,9 @@ def image_level(per_image: dict | None, dataset, model, arm, other, cycle: int, 
             shares.append(outcome_shares(right_a, right_b))
             disagree.append(disagreement(a[f"{split}_prediction"], b[f"{split}_prediction"]))
             n_images = len(right_a)
-    low, high = paired_bootstrap(np.array(shares), n_images or 0)
+    # like the t-interval's verdict, from MIN_PAIRS seed pairs on: resampling two seeds gives an
+    # interval far narrower than the seeds' spread allows
+    low, high = paired_bootstrap(np.array(shares), n_images or 0) if len(shares) >= MIN_PAIRS else (np.nan, np.nan)
     return {"boot_low": low, "boot_high": high, "boot_resamples": RESAMPLES if np.isfinite(low) else 0,
             "disagreement": float(np.mean(disagree)) if disagree else np.nan}
 
