@@ -122,7 +122,7 @@ def previous_optimizer(wc):
 
 
 def previous_checkpoint_inputs(wc):
-    """What a cycle the stop rule skipped carries over unchanged: the previous checkpoint and optimizer state."""
+    """The previous checkpoint and optimizer state, which a cycle skipped by the stop-rule carries over."""
     inputs = {f"previous_{key}": path for key, path in previous_checkpoint(wc).items()}
     return {**inputs, "previous_optimizer": previous_optimizer(wc)}
 
