@@ -20,13 +20,11 @@ import math
 import numpy as np
 import torch
 
-from .streams import generator
+from .streams import OCCLUSION, SAMPLE, generator
 
 GRID = 14
 LEVELS = (0.0, 0.2, 0.4, 0.6, 0.8)
 ECE_BINS = 15
-OCCLUSION = 6  # the stream tag of the occlusion draws (streams.py holds 1-5)
-SAMPLE = 7  # the stream tag of the evaluation samples
 
 
 def sample_rows(rows: np.ndarray, n: int | None) -> np.ndarray:

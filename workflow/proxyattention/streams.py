@@ -15,6 +15,8 @@ ADDED_ORDER = 2  # the order of the added images and where they fall among the o
 AUGMENT = 3  # crop offsets and flips of the original training images, per image and epoch
 ADDED_AUGMENT = 4  # the same for the added images
 MASK = 5  # mask_and_save's draws (random places, noise fills), per control
+OCCLUSION = 6  # the patches an evaluation image loses, per prepared row (attention_measures.py)
+SAMPLE = 7  # the fixed evaluation samples of the occlusion and map measures
 
 
 def stream_key(seed) -> tuple[int, ...]:
