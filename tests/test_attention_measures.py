@@ -1,6 +1,7 @@
 """#25: Question 2's measures against hand computations."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -84,3 +85,73 @@ def test_map_spread_by_hand():
     top, entropy = am.map_spread(np.stack([peaked, flat, np.zeros((10, 10))]))
     assert top == pytest.approx((1.0 + 0.1) / 2)
     assert entropy == pytest.approx((np.log(10) / np.log(100) + 1.0) / 2)
+
+
+@pytest.mark.parametrize("setting, available, expected", [
+    (None, 200, 200), (50, 200, 50), (500, 200, 200), ("10%", 200, 20), ("10%", 10_000, 1000),
+    ("0.1%", 200, 1), ("100%", 37, 37), ("10%", 0, 0)])
+def test_a_sample_is_a_count_a_share_or_everything(setting, available, expected):
+    assert am.sample_size(setting, available) == expected
+    assert len(am.sample_rows(np.arange(available) + 7, setting)) == expected
+
+
+def test_a_sample_setting_outside_the_schema_is_refused():
+    from conftest import make_config
+    from proxyattention.config import ConfigError, validate
+
+    for bad in ("10", "110%", "-5%", 0):
+        with pytest.raises(ConfigError, match="occlusion_sample"):
+            validate(make_config(evaluation={"occlusion_sample": bad}))
+
+
+def test_localisation_by_hand():
+    """A 32 px object square: a map inside it, one 2 px outside it (within the 15 px at 224 px
+    tolerance: 2 px at 32), one far away, and an empty map."""
+    size = 32
+    masks = np.zeros((4, size, size), np.uint8)
+    masks[:, 8:16, 8:16] = 1
+    maps = np.zeros((4, size, size), np.float32)
+    maps[0, 10, 10] = 3.0
+    maps[0, 20, 20] = 1.0  # a quarter of its mass outside
+    maps[1, 17, 12] = 1.0  # its maximum 2 px below the object: a hit within the tolerance
+    maps[2, 30, 30] = 1.0  # far from the object
+    out = am.localisation(maps, masks)
+    assert out["n_localised"] == 4
+    assert out["map_in_object"] == pytest.approx((0.75 + 0 + 0) / 3)  # the empty map is left out
+    assert out["pointing_game"] == pytest.approx(2 / 4)  # the empty map misses
+    assert out["object_share"] == pytest.approx(64 / 1024)
+    assert am.localisation(maps[2:3], masks[2:3])["pointing_game"] == 0
+    maps[3] = 1.0  # a flat map scores the object's share
+    assert am.localisation(maps[3:], masks[3:])["map_in_object"] == pytest.approx(64 / 1024)
+    assert np.isnan(am.localisation(maps[:0], masks[:0])["map_in_object"])
+
+
+def test_evaluate_plays_the_pointing_game_on_the_images_that_have_masks(prepared, trained, tmp_path):
+    """Fashion-MNIST's own objects: a garment is its nonzero pixels. Half the rows without a mask:
+    the game is played on the map sample's rows that have one, and the object share is theirs."""
+    import json
+
+    from proxyattention.attention_measures import sample_rows
+    from proxyattention.config import stage_settings
+    from proxyattention.evaluate import evaluate
+    from proxyattention.object_masks import NO_MASK
+
+    images = np.load(prepared["images"])
+    masks = (images.max(3) > 0).astype(np.uint8)
+    masks[1::2] = NO_MASK
+    np.save(tmp_path / "masks.npy", masks)
+    settings = stage_settings(trained["config"], "fm", "lite0", 0)
+    settings["evaluation"].update(occlusion=False, calibration=False, map_sample=40)
+    evaluate(settings, prepared["images"], prepared["index"], trained["weights"], trained["meta"], trained["stats"],
+             tmp_path / "metrics.json", masks_path=tmp_path / "masks.npy")
+    measures = json.loads((tmp_path / "metrics.json").read_text())["attention"]
+    index = pd.read_csv(prepared["index"])
+    rows = index.loc[index.split == measures["split"], "index"].to_numpy()
+    sampled = rows[sample_rows(rows, 40)]
+    with_mask = sampled[sampled % 2 == 0]
+    assert measures["n_maps"] == 40 and measures["n_localised"] == len(with_mask) > 0
+    assert measures["object_share"] == pytest.approx(masks[with_mask].mean())
+    assert 0 <= measures["map_in_object"] <= 1 and 0 <= measures["pointing_game"] <= 1
+    evaluate(settings, prepared["images"], prepared["index"], trained["weights"], trained["meta"], trained["stats"],
+             tmp_path / "plain.json")  # no masks: no game
+    assert "pointing_game" not in json.loads((tmp_path / "plain.json").read_text())["attention"]

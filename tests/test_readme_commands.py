@@ -42,7 +42,7 @@ def expected_counts(config: dict) -> dict:
     arms, cycles = config["arms"], config["cycles"]
     adding = len([a for a in arms if a != "baseline"])
     per_run = (1 if adding else 0) + adding * (cycles - 1)
-    return {"prepare": len(config["datasets"]), "finetune": runs, "retrain": runs * len(arms) * cycles,
+    return {"prepare": len(config["datasets"]), "prepare_masks": len(config["datasets"]), "finetune": runs, "retrain": runs * len(arms) * cycles,
             "evaluate": runs * (1 + len(arms) * cycles), "find_misclassified": runs * per_run,
             "compute_cams": runs * per_run, "mask_and_save": runs * adding * cycles}
 

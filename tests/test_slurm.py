@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "tests" / "slurm"))
 from cluster import Cluster, ClusterUnavailable  # noqa: E402
 
 GRID = dict(seeds=[0], arms=["proxy"], cycles=1)
-CLUSTER_RULES = {"prepare", "finetune", "evaluate", "find_misclassified", "compute_cams", "mask_and_save", "retrain"}
+CLUSTER_RULES = {"prepare", "prepare_masks", "finetune", "evaluate", "find_misclassified", "compute_cams", "mask_and_save", "retrain"}
 
 
 # What profiles/slurm promises each rule (attempt 1): memory, time, GPUs and CPUs per GPU.
@@ -34,6 +34,7 @@ PROFILE = {
     "compute_cams": {"mem_mb": "16000", "runtime": "60", "gpu": "1", "cpus_per_gpu": "4"},
     "evaluate": {"mem_mb": "16000", "runtime": "30", "gpu": "1", "cpus_per_gpu": "4"},
     "prepare": {"mem_mb": "16000", "runtime": "120", "cpus_per_task": "8"},
+    "prepare_masks": {"mem_mb": "16000", "runtime": "120", "cpus_per_task": "8"},
     "mask_and_save": {"mem_mb": "8000", "runtime": "30"},
 }
 
@@ -135,7 +136,7 @@ def test_workflow_runs_as_slurm_jobs_and_matches_a_local_run(cluster, tmp_path):
         assert limits["MinMemoryNode"] == f"{expected['mem_mb']}M", (rule, limits)
         assert limits["TimeLimit"] == f"{int(expected['runtime']) // 60:02d}:{int(expected['runtime']) % 60:02d}:00"
         assert limits["Partition"] == "debug"
-        if rule == "prepare":
+        if rule in ("prepare", "prepare_masks"):
             assert limits["NumCPUs"] == "8", (rule, limits)  # the profile's cpus_per_task
 
     slurm = pd.read_csv(slurm_dir / "results" / "summary.csv")

@@ -112,11 +112,11 @@ def test_whole_dag_produces_the_summary_and_figures(tiny_run):
 
     for row in summary[summary.seed == 1].itertuples():  # level 0 is the plain accuracy on the fixed sample
         with np.load(run_dir(tiny_run, row.arm, row.seed, row.cycle) / "per_image.npz") as images:
-            chosen = sample_rows(images["val_index"], 100)
+            chosen = sample_rows(images["val_index"], "10%")  # the default: a tenth of the split
             right = images["val_prediction"][chosen] == images["val_label"][chosen]
-        assert row.n_occlusion == 100 and row.occlusion_0 == pytest.approx(right.mean())
+        assert row.n_occlusion == round(0.1 * row.n_val) == len(chosen) and row.occlusion_0 == pytest.approx(right.mean())
     assert (summary.occlusion_80 <= summary.occlusion_0 + 0.2).all() and summary.map_entropy.between(0, 1).all()
-    assert (summary.n_maps == 200).all() and summary.pretrained.str.startswith("bundled").all()
+    assert (summary.n_maps == (0.1 * summary.n_val).round()).all() and summary.pretrained.str.startswith("bundled").all()
     assert set(every_metric.metric) == {"accuracy", "occlusion_auc", "ece", "brier", "map_top10_mass", "map_entropy"}
     assert len(every_metric) == 6 * len(verdicts)
     answer = (tiny_run / "results" / "tables" / "fm_answer.md").read_text()
@@ -309,6 +309,7 @@ def by_hand(workdir, stage, *args):
 # stage -> (arm, cycle, the files its job writes that hold no timings)
 BY_HAND = {
     "prepare": (None, None, ["images.npy", "index.csv", "classes.json"]),
+    "prepare-masks": (None, None, ["masks.npy"]),
     "finetune": ("finetune", 0, ["model.safetensors", "model.json", "epochs.csv", "optimizer.safetensors"]),
     "evaluate": ("proxy", 2, []),
     "find-misclassified": ("proxy", 2, ["predictions.csv", "selected.csv"]),
@@ -324,7 +325,7 @@ TIMED = {"epochs.csv": ["seconds", "images_per_s"]}
 def test_every_stage_rerun_by_hand_writes_what_the_workflow_wrote(tiny_run, stage):
     """`proxyattention STAGE ...` runs the rule's own job: its outputs equal the workflow's byte for byte."""
     arm, cycle, names = BY_HAND[stage]
-    if stage == "prepare":
+    if stage in ("prepare", "prepare-masks"):
         folder, args = tiny_run / "results" / "prepared" / "fm", ["--dataset", "fm"]
     else:
         folder = run_dir(tiny_run, arm, 1, cycle)

@@ -14,7 +14,8 @@ from .timing import last_stage_seconds, timed_stage
 log = logging.getLogger(__name__)
 
 ATTENTION_COLUMNS = ["occlusion_0", "occlusion_20", "occlusion_40", "occlusion_60", "occlusion_80", "occlusion_auc",
-                     "n_occlusion", "ece", "brier", "n_calibration", "map_top10_mass", "map_entropy", "n_maps"]
+                     "n_occlusion", "ece", "brier", "n_calibration", "map_top10_mass", "map_entropy", "n_maps",
+                     "map_in_object", "object_share", "pointing_game", "n_localised"]
 METRICS = ["accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro", "top5_accuracy", "val_loss"]
 TEST_METRICS = ["accuracy", "balanced_accuracy", "f1_macro", "loss"]
 KEYS = ["dataset", "model", "arm", "seed", "cycle"]  # column order of the summary
@@ -336,7 +337,8 @@ def image_level(per_image: dict | None, dataset, model, arm, other, cycle: int, 
 
 # Question 2's measures (attention_measures.py), with the verdicts of accuracy; +1: higher is
 # better, -1: lower is better, 0: neither (the words then say higher or lower).
-ATTENTION_METRICS = {"occlusion_auc": 1, "ece": -1, "brier": -1, "map_top10_mass": 0, "map_entropy": 0}
+ATTENTION_METRICS = {"occlusion_auc": 1, "ece": -1, "brier": -1, "map_top10_mass": 0, "map_entropy": 0,
+                     "map_in_object": 1, "pointing_game": 1}
 HIGHER, LOWER = "higher", "lower"
 
 

@@ -10,7 +10,11 @@ in any model, so a CNN with and without Proxy Attention can be put beside a ViT.
   confidence bins, the multiclass Brier score (negative log-likelihood is ``val_loss``).
 - Where the model looks: the spread of the predicted class's map at the configured target layer
   on a fixed sample of images: the share of the map's mass in its top 10% of pixels, and the
-  map's entropy (normalised by the largest possible, so 1 is a flat map).
+  map's entropy (normalised by the largest possible, so 1 is a flat map); where the dataset has
+  object masks, the energy-based pointing game (Wang et al., CVPR-W 2020: the share of the map's
+  mass inside the object, beside the object's share of the image, which a flat map would score)
+  and the pointing game (Zhang et al., ECCV 2016: the map's maximum within 15 px of the object at
+  224 px, scaled with the image).
 """
 
 from __future__ import annotations
@@ -27,13 +31,25 @@ LEVELS = (0.0, 0.2, 0.4, 0.6, 0.8)
 ECE_BINS = 15
 
 
-def sample_rows(rows: np.ndarray, n: int | None) -> np.ndarray:
-    """A fixed sample of ``n`` of the evaluation rows (all of them for None or n >= len), the same
-    for every arm, model and seed: drawn from a stream keyed by the sample's purpose only."""
+def sample_size(n: int | str | None, available: int) -> int:
+    """How many of ``available`` images a sample setting asks for: a count (at most all), a share
+    such as ``"10%"`` (rounded, at least one image when there are any), or None for all."""
+    if n is None:
+        return available
+    if isinstance(n, str):
+        share = float(n.rstrip("%")) / 100
+        return min(available, max(1, int(round(share * available)))) if available else 0
+    return min(available, int(n))
+
+
+def sample_rows(rows: np.ndarray, n: int | str | None) -> np.ndarray:
+    """Positions of a fixed sample of the evaluation rows (``n`` as :func:`sample_size` reads it),
+    the same for every arm, model and seed: drawn from a stream keyed by the sample's purpose only."""
     rows = np.asarray(rows, dtype=np.int64)
-    if n is None or n >= len(rows):
+    k = sample_size(n, len(rows))
+    if k >= len(rows):
         return np.arange(len(rows))
-    return np.sort(generator((0,), SAMPLE, len(rows)).choice(len(rows), n, replace=False))
+    return np.sort(generator((0,), SAMPLE, len(rows)).choice(len(rows), k, replace=False))
 
 
 def patch_bounds(size: int, grid: int = GRID) -> np.ndarray:
@@ -128,3 +144,35 @@ def map_spread(maps: np.ndarray) -> tuple[float, float]:
     with np.errstate(divide="ignore", invalid="ignore"):
         entropy = -np.where(p > 0, p * np.log(p), 0.0).sum(1) / math.log(p.shape[1])
     return float(top_share.mean()), float(entropy.mean())
+
+
+POINTING_TOLERANCE = 15  # px at 224 px (Zhang et al.), scaled with the image size
+
+
+def localisation(maps: np.ndarray, masks: np.ndarray) -> dict:
+    """Energy-based pointing game and pointing game of maps (N, H, W, non-negative) against object
+    masks (N, H, W, nonzero = object), means over the images:
+    ``map_in_object`` (share of the map's mass inside the object; maps without mass left out),
+    ``object_share`` (the object's share of the image: what a flat map scores),
+    ``pointing_game`` (hit: the map's first maximum lies within the tolerance of the object; a map
+    without mass points nowhere and misses), and ``n_localised`` (images with a mask)."""
+    import cv2
+
+    maps = np.asarray(maps, np.float64)
+    masks = np.asarray(masks) != 0
+    n, size = len(maps), maps.shape[-1]
+    if n == 0:
+        return {"map_in_object": math.nan, "object_share": math.nan, "pointing_game": math.nan, "n_localised": 0}
+    tolerance = int(round(POINTING_TOLERANCE * size / 224))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * tolerance + 1, 2 * tolerance + 1))
+    mass = maps.reshape(n, -1).sum(1)
+    inside = (maps * masks).reshape(n, -1).sum(1)
+    hits = np.zeros(n, dtype=bool)
+    for i in range(n):
+        if mass[i] > 0:
+            near = cv2.dilate(masks[i].astype(np.uint8), kernel) if tolerance else masks[i]
+            hits[i] = bool(near.reshape(-1)[maps[i].argmax()])
+    has_mass = mass > 0
+    return {"map_in_object": float((inside[has_mass] / mass[has_mass]).mean()) if has_mass.any() else math.nan,
+            "object_share": float(masks.reshape(n, -1).mean(1).mean()),
+            "pointing_game": float(hits.mean()), "n_localised": int(n)}

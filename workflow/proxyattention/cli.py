@@ -9,7 +9,7 @@ threads and script are the rule's own, read from the one definition in
 and a cycle the stop rule skipped stays skipped. Names that the config does not
 have, a stage that the workflow never runs for that arm or cycle, and inputs that
 are not there yet are refused in one line (naming the stage that makes them)
-before any model is loaded. Stages: prepare, finetune, retrain,
+before any model is loaded. Stages: prepare, prepare-masks, finetune, retrain,
 find-misclassified, compute-cams, mask-and-save, evaluate.
 """
 
@@ -30,6 +30,7 @@ SNAKEFILE = Path(__file__).resolve().parents[2] / "Snakefile"
 # stage -> (rule, the output file of its job that names the job)
 STAGES = {
     "prepare": ("prepare", "images.npy"),
+    "prepare-masks": ("prepare_masks", "masks.npy"),
     "finetune": ("finetune", "model.safetensors"),
     "retrain": ("retrain", "model.safetensors"),
     "find-misclassified": ("find_misclassified", "selected.csv"),
@@ -39,7 +40,7 @@ STAGES = {
 }
 # The stage whose job writes a file of this name (for "missing input" messages).
 MADE_BY = {
-    "images.npy": "prepare", "index.csv": "prepare", "classes.json": "prepare",
+    "images.npy": "prepare", "index.csv": "prepare", "classes.json": "prepare", "masks.npy": "prepare_masks",
     "model.safetensors": "finetune (cycle 0) or retrain", "model.json": "finetune (cycle 0) or retrain",
     "train_stats.json": "finetune (cycle 0) or retrain", "optimizer.safetensors": "finetune (cycle 0) or retrain", "decision.json": "the workflow's stop rule (decide_cycle)",
     "selected.csv": "find-misclassified", "cams.npz": "compute-cams", "erased.npz": "mask-and-save",
@@ -72,7 +73,7 @@ def check_cell(config: dict, args: argparse.Namespace) -> None:
             raise UsageError(f"--{kind} {name} is not in the config's {kind}s (it has: {', '.join(map(str, names))})")
 
     known("dataset", args.dataset, list(config["datasets"]))
-    if args.stage == "prepare":
+    if args.stage in ("prepare", "prepare-masks"):
         return
     if args.model is None:
         raise UsageError(f"{args.stage} needs --model (the config has: {', '.join(config['models'])})")
@@ -101,7 +102,7 @@ def check_cell(config: dict, args: argparse.Namespace) -> None:
 
 def target_of(config: dict, args: argparse.Namespace) -> str:
     rule, name = STAGES[args.stage]
-    if rule == "prepare":
+    if rule in ("prepare", "prepare_masks"):
         return f"{layout.prepared_dir(config['results'], args.dataset)}/{name}"
     return f"{layout.run_dir(config['results'], args.dataset, args.model, args.seed, args.arm, args.cycle)}/{name}"
 

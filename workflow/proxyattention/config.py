@@ -107,6 +107,12 @@ def check_config(config: dict, base: str | os.PathLike = ".") -> None:
             raise ConfigError(
                 f"datasets.{name}.path: {ds['path']} does not exist; point it at the {ds['source']} source"
             )
+        if ds.get("masks") is not None and ds["source"] in ("idx", "csv"):
+            fix = "give the CSV a 'mask' column instead" if ds["source"] == "csv" else "an idx source has no masks"
+            raise ConfigError(f"datasets.{name}.masks: a {ds['source']} source takes no masks key; {fix}")
+        if ds.get("masks") is not None and ds["source"] == "imagefolder" and not Path(base, ds["masks"]).is_dir():
+            raise ConfigError(f"datasets.{name}.masks: {ds['masks']} does not exist; point it at a folder that "
+                              "mirrors the image tree (masks/<split>/<class>/<stem>.png)")
     from .model_checks import timm_name_problem
 
     for name, model in config["models"].items():

@@ -64,12 +64,15 @@ def per_image(source, logits: np.ndarray) -> dict:
             "p_top": probs.max(1).astype(np.float32)}
 
 
-def attention(settings: dict, model, info: dict, images, index, runtime, logits: np.ndarray | None = None) -> dict:
+def attention(settings: dict, model, info: dict, images, index, runtime, logits: np.ndarray | None = None,
+              masks: np.ndarray | None = None) -> dict:
     """Question 2's measures (attention_measures.py) on the verdicts' split (test when the dataset
     has one, else validation): calibration on every image; occlusion accuracies and their area on
     a fixed sample (``evaluation.occlusion_sample``); the spread of the predicted class's map on
     another (``evaluation.map_sample``), each with the number of images it rests on. ``logits``:
-    the evaluation's own logits on that split, reused rather than predicted again."""
+    the evaluation's own logits on that split, reused rather than predicted again. ``masks``: the
+    prepared object masks (object_masks.py's masks.npy), for the pointing game on the map sample's
+    images that have one."""
     import time
 
     from . import attention_measures as am
@@ -116,6 +119,11 @@ def attention(settings: dict, model, info: dict, images, index, runtime, logits:
         finally:
             release(cam)
         out["map_top10_mass"], out["map_entropy"] = am.map_spread(maps.astype(np.float32))
+        if masks is not None and len(masks):
+            from .object_masks import NO_MASK
+
+            with_mask = (np.asarray(masks[rows[chosen]]) != NO_MASK).all((1, 2))
+            out.update(am.localisation(maps[with_mask].astype(np.float32), masks[rows[chosen][with_mask]]))
         out["n_maps"], out["map_layer"], out["map_method"] = int(len(chosen)), layer, maps_settings["cam_method"]
     out["seconds"] = time.perf_counter() - t0
     return out
@@ -123,7 +131,7 @@ def attention(settings: dict, model, info: dict, images, index, runtime, logits:
 
 @timed_stage
 def evaluate(settings: dict, images_path, index_path, weights, meta, train_stats, out_metrics,
-             decision=None, device: str | None = None, out_per_image=None) -> None:
+             decision=None, device: str | None = None, out_per_image=None, masks_path=None) -> None:
     """Evaluate the checkpoint on the validation split, and on the test split when the dataset
     has one (under ``test``); add the training cost from its stats. ``out_per_image`` receives
     every evaluated image's result (``val_*`` and ``test_*`` arrays of per_image) as .npz."""
@@ -148,8 +156,9 @@ def evaluate(settings: dict, images_path, index_path, weights, meta, train_stats
         with atomic_path(out_per_image) as tmp:
             np.savez_compressed(tmp, **images_out)
     if settings.get("evaluation"):
+        masks = np.load(masks_path, mmap_mode="r") if masks_path is not None else None
         metrics["attention"] = attention(settings, model, info, images, index, runtime,
-                                         test_logits if len(test) else logits)
+                                         test_logits if len(test) else logits, masks)
         metrics["attention_seconds"] = metrics["attention"].pop("seconds")  # wall clock, beside the numbers
     stats = read_json(train_stats)
     metrics.update({
@@ -166,7 +175,7 @@ def evaluate(settings: dict, images_path, index_path, weights, meta, train_stats
         "peak_memory_kind": stats.get("peak_memory_kind"),
         "device": stats.get("device"),
         "precision": stats.get("precision"),
-        "versions": stats.get("versions"),
-        "pretrained": info.get("pretrained"),  # the weights the model started from  # the training job's code commit and libraries (None: skipped)
+        "versions": stats.get("versions"),  # the training job's code commit and libraries (None: skipped)
+        "pretrained": info.get("pretrained"),  # the weights the model started from
     })
     write_json(out_metrics, metrics)

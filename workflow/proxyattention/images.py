@@ -34,6 +34,27 @@ def decode_image(path: str | os.PathLike) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def decode_mask(path: str | os.PathLike) -> np.ndarray:
+    """Decode a mask file to (H, W): nonzero (in any colour channel; alpha ignored) is object."""
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as err:
+        raise BadImageError(f"{path}: cannot read mask file ({err})") from err
+    mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if mask is None:
+        raise BadImageError(f"{path}: not a decodable mask image (corrupt, truncated or not an image format)")
+    return mask if mask.ndim == 2 else mask[:, :, :3].any(axis=2).astype(np.uint8)
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """A boolean mask resized to (size, size) uint8 0/1 by nearest neighbour (no new values)."""
+    mask = np.asarray(mask, dtype=np.uint8)
+    if mask.shape == (size, size):
+        return mask
+    return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+
+
 def to_rgb(image: np.ndarray) -> np.ndarray:
     """Bring an in-memory array (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) to RGB uint8."""
     if image.dtype == np.uint16:

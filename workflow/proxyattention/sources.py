@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gzip
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +29,7 @@ class Item:
     label: int
     split: str  # "train", "val" or "" (drawn later from val_fraction)
     load: Callable[[], np.ndarray] | None = None  # for in-memory sources; None means decode ``source``
+    mask: str | Callable[[], np.ndarray] | None = None  # its object mask: a file or a loader (nonzero = object)
 
 
 def list_items(spec: dict, base: str | os.PathLike = ".") -> tuple[list[Item], list[str]]:
@@ -44,6 +45,8 @@ def list_items(spec: dict, base: str | os.PathLike = ".") -> tuple[list[Item], l
     if not path.exists() and not (kind == "torchvision" and spec.get("download")):
         raise SourceError(f"dataset path {path} does not exist; set datasets.<name>.path to an existing {kind} source")
     listers = {"imagefolder": _imagefolder, "csv": _csv, "idx": _idx, "torchvision": list_torchvision}
+    if spec.get("masks") and kind == "imagefolder":
+        spec = {**spec, "masks": str(Path(base, spec["masks"]))}
     items, classes = listers[kind](path, spec)
     if spec.get("classes", "auto") != "auto":
         named = list(spec["classes"])
@@ -56,11 +59,11 @@ def list_items(spec: dict, base: str | os.PathLike = ".") -> tuple[list[Item], l
         else:
             order = {name: i for i, name in enumerate(named)}
             remap = np.array([order[c] for c in classes])
-            items = [Item(it.source, int(remap[it.label]), it.split, it.load) for it in items]
+            items = [replace(it, label=int(remap[it.label])) for it in items]
             classes = named
     if any(it.split == "train" for it in items) and not any(it.split == "val" for it in items):
         # train/ (and perhaps test/) but no val/: validation is drawn from the training images
-        items = [Item(it.source, it.label, "" if it.split == "train" else it.split, it.load) for it in items]
+        items = [replace(it, split="" if it.split == "train" else it.split) for it in items]
     return items, classes
 
 
@@ -94,7 +97,29 @@ def _imagefolder(root: Path, spec: dict) -> tuple[list[Item], list[str]]:
             if not files and split == "train":
                 raise SourceError(f"{class_dir}: empty class folder; add images or remove the folder")
             items += [Item(str(f), index[class_dir.name], split) for f in files]
+    if spec.get("masks"):
+        items = _with_mask_files(items, root, Path(spec["masks"]))
     return items, classes
+
+
+def _with_mask_files(items: list[Item], root: Path, masks: Path) -> list[Item]:
+    """Each image's mask from a tree mirroring the image tree: ``<masks>/<path under root>`` with
+    any image suffix (``train/cat/1.jpg`` -> ``<masks>/train/cat/1.png``). An image without one
+    keeps no mask; a tree that holds none of them is refused."""
+    if not masks.is_dir():
+        raise SourceError(f"{masks}: the masks folder does not exist; set datasets.<name>.masks to a folder that "
+                          f"mirrors {root} (masks/<split>/<class>/<stem>.png)")
+    if masks.resolve().is_relative_to(root.resolve()) and not (root / "train").is_dir():
+        raise SourceError(f"{masks}: the masks folder is inside the image folder {root}, where it reads as a class; "
+                          "put it beside the image folder")
+    found = {p.relative_to(masks).with_suffix(""): p for p in _images_in(masks)}
+    out = [replace(it, mask=str(found[key]) if (key := Path(it.source).relative_to(root).with_suffix("")) in found
+                   else None) for it in items]
+    if not any(it.mask for it in out):
+        example = Path(items[0].source).relative_to(root).with_suffix(".png")
+        raise SourceError(f"{masks}: no mask matches an image of {root} (for {items[0].source} it looks for "
+                          f"{masks / example}); lay the masks out as the image tree")
+    return out
 
 
 def _csv(path: Path, spec: dict) -> tuple[list[Item], list[str]]:
@@ -103,18 +128,21 @@ def _csv(path: Path, spec: dict) -> tuple[list[Item], list[str]]:
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
     missing = {"path", "label"} - set(table.columns)
     if missing:
-        raise SourceError(f"{path}: missing column(s) {sorted(missing)}; a CSV source needs 'path,label' and optionally 'split'")
+        raise SourceError(f"{path}: missing column(s) {sorted(missing)}; a CSV source needs 'path,label' and optionally "
+                          "'split' and 'mask'")
     classes = sorted(set(table["label"]))
     index = {c: i for i, c in enumerate(classes)}
     splits = table["split"] if "split" in table.columns else [""] * len(table)
+    masks = table["mask"] if "mask" in table.columns else [""] * len(table)
     bad_splits = set(splits) - {"", "train", "val", "test"}
     if bad_splits:
         raise SourceError(f"{path}: split values {sorted(bad_splits)} are not allowed; use 'train', 'val', 'test' or "
                           "leave empty")
     items = []
-    for p, label, split in zip(table["path"], table["label"], splits):
+    for p, label, split, mask in zip(table["path"], table["label"], splits, masks):
         file = Path(p) if Path(p).is_absolute() else path.parent / p
-        items.append(Item(str(file), index[label], split))
+        mask_file = (Path(mask) if Path(mask).is_absolute() else path.parent / mask) if mask else None
+        items.append(Item(str(file), index[label], split, mask=str(mask_file) if mask_file else None))
     return items, classes
 
 

@@ -51,6 +51,10 @@ CONTAINS = {
 }
 
 
+# Classes whose object masks the workflow reads (datasets.<name>.masks), and how.
+MASKS = {"OxfordIIITPet": "trimap"}
+
+
 def overlapping(name: str, first: str | None, second: str | None) -> bool:
     """Whether two splits of ``name`` share images (one is or holds the other)."""
     if first is None or second is None:
@@ -96,6 +100,11 @@ def check(key: str, spec: dict, base=".") -> str | None:
                     "val_fraction)")
         if value not in splits:
             return f"{key}.{which}: {name} has no split '{value}'; its splits are {', '.join(splits)}"
+    masks = spec.get("masks")
+    if masks is not None and MASKS.get(name) != masks:
+        supported = ", ".join(f"{cls} (masks: {kind})" for cls, kind in MASKS.items())
+        return (f"{key}.masks: {name} has no masks the workflow reads as '{masks}'; masks come from {supported}, "
+                "or an imagefolder/CSV source with mask files")
     train, val = chosen_splits(spec)
     if how is not None and train == val:
         return f"{key}: train_split and val_split are both '{train}'; validation must be another split"
@@ -135,6 +144,23 @@ def _loader(ds, i: int):
     return lambda: np.asarray(ds[i][0])
 
 
+def _trimap_loader(ds, i: int):
+    """OxfordIIITPet's trimap of image i as an object mask: 1 (pet) and 3 (its border) are object,
+    2 is background (the dataset's README). Read through the class (``target_types="segmentation"``),
+    which opens the image too: its size is checked against the trimap's."""
+
+    def load():
+        from .images import BadImageError
+
+        image, trimap = ds[i]
+        if image.size != trimap.size:
+            raise BadImageError(f"{ds._segs[i] if hasattr(ds, '_segs') else f'trimap {i}'}: trimap of "
+                                f"{trimap.size[0]}x{trimap.size[1]} px for an image of {image.size[0]}x{image.size[1]} px")
+        return (np.asarray(trimap) != 2).astype(np.uint8)
+
+    return load
+
+
 def list_torchvision(root: Path, spec: dict):
     """Items and class names of a torchvision dataset (each item decoded by the class on demand)."""
     import torchvision.datasets
@@ -156,6 +182,9 @@ def list_torchvision(root: Path, spec: dict):
         labels = _labels(ds)
         n_classes = max(n_classes, int(labels.max()) + 1)
         classes = classes or _classes(ds, n_classes)
-        items += [Item(f"torchvision:{name}:{theirs or 'all'}#{i}", int(label), ours, _loader(ds, i))
+        segmentation = (cls(str(root), target_types="segmentation", **split_kwargs(name, theirs))
+                        if spec.get("masks") == "trimap" else None)
+        items += [Item(f"torchvision:{name}:{theirs or 'all'}#{i}", int(label), ours, _loader(ds, i),
+                       _trimap_loader(segmentation, i) if segmentation is not None else None)
                   for i, label in enumerate(labels)]
     return items, classes

@@ -15,3 +15,21 @@ rule prepare:
         "../../envs/proxyattention.yaml"
     script:
         "../scripts/prepare.py"
+
+
+rule prepare_masks:
+    input:
+        index=prepared("index.csv"),
+    output:
+        masks=prepared("masks.npy"),
+    params:
+        dataset=dataset_spec,
+    log:
+        f"{LOGS}/prepare_masks/{{dataset}}.log",
+    benchmark:
+        f"{BENCH}/prepare_masks/{{dataset}}.tsv"
+    threads: 8  # decoding threads, as prepare's
+    conda:
+        "../../envs/proxyattention.yaml"
+    script:
+        "../scripts/prepare_masks.py"
