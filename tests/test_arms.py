@@ -102,11 +102,11 @@ def test_a_tiny_six_arm_run_compares_every_pair(six_arm_run, tiny_run, tmp_path)
     run = six_arm_run
     summary = pd.read_csv(run / "results" / "summary.csv")
     later = summary[summary.cycle > 0]
-    assert sorted(later.arm.unique()) == sorted(SIX) and len(later) == 2 * len(SIX)
+    assert sorted(later.arm.unique()) == sorted(SIX) and len(later) == len(SIX)
     table = pd.read_csv(run / "results" / "tables" / "fm_comparison.csv")
     config = validate(yaml.safe_load((run / "config.yaml").read_text()))
     for arm, other in comparisons(config):
-        assert table[f"{arm}_minus_{other}_pairs"].iloc[0] == 2, (arm, other)
+        assert table[f"{arm}_minus_{other}_pairs"].iloc[0] == 1, (arm, other)
     # the shared selection is what the duplicate arm's own job would have selected
     shared = run_dir(run, "gradcam", 0, 1)
     prepared = run / "results" / "prepared" / "fm"
@@ -137,7 +137,7 @@ def test_a_tiny_six_arm_run_compares_every_pair(six_arm_run, tiny_run, tmp_path)
     def digest(path, named="", listed=""):  # png paths name the arm
         return hashlib.sha1(path.read_bytes().replace(f"/{named}/".encode(), f"/{listed}/".encode())).hexdigest()
 
-    for seed in (0, 1):
+    for seed in (0,):
         for name in ("model.safetensors", "optimizer.safetensors"):
             assert digest(run_dir(run, "finetune", seed, 0) / name) == digest(run_dir(tiny_run, "finetune", seed, 0) / name)
         for named, listed in (("duplicate", "duplicate"), ("gradcam", "proxy")):

@@ -72,3 +72,21 @@ def test_shipped_configs_validate(name, monkeypatch):
     monkeypatch.chdir(ROOT)
     config = load_config(ROOT / name)
     assert config["arms"] and config["datasets"]
+
+
+def test_a_tilde_means_the_home_folder(tmp_path, monkeypatch):
+    """#27.13: `results: "~/x"` made a folder literally named `~` in the working folder."""
+    import os
+
+    from conftest import make_config
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "weights.safetensors").write_bytes(b"")
+    config = make_config(results="~/x")
+    assert config["results"] == str(tmp_path / "x")
+    demo = config["datasets"]["fm"]["path"]
+    os.symlink(demo, tmp_path / "fm")
+    config = make_config(datasets={"fm": {"source": "idx", "path": "~/fm", "image_size": 32}},
+                         models={"lite0": {"timm_name": "tf_efficientnet_lite0", "weights": "~/weights.safetensors"}})
+    assert config["datasets"]["fm"]["path"] == str(tmp_path / "fm")
+    assert config["models"]["lite0"]["weights"] == str(tmp_path / "weights.safetensors")

@@ -37,3 +37,14 @@ def test_scripts_find_the_stage_package_without_it_being_installed(tmp_path):
     for script in scripts.glob("*.py"):
         if script.name != "stage_package.py":
             assert script.read_text().startswith("import stage_package"), script
+
+
+def test_torch_floor_admits_no_release_whose_safe_load_runs_code():
+    """#27.12: torch.load(weights_only=True) could still run code before 2.6 (GHSA-53q9-r3pm-6pq6);
+    resume state is read that way, so no such release may satisfy the requirement."""
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    torch = next(Requirement(d) for d in project if Requirement(d).name == "torch")
+    assert not torch.specifier.contains("2.5.1") and not torch.specifier.contains("2.4.0")
+    assert torch.specifier.contains("2.6.0") and torch.specifier.contains("2.14.1")

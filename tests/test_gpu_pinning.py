@@ -63,18 +63,44 @@ def test_lock_folder_is_private_and_refuses_anything_else(tmp_path, monkeypatch)
     from proxyattention.scripting import gpu_lock_dir
 
     monkeypatch.delenv("PA_GPU_LOCK_DIR", raising=False)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    made = gpu_lock_dir()
+    made = gpu_lock_dir(base=str(tmp_path))
     assert made == str(tmp_path / f"proxyattention-gpus-{os.getuid()}")
     assert stat.S_IMODE(os.stat(made).st_mode) == 0o700
     os.chmod(made, 0o777)  # another user could hold or plant locks here
     with pytest.raises(RuntimeError, match="only this user"):
-        gpu_lock_dir()
+        gpu_lock_dir(base=str(tmp_path))
     os.rmdir(made)
     (tmp_path / "elsewhere").mkdir(mode=0o700)
     os.symlink(tmp_path / "elsewhere", made)
     with pytest.raises(RuntimeError, match="not a link"):
-        gpu_lock_dir()
+        gpu_lock_dir(base=str(tmp_path))
+
+
+def test_every_job_of_a_user_shares_one_lock_folder_whatever_its_environment(tmp_path, monkeypatch):
+    """#27.10: a job with $XDG_RUNTIME_DIR (or $TMPDIR) and one without took the same GPU: the
+    folder comes from the uid alone; $PA_GPU_LOCK_DIR still chooses it."""
+    import os
+
+    from proxyattention.scripting import gpu_lock_dir
+
+    monkeypatch.delenv("PA_GPU_LOCK_DIR", raising=False)
+    seen = set()
+    for xdg, tmpdir in ((None, None), (str(tmp_path / "run"), None), (None, str(tmp_path / "t")),
+                        (str(tmp_path / "run"), str(tmp_path / "t"))):
+        for name, value in (("XDG_RUNTIME_DIR", xdg), ("TMPDIR", tmpdir)):
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                os.makedirs(value, exist_ok=True)
+                monkeypatch.setenv(name, value)
+        import tempfile
+
+        tempfile.tempdir = None  # gettempdir() reads $TMPDIR again
+        seen.add(gpu_lock_dir())
+    tempfile.tempdir = None
+    assert seen == {f"/tmp/proxyattention-gpus-{os.getuid()}"}
+    monkeypatch.setenv("PA_GPU_LOCK_DIR", str(tmp_path / "mine"))
+    assert gpu_lock_dir() == str(tmp_path / "mine")
 
 
 def test_a_planted_link_is_not_followed_or_truncated(tmp_path, monkeypatch):

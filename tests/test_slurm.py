@@ -15,6 +15,7 @@ import sys
 
 import pandas as pd
 import pytest
+import yaml
 
 from conftest import ROOT, user_command
 from conftest import SNAKEMAKE, tiny_config
@@ -23,7 +24,12 @@ sys.path.insert(0, str(ROOT / "tests" / "slurm"))
 from cluster import Cluster, ClusterUnavailable  # noqa: E402
 
 GRID = dict(seeds=[0], arms=["proxy"], cycles=1)
-CLUSTER_RULES = {"prepare", "prepare_masks", "finetune", "evaluate", "find_misclassified", "compute_cams", "mask_and_save", "retrain"}
+# The SLURM jobs of GRID (cluster.group: cycle, the default) and the stages each runs.
+GROUPS = {
+    "group_fm.prepare": ["prepare", "prepare_masks"],
+    "group_fm.lite0.seed0.finetune.cycle0": ["evaluate", "finetune"],
+    "group_fm.lite0.seed0.proxy.cycle1": ["compute_cams", "evaluate", "find_misclassified", "mask_and_save", "retrain"],
+}
 
 
 # What profiles/slurm promises each rule (attempt 1): memory, time, GPUs and CPUs per GPU.
@@ -48,6 +54,7 @@ def planned_resources(env_overrides):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     planned, rule = {}, None
     for line in proc.stdout.splitlines():
+        line = line.strip()  # the jobs of a group job are indented
         if line.startswith("rule ") or line.startswith("localrule "):
             rule = line.split()[1].rstrip(":")
         elif line.strip().startswith("resources:") and rule:
@@ -107,8 +114,9 @@ def job_limits(cluster, job_id: int) -> dict:
 
 @pytest.mark.slow
 def test_workflow_runs_as_slurm_jobs_and_matches_a_local_run(cluster, tmp_path):
-    """`snakemake --profile profiles/slurm` itself, no overlay: each stage is a SLURM job with the
-    profile's memory, time and CPUs, and the results equal a local run with the same threads."""
+    """`snakemake --profile profiles/slurm` itself, no overlay: one SLURM job per cycle of an arm
+    (its stages in series, each its own process) with the profile's memory, time and CPUs summed
+    as Snakemake sums a group's, and the results equal a local run with the same threads."""
     slurm_dir, local_dir = tmp_path / "slurm", tmp_path / "local"
     for d in (slurm_dir, local_dir):
         d.mkdir()
@@ -121,25 +129,55 @@ def test_workflow_runs_as_slurm_jobs_and_matches_a_local_run(cluster, tmp_path):
     run(slurm_dir, "--profile", str(ROOT / "profiles" / "slurm"), *NO_ACCOUNTING, *one_thread, env=env)
     run(local_dir, "--cores", "2", *one_thread)
 
-    logs = list((slurm_dir / ".snakemake" / "slurm_logs").rglob("*.log"))
-    ran = {}
-    for log in logs:
-        rule = next(p for p in log.parts if p.startswith("rule_"))[len("rule_"):]
+    submitted = {}  # SLURM job id -> (what it was submitted as, the stages it ran)
+    for log in (slurm_dir / ".snakemake" / "slurm_logs").rglob("*.log"):
+        name = next(p for p in log.parts if p.startswith(("rule_", "group_")))
         job_id = re.search(r"(\d+)\.log$", log.name)
         assert job_id, log
-        ran.setdefault(rule, []).append(int(job_id.group(1)))
-    assert set(ran) == CLUSTER_RULES, ran  # every stage went through sbatch; light rules stayed local
-    assert len({j for ids in ran.values() for j in ids}) == sum(map(len, ran.values()))
-    for rule, ids in ran.items():  # what SLURM granted each job: the profile's limits (attempt 1)
-        limits = job_limits(cluster, ids[0])
-        expected = PROFILE[rule]
-        assert limits["MinMemoryNode"] == f"{expected['mem_mb']}M", (rule, limits)
-        assert limits["TimeLimit"] == f"{int(expected['runtime']) // 60:02d}:{int(expected['runtime']) % 60:02d}:00"
+        stages = sorted(set(re.findall(r"^\s*rule (\w+):", log.read_text(), re.M)))
+        submitted[int(job_id.group(1))] = (name, stages)
+    # one SLURM job per cycle of an arm (and per finetune, and per dataset's preparation), each
+    # running its stages one process each; decide_cycle and the report rules stayed local
+    assert sorted(submitted.values()) == sorted(GROUPS.items()), submitted
+    for job_id, (name, stages) in submitted.items():  # what SLURM granted each: the group's limits
+        limits = job_limits(cluster, job_id)
+        memory = max(int(PROFILE[s]["mem_mb"]) for s in stages)  # the largest stage's: they run in series
+        minutes = sum(int(PROFILE[s]["runtime"]) for s in stages)  # their times added up
+        assert limits["MinMemoryNode"] == f"{memory}M", (name, limits)
+        assert limits["TimeLimit"] == f"{minutes // 60:02d}:{minutes % 60:02d}:00", (name, limits)
         assert limits["Partition"] == "debug"
-        if rule in ("prepare", "prepare_masks"):
-            assert limits["NumCPUs"] == "8", (rule, limits)  # the profile's cpus_per_task
+        if name == "group_fm.prepare":
+            assert limits["NumCPUs"] == "8", (name, limits)  # the profile's cpus_per_task
 
     slurm = pd.read_csv(slurm_dir / "results" / "summary.csv")
     local = pd.read_csv(local_dir / "results" / "summary.csv")
     columns = ["dataset", "model", "arm", "seed", "cycle", "accuracy", "f1_macro", "val_loss", "n_added"]
     pd.testing.assert_frame_equal(slurm[columns], local[columns])
+
+
+LOCAL_RULES = {"decide_cycle", "aggregate", "figures", "examples", "all"}  # run on the submit host
+
+
+def submissions(*args) -> tuple[int, dict]:
+    """SLURM submissions `snakemake --profile profiles/slurm -n` plans for the whole grid: group jobs,
+    and jobs outside any group that are not local rules (with their rules)."""
+    proc = subprocess.run(user_command("snakemake", "--profile", "profiles/slurm", "-n", "--forceall", *args),
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    groups = re.findall(r"^\[.*\] Group job (\S+) ", proc.stdout, re.M)
+    alone = [r for r in re.findall(r"^rule (\w+):", proc.stdout, re.M) if r not in LOCAL_RULES]
+    return len(groups) + len(alone), {r: alone.count(r) for r in set(alone)}
+
+
+def test_the_thesis_grid_goes_to_slurm_as_one_job_per_cycle_and_the_knob_restores_one_per_stage():
+    """config.thesis.yaml: 12 runs (4 models x 3 seeds) of a finetune and 4 arms x 3 cycles, so one
+    job per dataset's preparation, per finetune and per arm's cycle; `cluster: {group: stage}`
+    submits every stage on its own, as before."""
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    thesis = yaml.safe_load((ROOT / "config.thesis.yaml").read_text())
+    runs = len(thesis["models"]) * len(thesis["seeds"])
+    grouped, alone = submissions("--configfile", "config.thesis.yaml")
+    assert (grouped, alone) == (1 + runs * (1 + len(thesis["arms"]) * thesis["cycles"]), {})
+    per_stage, alone = submissions("--configfile", "config.thesis.yaml", "--config", "cluster={group: stage}")
+    assert alone["retrain"] == runs * len(thesis["arms"]) * thesis["cycles"] and alone["prepare"] == 1
+    assert per_stage == sum(alone.values()) and per_stage > 3 * grouped

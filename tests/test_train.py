@@ -108,6 +108,21 @@ t.train(stage_settings(config, 'fm', 'lite0', 0), p['images'], p['index'], p['cl
     assert not (killed / ".train_state").exists()
 
 
+def test_an_unreadable_resume_state_starts_the_stage_over(prepared, trained, tmp_path, caplog):
+    """#27.11: a state.pt left empty by a node crash failed every rerun with EOFError; now the
+    stage logs it and starts over, ending where a run without it ends."""
+    import logging
+
+    folder = tmp_path / "crashed"
+    (folder / ".train_state").mkdir(parents=True)
+    (folder / ".train_state" / "state.pt").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="proxyattention.train"):
+        run(prepared, folder, trained["config"])
+    assert "cannot read" in caplog.text and "state.pt" in caplog.text
+    assert (folder / "model.safetensors").read_bytes() == trained["weights"].read_bytes()
+    assert not (folder / ".train_state").exists()
+
+
 def test_retrain_adds_erased_images(prepared, trained, tmp_path):
     images = np.load(prepared["images"])[:7]
     np.savez(tmp_path / "erased.npz", images=images, labels=np.arange(7), index=np.arange(7))

@@ -24,14 +24,24 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
-    # mkstemp makes the file private (0600); outputs get the usual permissions, as open() would give.
-    os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield tmp
+        # mkstemp makes the file private (0600), and a writer may have replaced it with a file of its
+        # own (safetensors does): outputs get the usual permissions, as open() would give.
+        os.chmod(tmp, 0o666 & ~_umask())
+        _fsync(tmp)  # the bytes reach the disk before the name does: a crash leaves the old file or the new
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -55,7 +55,21 @@ def validate(config: dict, schema: str | os.PathLike = SCHEMA) -> dict:
     from .arms import normalise
 
     config["arms"] = normalise(config["arms"])
+    expand_home(config)
     return config
+
+
+def expand_home(config: dict) -> None:
+    """``~`` in the results folder and in dataset, mask and weights paths means the home folder,
+    as in a shell (it would otherwise become a folder named ``~`` in the working folder)."""
+    config["results"] = os.path.expanduser(config["results"])
+    for ds in config["datasets"].values():
+        for key in ("path", "masks"):
+            if isinstance(ds.get(key), str):
+                ds[key] = os.path.expanduser(ds[key])
+    for model in config["models"].values():
+        if model.get("weights") not in (None, "hub", "none", "bundled"):
+            model["weights"] = os.path.expanduser(model["weights"])
 
 
 def explain(error) -> str:

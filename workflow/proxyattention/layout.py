@@ -20,6 +20,12 @@ def run_dir(results: str, dataset: str, model: str, seed, arm: str, cycle) -> st
     return RUN.format(results=results, dataset=dataset, model=model, seed=seed, arm=arm, cycle=cycle)
 
 
+def group_name(dataset: str, model: str, seed, arm: str, cycle) -> str:
+    """The cluster job (Snakemake group) of one cycle of one arm: ``dataset.model.seedS.arm.cycleC``
+    (the finetune and its evaluation: ``arm`` finetune, cycle 0)."""
+    return f"{dataset}.{model}.seed{seed}.{arm}.cycle{cycle}"
+
+
 def previous_run_dir(results: str, dataset: str, model: str, seed, arm: str, cycle) -> str:
     """The run folder of the cycle before ``cycle``: cycle 0 is the shared finetune."""
     cycle = int(cycle)

@@ -50,19 +50,21 @@ def local_gpu_count() -> int:
     return sum(line.startswith("GPU ") for line in out.splitlines())
 
 
-def gpu_lock_dir() -> str:
+LOCK_BASE = "/tmp"  # the GPU lock folder's parent: the same for every job of a user, whatever its environment
+
+
+def gpu_lock_dir(base: str = LOCK_BASE) -> str:
     """This user's private folder of GPU lock files: $PA_GPU_LOCK_DIR, else
-    ``proxyattention-gpus-<uid>`` in $XDG_RUNTIME_DIR or the system temp folder.
+    ``<base>/proxyattention-gpus-<uid>``, from the uid alone: a job that sees $XDG_RUNTIME_DIR
+    or $TMPDIR and one that does not must share the locks, or both take GPU 0.
 
     Refuses a folder that is a symlink, not this user's, or open to others: another user
     could hold the locks (jobs would wait forever) or plant links in it.
     """
     import os
     import stat
-    import tempfile
 
-    path = os.environ.get("PA_GPU_LOCK_DIR") or os.path.join(
-        os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir(), f"proxyattention-gpus-{os.getuid()}")
+    path = os.environ.get("PA_GPU_LOCK_DIR") or os.path.join(base, f"proxyattention-gpus-{os.getuid()}")
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:

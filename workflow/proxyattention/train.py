@@ -197,8 +197,13 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
                                init_optimizer and content_digest(init_optimizer), len(source))
     rows, start_epoch, train_seconds, images_seen = [], 0, 0.0, 0
     state_file = state_dir / "state.pt"
+    state = None
     if state_file.exists():
-        state = torch.load(state_file, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(state_file, map_location="cpu", weights_only=True)
+        except Exception as err:  # e.g. emptied by a node crash: the stage starts over rather than fail every rerun
+            log.warning("cannot read %s (%s: %s); starting this stage over", state_file, type(err).__name__, err)
+    if state is not None:
         if state.get("fingerprint") == fingerprint:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])

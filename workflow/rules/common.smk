@@ -150,6 +150,21 @@ def extra_images(wc):
     return layout.erased_for_training(RESULTS, config["training"]["accumulate"], adds, *cell_of(wc))
 
 
+def cycle_group(wc):
+    """The cluster job a stage's job runs in (Snakemake job groups; ignored by local runs): one per
+    cycle of one arm, named from the job's own wildcards, so a shared cycle-1 job runs in the
+    group of the arm that owns it (arms.owner) and the other arms' groups wait for that group.
+    None (one cluster job per stage) under ``cluster.group: stage``."""
+    if config["cluster"]["group"] == "stage":
+        return None
+    return layout.group_name(*cell_of(wc))
+
+
+def prepare_group(wc):
+    """One cluster job for a dataset's prepare and prepare_masks (None under ``cluster.group: stage``)."""
+    return None if config["cluster"]["group"] == "stage" else f"{wc.dataset}.prepare"
+
+
 def settings_for(stage):
     """Input function: the settings ``stage`` reads, for this job's dataset, model and cycle."""
 

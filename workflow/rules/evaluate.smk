@@ -16,6 +16,8 @@ rule evaluate:
     benchmark:
         bench_file("evaluate")
     threads: 1
+    group:
+        cycle_group
     resources:
         gpu=1,  # a local GPU slot (profiles/default); GPUs per SLURM job: profiles/slurm
     conda:

@@ -11,6 +11,8 @@ rule prepare:
     benchmark:
         f"{BENCH}/prepare/{{dataset}}.tsv"
     threads: 8  # decoding threads (OpenCV releases the GIL); capped by --cores
+    group:
+        prepare_group
     conda:
         "../../envs/proxyattention.yaml"
     script:
@@ -29,6 +31,8 @@ rule prepare_masks:
     benchmark:
         f"{BENCH}/prepare_masks/{{dataset}}.tsv"
     threads: 8  # decoding threads, as prepare's
+    group:
+        prepare_group
     conda:
         "../../envs/proxyattention.yaml"
     script:

@@ -18,6 +18,8 @@ rule find_misclassified:
     benchmark:
         bench_file("find_misclassified")
     threads: 1
+    group:
+        cycle_group
     resources:
         gpu=1,  # a local GPU slot (profiles/default); GPUs per SLURM job: profiles/slurm
     conda:
@@ -43,6 +45,8 @@ rule compute_cams:
     benchmark:
         bench_file("compute_cams")
     threads: 1
+    group:
+        cycle_group
     resources:
         gpu=1,  # a local GPU slot (profiles/default); GPUs per SLURM job: profiles/slurm
     conda:
@@ -70,6 +74,8 @@ rule mask_and_save:
     benchmark:
         bench_file("mask_and_save")
     threads: 1
+    group:
+        cycle_group
     conda:
         "../../envs/proxyattention.yaml"
     script:

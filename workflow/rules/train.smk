@@ -22,6 +22,8 @@ rule finetune:
     benchmark:
         bench_file("finetune")
     threads: config["training"]["threads"]
+    group:
+        cycle_group
     resources:
         gpu=1,  # a local GPU slot (profiles/default); GPUs per SLURM job: profiles/slurm
     conda:
@@ -48,6 +50,8 @@ rule retrain:
     benchmark:
         bench_file("retrain")
     threads: config["training"]["threads"]
+    group:
+        cycle_group
     resources:
         gpu=1,  # a local GPU slot (profiles/default); GPUs per SLURM job: profiles/slurm
     conda:
