@@ -54,3 +54,6 @@ def test_rerun_after_sigkill_completes_with_whole_files(tmp_path):
     for path in finals:
         decodes(path)
     assert not list(results.rglob(".train_state")), "training state is removed once a stage completes"
+    # hidden temporaries too (#27.5): the rerun of a killed job removes what the killed attempt left
+    left = [p for p in results.rglob(".*") if ".tmp" in p.name]
+    assert not left, left

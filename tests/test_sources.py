@@ -322,3 +322,104 @@ def test_an_image_in_two_splits_leaves_the_later_one(tmp_path):
     assert info["n_cross_split_duplicates"] == 1 and info["n_val"] == 3 * 2
     train = set(index.loc[index.split == "train", "sha1"])
     assert not train & set(index.loc[index.split.isin(["val", "test"]), "sha1"])
+
+
+def test_a_csv_listing_a_fifo_is_refused_and_paths_outside_its_folder_are_named(tmp_path, caplog):
+    """#27.4: a FIFO listed in a CSV made prepare hang forever; `../outside/x.png` and absolute
+    paths were read silently. Non-regular files are refused; paths outside the CSV's folder are
+    read, with one warning that lists them."""
+    import logging
+    import os
+
+    files = digits_tree(tmp_path / "outside", val=False)
+    (tmp_path / "lists").mkdir()
+    rows = [{"path": os.path.relpath(p, tmp_path / "lists"), "label": str(c)} for p, (c, _, _) in sorted(files.items())]
+    pd.DataFrame(rows).to_csv(tmp_path / "lists" / "list.csv", index=False)
+    with caplog.at_level(logging.WARNING, logger="proxyattention.sources"):
+        items, _ = list_items({"source": "csv", "path": str(tmp_path / "lists" / "list.csv")})
+    assert len(items) == len(files)
+    assert caplog.text.count("outside its folder") == 1 and rows[0]["path"] in caplog.text
+    os.mkfifo(tmp_path / "lists" / "pipe.png")
+    pd.DataFrame(rows + [{"path": "pipe.png", "label": "0"}]).to_csv(tmp_path / "lists" / "list.csv", index=False)
+    with pytest.raises(SourceError, match="pipe.png is not a regular file"):
+        list_items({"source": "csv", "path": str(tmp_path / "lists" / "list.csv")})
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares width x height pixels (its data is a few bytes)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + \
+        chunk(b"IEND", b"")
+
+
+def test_an_image_declaring_too_many_pixels_is_a_bad_image_never_decoded(tmp_path, monkeypatch):
+    """#27.1: a small file can declare a huge image (a 30,000 x 30,000 PNG of 875 KB decoded at a
+    5.3 GB peak); above OpenCV's own limit it raised cv2.error and stopped prepare even under skip.
+    Its header is read, and over max_pixels it is a bad image: named, skippable, never decoded."""
+    import proxyattention.images as images
+
+    files = digits_tree(tmp_path / "d")
+    bomb = tmp_path / "d" / "train" / "digit_0" / "bomb.png"
+    bomb.write_bytes(png_declaring(60_000, 60_000))
+    assert len(bomb.read_bytes()) < 200
+    decoded = []
+    real = images.cv2.imdecode
+    monkeypatch.setattr(images.cv2, "imdecode", lambda data, flags: decoded.append(len(data)) or real(data, flags))
+    spec = {"source": "imagefolder", "path": str(tmp_path / "d"), "image_size": 16, "val_fraction": 0.2,
+            "split_seed": 0, "on_bad_image": "fail"}
+    with pytest.raises(BadImageError, match=r"bomb\.png: declares 60000x60000 px, over the limit of 100,000,000"):
+        run_prepare(spec, tmp_path / "out1")
+    assert len(bomb.read_bytes()) not in decoded
+    (tmp_path / "out2").mkdir()
+    _, index = run_prepare({**spec, "on_bad_image": "skip"}, tmp_path / "out2")
+    skipped = pd.read_csv(tmp_path / "out2" / "skipped.csv")
+    assert list(skipped.source) == [str(bomb)] and len(index) == len(files)
+    with pytest.raises(BadImageError, match=r"declares 16x16 px, over the limit of 100 pixels"):
+        images.decode_image(next(iter(files)), max_pixels=100)
+
+
+PEAK_RSS = """
+import json, resource, sys
+from proxyattention.prepare import prepare
+spec = json.loads(sys.argv[1]); out = sys.argv[2]
+prepare(spec, out + "/images.npy", out + "/index.csv", out + "/classes.json", out + "/skipped.csv", threads=1)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+def test_one_bad_image_under_skip_does_not_copy_the_array_into_memory(tmp_path):
+    """#27.2: one bad image under skip copied the whole prepared array into memory twice (at 3,000
+    images of 224 px: 1,388 MiB peak against 527 MiB). The kept rows now go straight to the file:
+    peak memory with one bad image stays within 1.2x of the same run without it."""
+    import json
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        (tmp_path / "d" / f"c{c}").mkdir(parents=True)
+        for i in range(600):
+            cv2.imwrite(str(tmp_path / "d" / f"c{c}" / f"{i}.png"), rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))
+    spec = {"source": "imagefolder", "path": str(tmp_path / "d"), "image_size": 224, "val_fraction": 0.2,
+            "split_seed": 0, "on_bad_image": "skip"}  # 1,200 images of 224 px: 181 MB
+
+    def peak(out):
+        out.mkdir()
+        proc = subprocess.run([sys.executable, "-c", PEAK_RSS, json.dumps(spec), str(out)], capture_output=True,
+                              text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return int(proc.stdout.split()[-1])
+
+    clean = peak(tmp_path / "clean")
+    (tmp_path / "d" / "c0" / "broken.png").write_bytes(b"not a png")
+    with_bad = peak(tmp_path / "bad")
+    assert len(pd.read_csv(tmp_path / "bad" / "skipped.csv")) == 1
+    assert np.array_equal(np.load(tmp_path / "bad" / "images.npy", mmap_mode="r")[:5],
+                          np.load(tmp_path / "clean" / "images.npy", mmap_mode="r")[:5])
+    assert with_bad <= 1.2 * clean, (with_bad, clean)

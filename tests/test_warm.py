@@ -17,10 +17,10 @@ from proxyattention import warm
 JOB = """
 import json, os, sys, time
 sys.path.insert(0, {workflow!r})
-from proxyattention.warm import run_in_server
+from proxyattention.warm import in_warm_child, run_in_server
 run_in_server()
 print(json.dumps({{"pid": os.getpid(), "cwd": os.getcwd(), "argv": sys.argv, "marker": os.environ.get("MARKER"),
-                  "torch_loaded": "torch" in sys.modules}}), flush=True)
+                  "torch_loaded": "torch" in sys.modules, "warm": in_warm_child()}}), flush=True)
 mode = sys.argv[1]
 if mode == "fail":
     raise RuntimeError("stage failed on purpose")
@@ -144,3 +144,75 @@ def test_stopping_the_server_ends_running_children(tmp_path):
     finally:
         started.stop()
     assert not os.path.exists(started.folder)
+
+
+# A server whose first fork fails (EAGAIN under a process limit), or whose children cannot start
+# a thread: patched in the server process itself, before it serves.
+FAULTY_SERVER = """
+import errno, os, sys, threading
+sys.path.insert(0, {workflow!r})
+fault = sys.argv[3]
+if fault == "fork":
+    real, calls = os.fork, []
+    def fork():
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+        return real()
+    os.fork = fork
+if fault == "thread":
+    def start(self):
+        raise RuntimeError("can't start new thread")
+    threading.Thread.start = start
+from proxyattention.warm import serve
+serve(sys.argv[1], int(sys.argv[2]), preload=("json",))
+"""
+
+
+def faulty_server(tmp_path, fault: str):
+    socket_path = str(tmp_path / "s" / "socket")
+    os.makedirs(os.path.dirname(socket_path), mode=0o700)
+    process = subprocess.Popen([sys.executable, "-c", FAULTY_SERVER.format(workflow=str(ROOT / "workflow")),
+                                socket_path, str(os.getpid()), fault], stderr=subprocess.PIPE, text=True)
+    assert wait_until(lambda: os.path.exists(socket_path))
+    return process, socket_path
+
+
+def test_a_malformed_request_is_answered_and_the_server_keeps_serving(server, tmp_path):
+    """#27.6: a request without its keys ({"script": "x"}) raised KeyError in the server, which
+    stopped it: every running job then died with "the server went away"."""
+    import socket
+
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.connect(server.socket_path)
+    warm._send_request(conn, {"script": "x"})
+    reply = json.loads(conn.makefile("rb").readline())
+    conn.close()
+    assert reply["status"] == "refused" and "malformed" in reply["reason"]
+    proc = job(tmp_path, "ok", env={warm.SOCKET_ENV: server.socket_path})
+    assert proc.returncode == 0 and json.loads(proc.stdout)["warm"], proc.stderr
+
+
+def test_a_failed_fork_answers_that_request_and_the_job_runs_cold(tmp_path):
+    process, socket_path = faulty_server(tmp_path, "fork")
+    try:
+        first = job(tmp_path, "ok", env={warm.SOCKET_ENV: socket_path})
+        assert first.returncode == 0, first.stderr
+        assert "not used (the server cannot fork" in first.stderr and "Resource temporarily" in first.stderr
+        assert not json.loads(first.stdout)["warm"]
+        second = job(tmp_path, "ok", env={warm.SOCKET_ENV: socket_path})
+        assert second.returncode == 0 and json.loads(second.stdout)["warm"], second.stderr
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_a_child_that_cannot_start_its_watcher_says_why_in_the_job_log(tmp_path):
+    """The child's job-watching thread failed to start: the job exited 1 with nothing in its log."""
+    process, socket_path = faulty_server(tmp_path, "thread")
+    try:
+        proc = job(tmp_path, "ok", env={warm.SOCKET_ENV: socket_path})
+        assert proc.returncode == 1 and "can't start new thread" in proc.stderr, proc.stderr
+    finally:
+        process.terminate()
+        process.wait(10)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -21,11 +22,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.stem)}.{'?' * 8}.tmp{glob.escape(path.suffix)}*"):
+        stale.unlink(missing_ok=True)  # left by an attempt that was killed (SIGKILL cannot be caught)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
-        yield tmp
+        with live(tmp):
+            yield tmp
         # mkstemp makes the file private (0600), and a writer may have replaced it with a file of its
         # own (safetensors does): outputs get the usual permissions, as open() would give.
         os.chmod(tmp, 0o666 & ~_umask())
@@ -49,16 +53,42 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory beside ``path``; rename it onto ``path`` on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.{'?' * 8}.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
-        yield tmp
+        with live(tmp):
+            yield tmp
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+_live: set[Path] = set()  # temporaries being written now, removed if the stage is terminated
+
+
+@contextlib.contextmanager
+def live(path: Path) -> Iterator[Path]:
+    """Mark ``path`` as a temporary being written, for :func:`remove_live_temporaries`."""
+    _live.add(path)
+    try:
+        yield path
+    finally:
+        _live.discard(path)
+
+
+def remove_live_temporaries() -> None:
+    """Remove every temporary being written (a SIGTERM handler's work: SLURM's time limit and
+    preemption, Snakemake's cancel); safe to call from a signal handler or another thread."""
+    for path in list(_live):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _umask() -> int:

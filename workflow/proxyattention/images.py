@@ -13,7 +13,23 @@ class BadImageError(ValueError):
     """An input file that is not a decodable image."""
 
 
-def decode_image(path: str | os.PathLike) -> np.ndarray:
+MAX_PIXELS = 100_000_000  # the schema's default of datasets.<name>.max_pixels
+
+
+def declared_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the file's header, without decoding it (Pillow reads only the
+    header); None where Pillow does not know the format (OpenCV may still)."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None  # Pillow's own bomb check would raise at open: the caller checks max_pixels
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except Exception:
+        return None
+
+
+def decode_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode a file to an RGB uint8 array of shape (H, W, 3).
 
     Grayscale is replicated to three channels, an alpha channel is dropped,
@@ -28,20 +44,34 @@ def decode_image(path: str | os.PathLike) -> np.ndarray:
         raise BadImageError(f"{path}: cannot read file ({err})") from err
     if data.size == 0:
         raise BadImageError(f"{path}: file is empty (0 bytes)")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    size = declared_size(path)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise BadImageError(f"{path}: declares {size[0]}x{size[1]} px, over the limit of {max_pixels:,} pixels "
+                            "(datasets.<name>.max_pixels); not decoded")
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except cv2.error as err:  # e.g. over OpenCV's own pixel limit
+        raise BadImageError(f"{path}: OpenCV cannot decode it ({str(err).strip().splitlines()[-1]})") from None
     if image is None:
         raise BadImageError(f"{path}: not a decodable image (corrupt, truncated or not an image format)")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def decode_mask(path: str | os.PathLike) -> np.ndarray:
+def decode_mask(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode a mask file to (H, W): nonzero (in any colour channel; alpha ignored) is object."""
     path = Path(path)
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as err:
         raise BadImageError(f"{path}: cannot read mask file ({err})") from err
-    mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    size = declared_size(path)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise BadImageError(f"{path}: declares {size[0]}x{size[1]} px, over the limit of {max_pixels:,} pixels "
+                            "(datasets.<name>.max_pixels); not decoded")
+    try:
+        mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    except cv2.error as err:
+        raise BadImageError(f"{path}: OpenCV cannot decode it ({str(err).strip().splitlines()[-1]})") from None
     if mask is None:
         raise BadImageError(f"{path}: not a decodable mask image (corrupt, truncated or not an image format)")
     return mask if mask.ndim == 2 else mask[:, :, :3].any(axis=2).astype(np.uint8)

@@ -14,22 +14,22 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path
-from .images import BadImageError, decode_image, decode_mask, resize_mask
+from .images import MAX_PIXELS, BadImageError, decode_image, decode_mask, resize_mask
 from .sources import Item, list_items
 from .timing import timed_stage
 
 NO_MASK = 255  # every pixel of an image that has no mask
 
 
-def load_mask(item: Item, size: int) -> np.ndarray:
+def load_mask(item: Item, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """The object mask of ``item`` at (size, size): 0/1, or NO_MASK everywhere without one. A
     mask file must have its image's size (checked against the decoded image)."""
     if item.mask is None:
         return np.full((size, size), NO_MASK, np.uint8)
     if callable(item.mask):  # a source's own masks (torchvision_source checks their size)
         return resize_mask(item.mask() != 0, size)
-    mask = decode_mask(item.mask)
-    image = decode_image(item.source)
+    mask = decode_mask(item.mask, max_pixels)
+    image = decode_image(item.source, max_pixels)
     if mask.shape[:2] != image.shape[:2]:
         raise BadImageError(f"{item.mask}: mask of {mask.shape[1]}x{mask.shape[0]} px for an image of "
                             f"{image.shape[1]}x{image.shape[0]} px ({item.source}); a mask must have its image's size")
@@ -47,7 +47,7 @@ def prepare_masks(dataset: dict, index_path, out_masks, threads: int = 4) -> Non
     if by_source:
         def work(row: int) -> None:
             item = by_source.get(index.source.iloc[row])
-            masks[row] = load_mask(item, size) if item is not None else NO_MASK
+            masks[row] = load_mask(item, size, dataset.get("max_pixels", MAX_PIXELS)) if item is not None else NO_MASK
 
         with ThreadPoolExecutor(max_workers=threads) as pool:
             list(pool.map(work, range(len(index))))

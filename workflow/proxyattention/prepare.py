@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_path, write_csv, write_json
-from .images import BadImageError, decode_image, resize, to_rgb
+from .atomic import atomic_path, live, write_csv, write_json
+from .images import MAX_PIXELS, BadImageError, decode_image, resize, to_rgb
 from .sources import Item, SourceError, list_items
 from .timing import timed_stage
 
@@ -106,8 +107,8 @@ def progress(done, total: int, name: str):
         bar.close()
 
 
-def _load(item: Item, size: int) -> np.ndarray:
-    image = to_rgb(item.load()) if item.load is not None else decode_image(item.source)
+def _load(item: Item, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    image = to_rgb(item.load()) if item.load is not None else decode_image(item.source, max_pixels)
     return resize(image, size)
 
 
@@ -140,7 +141,7 @@ def prepare(dataset: dict, images_path, index_path, classes_path, skipped_path, 
 
         def work(i: int) -> None:
             try:
-                array[i] = _load(items[i], size)
+                array[i] = _load(items[i], size, dataset.get("max_pixels", MAX_PIXELS))
             except BadImageError as err:
                 bad.append((items[i].source, str(err)))
                 keep[i] = False
@@ -154,17 +155,11 @@ def prepare(dataset: dict, images_path, index_path, classes_path, skipped_path, 
                 f"{len(bad)} bad image(s) in {dataset['path']}:\n  {listing}\n"
                 "Fix or remove these files, or set on_bad_image: skip for this dataset."
             )
-        if bad:
-            # Compact the kept images to the front, then rewrite at the final length.
-            kept = np.flatnonzero(keep)
-            compact = np.array(array[kept])
-            del array
-            np.save(tmp, compact)
-            array = compact
-        else:
-            array.flush()
-            del array
-            array = np.load(tmp, mmap_mode="r")
+        array.flush()
+        if bad:  # the kept rows go straight to a file of the final length, a few at a time
+            _write_rows(array, np.flatnonzero(keep), tmp)
+        del array
+        array = np.load(tmp, mmap_mode="r")
         hashes = [hashlib.sha1(np.ascontiguousarray(im).tobytes()).hexdigest() for im in array]
 
     kept = np.flatnonzero(keep)
@@ -210,6 +205,21 @@ def prepare(dataset: dict, images_path, index_path, classes_path, skipped_path, 
             "classes_without_val": [classes[i] for i in missing_val],
         },
     )
+
+
+def _write_rows(array: np.ndarray, rows: np.ndarray, path: Path, chunk: int = 32) -> None:
+    """Replace the .npy file ``path`` by ``array[rows]``, written in chunks of rows through a file
+    (not a second memory map), so memory stays that of one chunk however large the array."""
+    partial = path.with_name(path.name + ".rows")
+    try:
+        with live(partial), open(partial, "wb") as f:
+            np.lib.format.write_array_header_2_0(f, {"descr": np.lib.format.dtype_to_descr(array.dtype),
+                                                     "fortran_order": False, "shape": (len(rows), *array.shape[1:])})
+            for start in range(0, len(rows), chunk):
+                array[rows[start:start + chunk]].tofile(f)  # a copy of these rows only
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 SPLIT_ORDER = ("train", "val", "test")  # a duplicate stays in the first of these and leaves the later ones

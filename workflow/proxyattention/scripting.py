@@ -17,6 +17,7 @@ def setup(snakemake) -> None:
         sys.stdout = stream
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    remove_temporaries_on_sigterm()
     torch_rule = snakemake.rule in TORCH_RULES
     if torch_rule:
         gpu = pin_local_gpu()  # here, not in the warm-start child: this process holds the lock
@@ -27,6 +28,23 @@ def setup(snakemake) -> None:
         import torch
 
         torch.set_num_threads(max(1, int(snakemake.threads)))
+
+
+def remove_temporaries_on_sigterm() -> None:
+    """On SIGTERM (SLURM's time limit or preemption, Snakemake's cancel) remove the temporaries
+    being written, then die of SIGTERM as before; a later attempt also removes what a SIGKILL
+    left (atomic.atomic_path)."""
+    import os
+    import signal
+
+    def terminated(signum, frame):
+        from .atomic import remove_live_temporaries
+
+        remove_live_temporaries()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, terminated)
 
 
 # Only these rules run a model; the others must not pay seconds to import torch.

@@ -9,12 +9,15 @@ expensive work starts.
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2"}
 
@@ -138,11 +141,21 @@ def _csv(path: Path, spec: dict) -> tuple[list[Item], list[str]]:
     if bad_splits:
         raise SourceError(f"{path}: split values {sorted(bad_splits)} are not allowed; use 'train', 'val', 'test' or "
                           "leave empty")
-    items = []
+    items, outside = [], []
+    folder = path.parent.resolve()
     for p, label, split, mask in zip(table["path"], table["label"], splits, masks):
         file = Path(p) if Path(p).is_absolute() else path.parent / p
         mask_file = (Path(mask) if Path(mask).is_absolute() else path.parent / mask) if mask else None
+        for listed in (file, mask_file):
+            if listed is not None and listed.exists() and not listed.is_file():  # a FIFO would hang the decoder
+                raise SourceError(f"{path}: {p if listed == file else mask} is not a regular file (a folder, FIFO or "
+                                  "device); list image files only")
+        if not file.resolve().is_relative_to(folder):
+            outside.append(p)
         items.append(Item(str(file), index[label], split, mask=str(mask_file) if mask_file else None))
+    if outside:
+        log.warning("%s lists %d image(s) outside its folder %s (read as listed): %s%s", path, len(outside), folder,
+                    ", ".join(outside[:5]), ", ..." if len(outside) > 5 else "")
     return items, classes
 
 

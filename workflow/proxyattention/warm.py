@@ -50,6 +50,9 @@ def in_warm_child() -> bool:
 # Messages: the job sends one request (a 4-byte length, its three standard fds attached, then JSON);
 # the server answers with JSON lines: {"status": "refused"|"started"|"exited", ...}.
 
+REQUEST_KEYS = {"script", "argv", "cwd", "env", "executable", "prefix"}
+
+
 def _send_request(conn: socket.socket, request: dict) -> None:
     payload = json.dumps(request).encode()
     socket.send_fds(conn, [struct.pack("!I", len(payload))], [0, 1, 2])
@@ -174,7 +177,12 @@ def serve(socket_path: str, parent_pid: int, preload=PRELOAD) -> None:
             for key, _ in selector.select(timeout=1.0):
                 if key.fileobj is listener:
                     conn, _ = listener.accept()
-                    _start_child(conn, listener, children)
+                    try:
+                        _start_child(conn, listener, children)
+                    except Exception as err:  # one bad request must not end the server and its running jobs
+                        log.warning("warm start: request failed: %s: %s", type(err).__name__, err)
+                        _reply(conn, status="refused", reason=f"the server failed on this request ({err})")
+                        conn.close()
                 else:
                     while True:
                         try:
@@ -209,6 +217,13 @@ def _start_child(conn: socket.socket, listener: socket.socket, children: dict) -
         conn.close()
         return
     conn.settimeout(None)
+    missing = REQUEST_KEYS - set(request) if isinstance(request, dict) else REQUEST_KEYS
+    if missing:
+        _reply(conn, status="refused", reason=f"malformed request: no {', '.join(sorted(missing))}")
+        for fd in fds:
+            os.close(fd)
+        conn.close()
+        return
     if (request["executable"], request["prefix"]) != (sys.executable, sys.prefix):
         _reply(conn, status="refused", reason=f"the job runs {request['executable']}, the server {sys.executable}")
         for fd in fds:
@@ -218,7 +233,15 @@ def _start_child(conn: socket.socket, listener: socket.socket, children: dict) -
     sys.stdout.flush()
     sys.stderr.flush()
     server_pid = os.getpid()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError as err:  # EAGAIN under a process limit, ENOMEM: this job runs cold instead
+        log.warning("warm start: cannot fork for a job: %s", err)
+        _reply(conn, status="refused", reason=f"the server cannot fork ({err})")
+        for fd in fds:
+            os.close(fd)
+        conn.close()
+        return
     if pid == 0:
         _run_child(conn, listener, fds, request, server_pid)  # never returns
     for fd in fds:
@@ -269,8 +292,8 @@ def _run_child(conn: socket.socket, listener: socket.socket, fds: list[int], req
         os.environ.pop(SOCKET_ENV, None)
         sys.argv = list(request["argv"])
         sys.path[0] = os.path.dirname(request["script"])  # as `python script.py` would set it
-        threading.Thread(target=_exit_when_job_leaves, args=(conn,), daemon=True).start()
         try:
+            threading.Thread(target=_exit_when_job_leaves, args=(conn,), daemon=True).start()
             runpy.run_path(request["script"], run_name="__main__")
             code = 0
         except SystemExit as exit_:
@@ -281,6 +304,9 @@ def _run_child(conn: socket.socket, listener: socket.socket, fds: list[int], req
         except BaseException:
             traceback.print_exc()
         atexit._run_exitfuncs()
+    except BaseException:  # before the script ran (e.g. its folder is gone): the job's log says why
+        print("warm start: the child could not run the job:", file=sys.stderr)
+        traceback.print_exc()
     finally:
         for stream in (sys.stdout, sys.stderr):
             try:
@@ -291,11 +317,15 @@ def _run_child(conn: socket.socket, listener: socket.socket, fds: list[int], req
 
 
 def _exit_when_job_leaves(conn: socket.socket) -> None:
-    """The job process never writes after its request: end of stream means it is gone."""
+    """The job process never writes after its request: end of stream means it is gone (killed,
+    or terminated: then the temporaries this child is writing go too)."""
     try:
         conn.recv(1)
     except OSError:
         pass
+    atomic = sys.modules.get("proxyattention.atomic")  # imported by the stage, if it writes anything
+    if atomic is not None:
+        atomic.remove_live_temporaries()
     os._exit(1)
 
 
