@@ -216,3 +216,139 @@ def test_a_child_that_cannot_start_its_watcher_says_why_in_the_job_log(tmp_path)
     finally:
         process.terminate()
         process.wait(10)
+
+
+# A stand-in server run by another user: it answers "started", then "exited 0", for any request,
+# and records the environment it was sent (a job's tokens).
+IMPOSTOR = """
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sys.argv[1]); s.listen(1)
+open(sys.argv[2], "w").write("listening")
+conn, _ = s.accept()
+data = conn.recv(1 << 20)
+conn.sendall(b'{"status": "started", "pid": 1}\\n{"status": "exited", "code": 0}\\n')
+open(sys.argv[2], "w").write("got " + str(len(data)))
+"""
+
+
+def other_user():
+    import pwd
+    import shutil
+
+    if os.geteuid() != 0 or not shutil.which("runuser"):
+        pytest.skip("needs root and runuser to act as a second user")
+    try:
+        return pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no second user (nobody) on this machine")
+
+
+def impostor(folder, socket_name="socket"):
+    """Start IMPOSTOR as nobody, listening in ``folder`` (nobody's own folder under /tmp)."""
+    done = folder / "state"
+    python = "/usr/bin/python3"  # the system's: nobody may not enter this venv's folder
+    if not os.access(python, os.X_OK):
+        pytest.skip("no system python3 for the second user")
+    proc = subprocess.Popen(["runuser", "-u", "nobody", "--", python, "-c", IMPOSTOR, str(folder / socket_name),
+                             str(done)])
+    assert wait_until(lambda: done.exists() and done.read_text() == "listening")
+    return proc, done
+
+
+def test_a_job_refuses_a_socket_folder_another_user_owns(tmp_path):
+    """#27.7: the job never checked who owns the server socket: where others can write the temp
+    folder, another user could stand in for the server, receive the job's environment and report
+    success for a stage that failed."""
+    import tempfile
+
+    user = other_user()
+    folder = tempfile.mkdtemp(prefix="pa-impostor-")
+    os.chown(folder, user.pw_uid, user.pw_gid)
+    from pathlib import Path
+
+    proc, done = impostor(Path(folder))
+    try:
+        ran = job(tmp_path, "ok", env={warm.SOCKET_ENV: os.path.join(folder, "socket")})
+        assert ran.returncode == 0 and not json.loads(ran.stdout)["warm"]
+        assert "not this user's" in ran.stderr, ran.stderr
+        assert done.read_text() == "listening"  # it was never sent the request
+    finally:
+        proc.kill()
+        subprocess.run(["rm", "-rf", folder])
+
+
+def test_a_job_refuses_a_server_another_user_runs(tmp_path):
+    """The folder is this user's, the listening process is not (its socket moved in): the job
+    checks the peer's uid (SO_PEERCRED) and runs cold without sending its request."""
+    import tempfile
+    from pathlib import Path
+
+    user = other_user()
+    theirs = tempfile.mkdtemp(prefix="pa-impostor-")
+    os.chown(theirs, user.pw_uid, user.pw_gid)
+    proc, done = impostor(Path(theirs))
+    ours = tmp_path / "ours"
+    ours.mkdir(mode=0o700)
+    try:
+        os.rename(os.path.join(theirs, "socket"), ours / "socket")
+        ran = job(tmp_path, "ok", env={warm.SOCKET_ENV: str(ours / "socket")})
+        assert ran.returncode == 0 and not json.loads(ran.stdout)["warm"]
+        assert "run by another user" in ran.stderr, ran.stderr
+        time.sleep(0.5)
+        assert done.read_text() in ("listening", "got 0"), done.read_text()  # nothing of the job was sent
+    finally:
+        proc.kill()
+        subprocess.run(["rm", "-rf", theirs])
+
+
+PROBE_SERVER = """
+import os, sys
+sys.path.insert(0, {workflow!r}); sys.path.insert(0, {probe!r})
+from proxyattention.warm import serve
+serve(sys.argv[1], int(sys.argv[2]), preload=("torch", "cuda_probe"))
+"""
+
+CHILD_FORK_STATE = """
+import json, sys
+sys.path.insert(0, {workflow!r})
+from proxyattention.warm import in_warm_child, run_in_server
+run_in_server()
+import torch
+print(json.dumps({{"warm": in_warm_child(), "bad_fork": torch.cuda._is_in_bad_fork()}}), flush=True)
+"""
+
+
+def test_no_warm_child_is_ever_in_a_bad_cuda_fork(tmp_path):
+    """#27.8: the server's guard checked only torch.cuda.is_initialized(); a preloaded module calling
+    torch.cuda.is_available() leaves that False yet puts every forked child in a "bad fork" (CUDA
+    unusable). Here a preloaded module does exactly that: no job may then run in a bad fork (on this
+    CPU machine the server refuses to serve and the job runs cold)."""
+    (tmp_path / "probe").mkdir()
+    (tmp_path / "probe" / "cuda_probe.py").write_text("import torch\ntorch.cuda.is_available()\n")
+    socket_path = str(tmp_path / "s" / "socket")
+    os.makedirs(os.path.dirname(socket_path), mode=0o700)
+    server = subprocess.Popen([sys.executable, "-c", PROBE_SERVER.format(workflow=str(ROOT / "workflow"),
+                                                                         probe=str(tmp_path / "probe")),
+                               socket_path, str(os.getpid())], stderr=subprocess.PIPE, text=True)
+    try:
+        server.wait(120)  # it must not serve: on this machine the device-count call poisons forks
+        assert "asked CUDA for its devices" in server.stderr.read()
+        (tmp_path / "job.py").write_text(CHILD_FORK_STATE.format(workflow=str(ROOT / "workflow")))
+        ran = subprocess.run([sys.executable, str(tmp_path / "job.py")], cwd=tmp_path, capture_output=True, text=True,
+                             env={**os.environ, warm.SOCKET_ENV: socket_path}, timeout=120)
+        assert ran.returncode == 0, ran.stderr
+        assert json.loads(ran.stdout) == {"warm": False, "bad_fork": False}
+    finally:
+        server.kill()
+
+
+def test_the_real_server_s_children_can_use_cuda(server, tmp_path):
+    """The server as the workflow starts it (NVML-based CUDA checks in its environment, the usual
+    preload): its children are not in a bad fork."""
+    (tmp_path / "job.py").write_text(CHILD_FORK_STATE.format(workflow=str(ROOT / "workflow")))
+    ran = subprocess.run([sys.executable, str(tmp_path / "job.py")], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, warm.SOCKET_ENV: server.socket_path}, timeout=120)
+    assert json.loads(ran.stdout) == {"warm": True, "bad_fork": False}, ran.stderr
+    environ = open(f"/proc/{server.process.pid}/environ", "rb").read().split(b"\0")
+    assert b"PYTORCH_NVML_BASED_CUDA_CHECK=1" in environ

@@ -102,9 +102,24 @@ def run_in_server(script: str | None = None) -> None:
     if "SLURM_JOB_ID" in os.environ:
         log.info("warm start: off inside a SLURM job; running in this process")
         return
+    try:
+        folder = os.stat(os.path.dirname(os.path.abspath(path)))
+    except OSError as err:
+        log.warning("warm start: server at %s not reachable (%s); running in this process", path, err)
+        return
+    if folder.st_uid != os.getuid() or folder.st_mode & 0o077:
+        log.warning("warm start: the socket folder of %s is not this user's alone (owner uid %d, mode %o); "
+                    "running in this process", path, folder.st_uid, folder.st_mode & 0o777)
+        return
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         conn.connect(path)
+        peer_uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
+        if peer_uid != os.getuid():  # it would receive this job's environment and report its status
+            log.warning("warm start: the server at %s is run by another user (uid %d); running in this process",
+                        path, peer_uid)
+            conn.close()
+            return
         _send_request(conn, {
             "script": os.path.abspath(script or sys.argv[0]), "argv": sys.argv, "cwd": os.getcwd(),
             "env": dict(os.environ), "executable": sys.executable, "prefix": sys.prefix,
@@ -158,6 +173,9 @@ def serve(socket_path: str, parent_pid: int, preload=PRELOAD) -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
         raise RuntimeError("CUDA was initialised while preloading; forked children could not use it")
+    if torch is not None and _children_would_be_in_a_bad_fork():
+        raise RuntimeError("a preloaded module asked CUDA for its devices (torch.cuda.is_available() or "
+                           "device_count() without NVML): forked children could not use CUDA; jobs run cold")
     gc.freeze()
     log.info("warm start: ready on %s (pid %d)", socket_path, os.getpid())
 
@@ -203,6 +221,17 @@ def serve(socket_path: str, parent_pid: int, preload=PRELOAD) -> None:
         except FileNotFoundError:
             pass
         log.info("warm start: stopped (%d jobs still running were terminated)", len(children))
+
+
+def _children_would_be_in_a_bad_fork() -> bool:
+    """Fork once and ask the child: a CUDA device-count call in this process (which is not CUDA
+    initialisation, so ``is_initialized()`` stays False) makes every forked child fail with
+    "Cannot re-initialize CUDA in forked subprocess"."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(1 if sys.modules["torch"].cuda._is_in_bad_fork() else 0)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) != 0
 
 
 def _start_child(conn: socket.socket, listener: socket.socket, children: dict) -> None:
@@ -378,6 +407,9 @@ def start_server(log_path: str, extra_path: str | None = None, wait_seconds: flo
     folder = tempfile.mkdtemp(prefix="pa-warm-")  # mode 0700: only this user can connect
     socket_path = os.path.join(folder, "socket")
     env = dict(os.environ)
+    # torch.cuda.is_available() and device_count() then ask NVML, which does not poison forks, where
+    # NVML works (the server also checks a fork before serving)
+    env["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
     if extra_path:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (extra_path, env.get("PYTHONPATH")) if p)
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
