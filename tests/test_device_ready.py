@@ -186,3 +186,72 @@ def test_deterministic_sets_what_torch_needs_to_repeat_on_a_gpu(monkeypatch):
     config = make_config(training={"deterministic": True})
     for stage in ("train", "find_misclassified", "evaluate"):  # a changed setting reruns these stages
         assert stage_settings(config, "fm", "lite0", 1, stage)["training"]["deterministic"] is True
+
+
+def test_compute_cams_follows_the_deterministic_setting(monkeypatch, prepared, tmp_path):
+    """#27.14: compute_cams built its runtime with deterministic=False whatever the config (so
+    cudnn.benchmark on, and maps cut at a per-map quantile could change between GPU runs); the
+    setting now reaches it and is part of its settings (a change reruns it)."""
+    from conftest import make_config
+    from proxyattention import compute_cams as cc
+    from proxyattention.config import stage_settings
+
+    config = make_config(training={"deterministic": True})
+    settings = stage_settings(config, "fm", "lite0", 1, "compute_cams")
+    assert settings["training"]["deterministic"] is True
+    (tmp_path / "selected.csv").write_text("index,label,prediction\n")
+
+    class Built(Exception):
+        pass
+
+    def spy(precision, channels_last, device=None, deterministic=False):
+        raise Built(precision, deterministic)
+
+    monkeypatch.setattr(cc, "select_runtime", spy)
+    with pytest.raises(Built) as built:
+        cc.compute_cams(settings, prepared["images"], prepared["index"], "w", "m", tmp_path / "selected.csv",
+                        tmp_path / "cams.npz", tmp_path / "cams.csv")
+    assert built.value.args == ("fp32", True)
+
+
+def test_fp32_on_a_gpu_is_full_fp32_not_tf32():
+    """#27.16: with precision fp32, Ampere and newer ran convolutions in TF32 by default
+    (torch.backends.cudnn.allow_tf32 is True); fp32 now means IEEE fp32 for convolutions and
+    matrix products, and the mixed precisions leave TF32 to torch's defaults."""
+    from proxyattention.runtime import set_fp32_precision
+
+    cuda = torch.device("cuda", 0)
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    try:
+        set_fp32_precision(cuda, "fp32")
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        set_fp32_precision(cuda, "bf16")
+        assert torch.backends.cudnn.allow_tf32  # torch's default for the rest of a mixed-precision run
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_gpus_that_torch_cannot_see_are_reported_not_silently_ignored(monkeypatch, prepared, tmp_path, caplog):
+    """#27.17: a gpu=1 job on a machine whose torch cannot see its GPUs (a CPU wheel, a driver
+    mismatch) trained on the CPU without a word; now the log and train_stats.json say so."""
+    import json
+    import logging
+
+    from conftest import make_config
+    from proxyattention.config import stage_settings
+    from proxyattention.runtime import select_runtime
+    from proxyattention.train import train
+
+    monkeypatch.setenv("PA_LOCAL_GPUS", "2")  # what nvidia-smi would list
+    assert not torch.cuda.is_available()
+    with caplog.at_level(logging.WARNING, logger="proxyattention.runtime"):
+        runtime = select_runtime("auto", True)
+    assert runtime.device.type == "cpu" and "2 GPU(s)" in runtime.warning and "CUDA" in caplog.text
+    config = make_config()
+    folder = tmp_path / "run"
+    train(stage_settings(config, "fm", "lite0", 0), prepared["images"], prepared["index"], prepared["classes"],
+          *[folder / n for n in ("model.safetensors", "model.json", "epochs.csv", "train_stats.json")], seed=0)
+    assert "2 GPU(s)" in json.loads((folder / "train_stats.json").read_text())["device_warning"]
+    monkeypatch.setenv("PA_LOCAL_GPUS", "0")
+    assert select_runtime("auto", True).warning is None
+    assert select_runtime("auto", True, "cpu").warning is None  # asked for the CPU: nothing to say

@@ -121,3 +121,20 @@ def test_a_planted_link_is_not_followed_or_truncated(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         pin_local_gpu(lock_dir=str(locks))
     assert victim.read_text() == "keep me"
+
+
+def test_device_picks_within_the_gpus_already_visible(monkeypatch):
+    """#27.18: `--device cuda:1` overwrote CUDA_VISIBLE_DEVICES=2,3 with 1 (a GPU outside the user's
+    set); it now means the second visible GPU (3), as the local pinning counts within the set."""
+    import pytest
+
+    from proxyattention.cli import UsageError, device_env
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert device_env("cuda:1")["CUDA_VISIBLE_DEVICES"] == "3"
+    assert device_env("cuda:0")["CUDA_VISIBLE_DEVICES"] == "2"
+    assert device_env("cpu")["CUDA_VISIBLE_DEVICES"] == ""
+    with pytest.raises(UsageError, match=r"cuda:2.*2 GPUs are visible \(CUDA_VISIBLE_DEVICES=2,3\)"):
+        device_env("cuda:2")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert device_env("cuda:1")["CUDA_VISIBLE_DEVICES"] == "1"  # unset: the machine's numbering

@@ -62,7 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--arm", default=layout.FINETUNE)
     parser.add_argument("--cycle", type=int, default=0)
     parser.add_argument("--cores", default="all", help="as the workflow's --cores: caps the stage's threads (default: all)")
-    parser.add_argument("--device", help="cpu, or cuda:N for GPU N of this machine (default: the workflow's choice)")
+    parser.add_argument("--device", help="cpu, or cuda:N for the N-th GPU this process may use (within "
+                        "CUDA_VISIBLE_DEVICES when it is set; default: the workflow's choice)")
     return parser.parse_args(argv)
 
 
@@ -136,7 +137,17 @@ def device_env(device: str | None) -> dict:
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     elif re.fullmatch(r"cuda:\d+", device):
-        env["CUDA_VISIBLE_DEVICES"] = device.split(":")[1]
+        n = int(device.split(":")[1])
+        visible = env.get("CUDA_VISIBLE_DEVICES")
+        if visible is None:  # the machine's own numbering
+            env["CUDA_VISIBLE_DEVICES"] = str(n)
+        else:  # counted within the GPUs the user already chose, as torch counts them
+            chosen = [d.strip() for d in visible.split(",") if d.strip()]
+            if n >= len(chosen):
+                raise UsageError(f"--device {device}: {len(chosen)} GPUs are visible (CUDA_VISIBLE_DEVICES={visible}); "
+                                 f"use cuda:0 to cuda:{len(chosen) - 1}" if chosen else
+                                 f"--device {device}: no GPU is visible (CUDA_VISIBLE_DEVICES is empty)")
+            env["CUDA_VISIBLE_DEVICES"] = chosen[n]
     else:
         raise UsageError(f"--device {device}: use cpu or cuda:N")
     return env

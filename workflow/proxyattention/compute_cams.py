@@ -75,7 +75,8 @@ def compute_cams(settings: dict, images_path, index_path, weights, meta, selecte
     rows = selected["index"].to_numpy(dtype=np.int64) if len(selected) else np.zeros(0, np.int64)
     explained = np.full(len(rows), target_column, dtype=object)
 
-    runtime = select_runtime("fp32", False, device)  # gradients of CAMs in full precision
+    # gradients of CAMs in full (IEEE) precision; deterministic kernels when the config asks for them
+    runtime = select_runtime("fp32", False, device, settings["training"]["deterministic"])
     model, info = load_checkpoint(weights, meta)
     model = runtime.prepare_model(model).eval()
     layer = mset["target_layer"]

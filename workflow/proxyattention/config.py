@@ -207,7 +207,7 @@ STAGE_SECTIONS = {
     "find_misclassified": ("model.batch_size", "training.precision", "training.channels_last",
                            "training.deterministic", "proxy.selection"),
     "compute_cams": ("model.batch_size", "model.target_layer", "proxy.cam_method", "proxy.fast_path", "proxy.target",
-                     "proxy.empty_maps"),
+                     "proxy.empty_maps", "training.deterministic"),
     "mask_and_save": ("proxy.threshold", "proxy.fill", "proxy.random_erase", "proxy.empty_maps"),
     "evaluate": ("model.batch_size", "model.target_layer", "training.precision", "training.channels_last",
                  "training.deterministic", "evaluation", "maps"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import platform
 import resource
@@ -13,12 +14,15 @@ import torch
 
 from .warm import in_warm_child
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Runtime:
     device: torch.device
     precision: str  # fp32, bf16 or fp16
     channels_last: bool
+    warning: str | None = None  # e.g. GPUs this torch cannot see
 
     @property
     def amp_dtype(self):
@@ -91,7 +95,36 @@ def select_runtime(precision: str = "auto", channels_last: bool = True, device: 
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
     set_determinism(dev, deterministic)
-    return Runtime(dev, resolve_precision(precision, dev), channels_last)
+    resolved = resolve_precision(precision, dev)
+    set_fp32_precision(dev, resolved)
+    warning = unseen_gpus() if device is None and dev.type == "cpu" else None
+    if warning:
+        log.warning("%s", warning)
+    return Runtime(dev, resolved, channels_last, warning)
+
+
+def unseen_gpus() -> str | None:
+    """What to say when this machine has GPUs (nvidia-smi lists them, or $PA_LOCAL_GPUS says so) but
+    this torch cannot use them: the job then runs on the CPU, many times slower."""
+    from .scripting import local_gpu_count
+
+    count = local_gpu_count()
+    if count == 0 or torch.cuda.is_available():
+        return None
+    build = "a CPU-only build" if not torch.backends.cuda.is_built() else "a CUDA build that finds no usable GPU"
+    return (f"this machine has {count} GPU(s) but torch {torch.__version__} ({build}: driver or CUDA version "
+            "mismatch?) cannot use them: running on the CPU")
+
+
+def set_fp32_precision(device: torch.device, precision: str) -> None:
+    """``fp32`` on a GPU means IEEE fp32: torch runs convolutions in TF32 on Ampere and newer by
+    default (``torch.backends.cudnn.allow_tf32``), 10 mantissa bits where fp32 has 23. The mixed
+    precisions keep torch's defaults for what runs in fp32 beside them."""
+    if device.type != "cuda":
+        return
+    full = precision == "fp32"
+    torch.backends.cudnn.allow_tf32 = not full
+    torch.backends.cuda.matmul.allow_tf32 = False  # torch's default since 1.12; fp32 matrix products stay fp32
 
 
 def reset_peak_memory(runtime: Runtime) -> None:

@@ -278,6 +278,7 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
         "images_per_s": images_seen / train_seconds if train_seconds > 0 else None,
         "final_val_accuracy": rows[-1]["val_accuracy"] if rows else None,
         "device": str(runtime.device),
+        "device_warning": runtime.warning,  # e.g. GPUs this torch cannot see (it ran on the CPU)
         "precision": runtime.precision,
         "batch_size": mset["batch_size"],
         "seed": seed,
