@@ -178,3 +178,46 @@ def test_an_error_while_loading_images_is_not_swallowed(prepared, trained, tmp_p
     with pytest.raises(IndexError, match="second batch"):
         run_compute_cams(stage_settings_for(trained, cam_method="gradcam++"), prepared, trained, tmp_path)
     assert not (tmp_path / "cams.npz").exists()
+
+
+def test_a_library_cam_keeps_nothing_of_the_last_batch():
+    """#27.15: pytorch-grad-cam keeps the last batch's outputs (with the graph retain_graph=True
+    kept), activations and gradients, so the next batch ran with two batches in memory."""
+    import timm
+
+    from proxyattention.cams import build_cam, compute_maps
+
+    model = timm.create_model("resnet18", pretrained=False, num_classes=3).eval()
+    cam = build_cam(model, "gradcam++", "layer4", 64, fast_path=False)
+    maps = compute_maps(cam, model, torch.randn(2, 3, 64, 64), [0, 2])
+    assert maps.shape == (2, 64, 64)
+    assert cam.outputs is None
+    assert cam.activations_and_grads.activations == [] and cam.activations_and_grads.gradients == []
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_running_out_of_gpu_memory_in_a_cam_says_what_to_lower():
+    from proxyattention.cams import CamError, compute_maps
+
+    class Exhausted:
+        def __call__(self, input_tensor, targets):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(CamError, match=r"out of memory .* batch of 2 images at \(64, 64\) px; lower models\.<name>\.batch_size"):
+        compute_maps(Exhausted(), torch.nn.Linear(1, 1), torch.zeros(2, 3, 64, 64), [0, 1])
+
+
+def test_running_out_of_gpu_memory_predicting_says_what_to_lower():
+    """The validation and prediction passes say the same as training and the CAM stage."""
+    from proxyattention.data import ArraySource
+    from proxyattention.inference import predict_logits
+    from proxyattention.runtime import Runtime
+
+    class Exhausted(torch.nn.Module):
+        def forward(self, x):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    images = np.zeros((4, 8, 8, 3), np.uint8)
+    source = ArraySource([(images, np.arange(4), np.zeros(4, np.int64))])
+    with pytest.raises(RuntimeError, match=r"batches of 2 images; lower models\.<name>\.batch_size"):
+        predict_logits(Exhausted(), source, (0.5,) * 3, (0.5,) * 3, 2, Runtime(torch.device("cpu"), "fp32", False))

@@ -233,6 +233,20 @@ class ClassTarget:
         return model_output[self.category] if model_output.ndim == 1 else model_output[:, self.category]
 
 
+def release_batch(cam, model) -> None:
+    """Drop what a library CAM keeps of the last batch: its outputs (with their graph, kept by
+    ``backward(retain_graph=True)``), activations and gradients, and the parameters' gradients,
+    so the next batch does not run with two batches in memory."""
+    if isinstance(cam, GapLinearCAM):
+        return
+    if hasattr(cam, "outputs"):
+        cam.outputs = None
+    held = getattr(cam, "activations_and_grads", None)
+    if held is not None:
+        held.activations, held.gradients = [], []
+    model.zero_grad(set_to_none=True)
+
+
 def compute_maps(cam, model, images: torch.Tensor, classes: Sequence[int]) -> np.ndarray:
     """Maps (B, H, W) float32 for ``images`` explaining ``classes``; raise CamError on failure."""
     if isinstance(cam, GapLinearCAM):
@@ -245,8 +259,14 @@ def compute_maps(cam, model, images: torch.Tensor, classes: Sequence[int]) -> np
         maps = cam(input_tensor=images, targets=targets)
     except CamError:
         raise
+    except torch.cuda.OutOfMemoryError:
+        raise CamError(f"CUDA out of memory computing {type(cam).__name__} maps for a batch of {len(classes)} images "
+                       f"at {tuple(images.shape[-2:])} px; lower models.<name>.batch_size in the config (a CAM "
+                       "holds the batch's activations and gradients)") from None
     except Exception as err:
         raise CamError(f"{type(cam).__name__} failed on {type(model).__name__}: {type(err).__name__}: {err}") from err
+    finally:
+        release_batch(cam, model)
     maps = np.asarray(maps, dtype=np.float32)
     if maps.shape != (len(classes),) + tuple(images.shape[-2:]):
         raise CamError(f"{type(cam).__name__} returned maps of shape {maps.shape}, expected {(len(classes),) + tuple(images.shape[-2:])}")

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pandas as pd
+import torch
 
 from .artifacts import empty_maps
 from .atomic import atomic_path, write_csv
@@ -39,7 +40,15 @@ def explain(cam, model, runtime, images, rows: np.ndarray, classes: np.ndarray, 
     loader, _ = make_loader(ArraySource([(images, rows, classes)]), mean, std, batch_size, device=runtime.device,
                             channels_last=runtime.channels_last)
     start = 0
-    for x, targets in loader:  # data loading outside the library's code: its errors surface as they are
+    batches = iter(loader)
+    while True:
+        try:  # data loading outside the library's code: its errors surface as they are
+            x, targets = next(batches)  # moved to the device here
+        except StopIteration:
+            break
+        except torch.cuda.OutOfMemoryError:
+            raise CamError(f"CUDA out of memory moving a batch of {batch_size} images to the device; lower "
+                           "models.<name>.batch_size in the config") from None
         batch = compute_maps(cam, model, x, targets.tolist())
         out[start : start + len(batch)] = batch.astype(np.float16)
         start += len(batch)

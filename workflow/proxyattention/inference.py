@@ -18,9 +18,13 @@ def predict_logits(model: torch.nn.Module, source: ArraySource, mean, std, batch
                             pin_memory=runtime.device.type == "cuda", device=runtime.device,
                             channels_last=runtime.channels_last)
     out = []
-    for x, _ in loader:
-        with runtime.autocast():
-            out.append(model(x).float())  # kept on the device: one copy back at the end, no sync per batch
+    try:
+        for x, _ in loader:  # the batch moves to the device inside the loader
+            with runtime.autocast():
+                out.append(model(x).float())  # kept on the device: one copy back at the end, no sync per batch
+    except torch.cuda.OutOfMemoryError:
+        raise RuntimeError(f"CUDA out of memory predicting batches of {batch_size} images; lower "
+                           "models.<name>.batch_size in the config") from None
     return torch.cat(out).cpu().numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 
