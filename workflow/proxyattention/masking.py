@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from .artifacts import empty_maps, load_cams
+from .artifacts import NpzWriter, cams_memmap, empty_maps
 from .atomic import atomic_dir, atomic_path, read_json, write_csv
 from .prepare import load_prepared
 from .streams import MASK, generator
@@ -138,6 +138,19 @@ def _folder_name(label: int, name: str) -> str:
 CONTROLS = (None, "random", "duplicate")
 
 
+class Float32Rows:
+    """Rows of a (memory-mapped) array read as float32 a slice at a time, for :func:`empty_masks`."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return np.asarray(self.array[rows], dtype=np.float32)
+
+
 @timed_stage
 def mask_and_save(settings: dict, images_path, index_path, classes_path, cams_path, out_dir, out_npz, out_table,
                   *, control: str | None = None, seed=0, batch_size: int = 256) -> None:
@@ -154,45 +167,53 @@ def mask_and_save(settings: dict, images_path, index_path, classes_path, cams_pa
     proxy = settings["proxy"]
     images, index = load_prepared(images_path, index_path)
     classes = read_json(classes_path)["classes"]
-    maps, rows, _ = load_cams(cams_path)
+    maps, rows, _ = cams_memmap(cams_path)  # read a batch at a time: memory does not grow with the selection
     labels = index.set_index("index").loc[rows, "label"].to_numpy() if len(rows) else np.zeros(0, np.int64)
     sources = index.set_index("index").loc[rows, "source"].to_numpy() if len(rows) else np.zeros(0, str)
-    empty = empty_masks(maps, proxy["threshold"], batch_size)
+    empty = empty_masks(Float32Rows(maps), proxy["threshold"], batch_size)
     added = ~empty if proxy["empty_maps"] != "keep" else np.ones(len(rows), bool)
     rng = generator(seed, MASK, {None: 0, "random": 1, "duplicate": 2}[control])
     size = images.shape[1]
-    erased = np.zeros((len(rows), size, size, 3), dtype=np.uint8)
     thresholds = np.zeros(len(rows))
     fractions = np.zeros(len(rows))
     changed = np.zeros(len(rows))
-    for start in range(0, len(rows), batch_size):
-        part = slice(start, start + batch_size)
-        batch_maps = maps[part]
-        masks, thresholds[part] = threshold_masks(batch_maps, proxy["threshold"]["mode"], proxy["threshold"]["value"])
-        if control == "duplicate":
-            masks = np.zeros_like(masks)
-        elif control == "random":
-            moved = random_masks(masks, proxy["random_erase"]["shape"], rng)
-            # blend dims by the map's level; at a random place use the mean level it had under the mask
-            level = np.where(masks.any((1, 2)), (batch_maps * masks).sum((1, 2)) / np.maximum(masks.sum((1, 2)), 1), 0)
-            batch_maps = np.where(moved, level[:, None, None], 0).astype(np.float32)
-            masks = moved
-        originals = np.asarray(images[rows[part]])
-        erased[part] = erase(originals, batch_maps, masks, proxy["fill"], rng)
-        fractions[part] = masks.reshape(len(masks), -1).mean(1)
-        changed[part] = changed_fraction(originals, erased[part])
-
-    keep = np.flatnonzero(added)
     files = np.full(len(rows), "", dtype=object)
-    with atomic_dir(out_dir) as tmp_dir:
-        for i in keep:
-            rel = Path(_folder_name(int(labels[i]), classes[labels[i]])) / f"{int(rows[i]):07d}.png"
-            (tmp_dir / rel.parent).mkdir(parents=True, exist_ok=True)
-            if not cv2.imwrite(str(tmp_dir / rel), cv2.cvtColor(erased[i], cv2.COLOR_RGB2BGR)):
-                raise OSError(f"OpenCV could not write {tmp_dir / rel}")
-            files[i] = str(Path(out_dir) / rel)
-    with atomic_path(out_npz) as tmp:
-        np.savez(tmp, images=erased[keep], labels=labels[keep].astype(np.int64), index=rows[keep])
+    keep = np.flatnonzero(added)
+
+    def erased_batches(tmp_dir):
+        """Each batch's kept erased images, in order, after writing their PNGs."""
+        for start in range(0, len(rows), batch_size):
+            part = slice(start, start + batch_size)
+            batch_maps = np.asarray(maps[part], dtype=np.float32)
+            masks, thresholds[part] = threshold_masks(batch_maps, proxy["threshold"]["mode"],
+                                                      proxy["threshold"]["value"])
+            if control == "duplicate":
+                masks = np.zeros_like(masks)
+            elif control == "random":
+                moved = random_masks(masks, proxy["random_erase"]["shape"], rng)
+                # blend dims by the map's level; at a random place use the mean level it had under the mask
+                level = np.where(masks.any((1, 2)),
+                                 (batch_maps * masks).sum((1, 2)) / np.maximum(masks.sum((1, 2)), 1), 0)
+                batch_maps = np.where(moved, level[:, None, None], 0).astype(np.float32)
+                masks = moved
+            originals = np.asarray(images[rows[part]])
+            erased = erase(originals, batch_maps, masks, proxy["fill"], rng)
+            fractions[part] = masks.reshape(len(masks), -1).mean(1)
+            changed[part] = changed_fraction(originals, erased)
+            kept = np.flatnonzero(added[part])
+            for j in kept:
+                i = start + j
+                rel = Path(_folder_name(int(labels[i]), classes[labels[i]])) / f"{int(rows[i]):07d}.png"
+                (tmp_dir / rel.parent).mkdir(parents=True, exist_ok=True)
+                if not cv2.imwrite(str(tmp_dir / rel), cv2.cvtColor(erased[j], cv2.COLOR_RGB2BGR)):
+                    raise OSError(f"OpenCV could not write {tmp_dir / rel}")
+                files[i] = str(Path(out_dir) / rel)
+            yield erased[kept]
+
+    with atomic_dir(out_dir) as tmp_dir, atomic_path(out_npz) as tmp, NpzWriter(tmp) as npz:
+        npz.stream("images", (len(keep), size, size, 3), np.uint8, erased_batches(tmp_dir))
+        npz.write("labels", labels[keep].astype(np.int64))
+        npz.write("index", rows[keep])
     write_csv(out_table, pd.DataFrame({
         "map_position": np.arange(len(rows)), "index": rows, "source": sources, "label": labels,
         "class": [classes[l] for l in labels], "empty_map": empty, "added": added, "png": files,

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from .artifacts import npz_array
 from .atomic import atomic_path, read_json, write_csv, write_json
 from .data import ArraySource, make_loader
 from .inference import cross_entropy, predict_logits
@@ -45,9 +46,10 @@ def training_source(images, index: pd.DataFrame, extra_paths=()) -> tuple[ArrayS
     n_extra = 0
     for path in extra_paths:
         with np.load(path, allow_pickle=False) as data:
-            if len(data["labels"]):
-                parts.append((data["images"], np.arange(len(data["labels"])), data["labels"]))
-                n_extra += len(data["labels"])
+            labels = data["labels"]
+        if len(labels):  # the images memory-mapped: a batch is read when it is gathered
+            parts.append((npz_array(path, "images"), np.arange(len(labels)), labels))
+            n_extra += len(labels)
     return ArraySource(parts), n_extra
 
 
