@@ -517,14 +517,14 @@ def bench_precision(models, size: int, batch: int, repeats: int) -> list[dict]:
         return []
     import timm
 
-    from proxyattention.runtime import Runtime, resolve_precision
+    from proxyattention.runtime import resolve_precision, select_runtime
     from proxyattention.train import train_one_epoch
 
     dev = torch.device("cuda", torch.cuda.current_device())
     rows = []
     for name in models:
         for precision in ("fp32", resolve_precision("auto", dev)):
-            rt = Runtime(dev, precision, True)
+            rt = select_runtime(precision, True, str(dev))  # as a stage builds it: cudnn.benchmark, IEEE fp32
             torch.manual_seed(0)
             kwargs = {"img_size": size} if name.startswith("vit") else {}
             model = rt.prepare_model(timm.create_model(name, num_classes=10, **kwargs)).train()
@@ -540,7 +540,8 @@ def bench_precision(models, size: int, batch: int, repeats: int) -> list[dict]:
             step()
             torch.cuda.reset_peak_memory_stats()
             t = median_time(step, repeats)
-            rows.append({"model": name, "precision": precision, "gpu": torch.cuda.get_device_name(dev),
+            rows.append({"model": name, "precision": precision, "tf32_convolutions": torch.backends.cudnn.allow_tf32,
+                         "gpu": torch.cuda.get_device_name(dev),
                          "batch": batch, "size": size, "img_s": 4 * batch / t,
                          "peak_memory_mib": torch.cuda.max_memory_allocated() / 2**20})
             del model, opt, batches
