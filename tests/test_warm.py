@@ -251,7 +251,7 @@ def impostor(folder, socket_name="socket"):
     if not os.access(python, os.X_OK):
         pytest.skip("no system python3 for the second user")
     proc = subprocess.Popen(["runuser", "-u", "nobody", "--", python, "-c", IMPOSTOR, str(folder / socket_name),
-                             str(done)])
+                             str(done)], start_new_session=True)  # a group of its own: killed with runuser's child
     assert wait_until(lambda: done.exists() and done.read_text() == "listening")
     return proc, done
 
@@ -274,7 +274,8 @@ def test_a_job_refuses_a_socket_folder_another_user_owns(tmp_path):
         assert "not this user's" in ran.stderr, ran.stderr
         assert done.read_text() == "listening"  # it was never sent the request
     finally:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
         subprocess.run(["rm", "-rf", folder])
 
 
@@ -298,7 +299,8 @@ def test_a_job_refuses_a_server_another_user_runs(tmp_path):
         time.sleep(0.5)
         assert done.read_text() in ("listening", "got 0"), done.read_text()  # nothing of the job was sent
     finally:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
         subprocess.run(["rm", "-rf", theirs])
 
 
