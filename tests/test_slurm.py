@@ -131,7 +131,8 @@ def test_workflow_runs_as_slurm_jobs_and_matches_a_local_run(cluster, tmp_path):
 
     submitted = {}  # SLURM job id -> (what it was submitted as, the stages it ran)
     for log in (slurm_dir / ".snakemake" / "slurm_logs").rglob("*.log"):
-        name = next(p for p in log.parts if p.startswith(("rule_", "group_")))
+        folder = next(p for p in log.parts if p.startswith(("rule_", "group_")))
+        name = folder.split("_")[0] + "_" + folder.split("_")[1]  # group_<id>_<its rules>: the id has no "_" here
         job_id = re.search(r"(\d+)\.log$", log.name)
         assert job_id, log
         stages = sorted(set(re.findall(r"^\s*rule (\w+):", log.read_text(), re.M)))
