@@ -65,7 +65,7 @@ def test_epoch_schedule_per_cycle():
     assert [epochs_for(config, c) for c in range(5)] == [5, 9, 9, 9, 4]
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "config.thesis.yaml", "config.study.yaml", "config.variants.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in ROOT.glob("config*.yaml")))
 def test_shipped_configs_validate(name, monkeypatch):
     """Every shipped config passes the schema and every check a run makes before its jobs (#22.8:
     only the demo's ran the checks)."""

@@ -100,6 +100,21 @@ def test_the_study_command_plans_the_study_grid(clone):
     assert "config.study.yaml" in (ROOT / "docs" / "study.md").read_text()
 
 
+def test_the_second_study_command_plans_its_design(clone):
+    """docs/study.md's study 2 command, as a dry-run: 8 seeds, the five named arms of its design
+    (the thesis's settings among them), two continued cycles, 10,000 test images."""
+    proc, out = typed(clone, "snakemake --cores all --configfile config.study2.yaml -n")
+    assert proc.returncode == 0, out[-3000:]
+    study = yaml.safe_load((ROOT / "config.study2.yaml").read_text())
+    assert len(study["seeds"]) >= 8 and study["training"]["cycle_mode"] == "continue"
+    assert "val_subset" not in study["datasets"]["fashion_mnist"]  # the whole official test split
+    counts = job_counts(out)
+    runs = len(study["seeds"])
+    assert counts["finetune"] == runs and counts["retrain"] == runs * len(study["arms"]) * study["cycles"]
+    assert "5 arms (baseline, duplicate, proxy, random_erase, thesis)" in out
+    assert "config.study2.yaml" in (ROOT / "docs" / "study.md").read_text()
+
+
 def test_the_gpu_bench_says_plainly_when_there_is_no_gpu(clone):
     import torch
 

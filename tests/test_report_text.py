@@ -10,7 +10,7 @@ from docutils.core import publish_parts
 from conftest import ROOT
 from proxyattention.config import validate
 
-CONFIGS = ["config.yaml", "config.variants.yaml", "config.thesis.yaml", "config.study.yaml"]
+CONFIGS = sorted(p.name for p in ROOT.glob("config*.yaml"))  # every shipped config
 
 
 class Job:
