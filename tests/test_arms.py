@@ -64,6 +64,7 @@ def planned_jobs(text: str) -> list[tuple[str, dict]]:
     """(rule, wildcards) of every job in a dry-run's output."""
     jobs, rule = [], None
     for line in text.splitlines():
+        line = line.strip()  # the jobs of a group job (cluster.group) are printed indented
         if line.startswith("rule ") or line.startswith("localrule "):
             rule = line.split()[1].rstrip(":")
         elif line.strip().startswith("wildcards:") and rule:
