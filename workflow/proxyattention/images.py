@@ -29,6 +29,14 @@ def declared_size(path: Path) -> tuple[int, int] | None:
         return None
 
 
+def refuse_oversized(path: Path, max_pixels: int) -> None:
+    """A bad image when the file's header declares more than ``max_pixels``: it is never decoded."""
+    size = declared_size(path)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise BadImageError(f"{path}: declares {size[0]}x{size[1]} px, over the limit of {max_pixels:,} pixels "
+                            "(datasets.<name>.max_pixels); not decoded")
+
+
 def decode_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode a file to an RGB uint8 array of shape (H, W, 3).
 
@@ -44,10 +52,7 @@ def decode_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.nd
         raise BadImageError(f"{path}: cannot read file ({err})") from err
     if data.size == 0:
         raise BadImageError(f"{path}: file is empty (0 bytes)")
-    size = declared_size(path)
-    if size is not None and size[0] * size[1] > max_pixels:
-        raise BadImageError(f"{path}: declares {size[0]}x{size[1]} px, over the limit of {max_pixels:,} pixels "
-                            "(datasets.<name>.max_pixels); not decoded")
+    refuse_oversized(path, max_pixels)
     try:
         image = cv2.imdecode(data, cv2.IMREAD_COLOR)
     except cv2.error as err:  # e.g. over OpenCV's own pixel limit
@@ -64,10 +69,7 @@ def decode_mask(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.nda
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as err:
         raise BadImageError(f"{path}: cannot read mask file ({err})") from err
-    size = declared_size(path)
-    if size is not None and size[0] * size[1] > max_pixels:
-        raise BadImageError(f"{path}: declares {size[0]}x{size[1]} px, over the limit of {max_pixels:,} pixels "
-                            "(datasets.<name>.max_pixels); not decoded")
+    refuse_oversized(path, max_pixels)
     try:
         mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     except cv2.error as err:

@@ -53,6 +53,11 @@ def in_warm_child() -> bool:
 REQUEST_KEYS = {"script", "argv", "cwd", "env", "executable", "prefix"}
 
 
+def peer_uid(conn: socket.socket) -> int:
+    """The uid of the process at the other end of a Unix socket (SO_PEERCRED: pid, uid, gid)."""
+    return struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
+
+
 def _send_request(conn: socket.socket, request: dict) -> None:
     payload = json.dumps(request).encode()
     socket.send_fds(conn, [struct.pack("!I", len(payload))], [0, 1, 2])
@@ -114,10 +119,10 @@ def run_in_server(script: str | None = None) -> None:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         conn.connect(path)
-        peer_uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
-        if peer_uid != os.getuid():  # it would receive this job's environment and report its status
+        server_uid = peer_uid(conn)
+        if server_uid != os.getuid():  # it would receive this job's environment and report its status
             log.warning("warm start: the server at %s is run by another user (uid %d); running in this process",
-                        path, peer_uid)
+                        path, server_uid)
             conn.close()
             return
         _send_request(conn, {
@@ -237,8 +242,7 @@ def _children_would_be_in_a_bad_fork() -> bool:
 def _start_child(conn: socket.socket, listener: socket.socket, children: dict) -> None:
     conn.settimeout(10)
     try:
-        pid_uid_gid = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        if struct.unpack("3i", pid_uid_gid)[1] != os.getuid():
+        if peer_uid(conn) != os.getuid():
             raise ValueError("request from another user")
         request, fds = _receive_request(conn)
     except (OSError, ValueError) as err:
