@@ -142,6 +142,9 @@ def test_workflow_runs_as_slurm_jobs_and_matches_a_local_run(cluster, tmp_path):
     assert sorted(submitted.values()) == sorted(GROUPS.items()), submitted
     for job_id, (name, stages) in submitted.items():  # what SLURM granted each: the group's limits
         limits = job_limits(cluster, job_id)
+        # SLURM's own record of the job names the group and the stages in it (the plugin's comment)
+        assert limits["Comment"].startswith("rule_" + name[len("group_"):] + "_"), (name, limits.get("Comment"))
+        assert all(stage in limits["Comment"] for stage in stages), (name, limits.get("Comment"))
         memory = max(int(PROFILE[s]["mem_mb"]) for s in stages)  # the largest stage's: they run in series
         minutes = sum(int(PROFILE[s]["runtime"]) for s in stages)  # their times added up
         assert limits["MinMemoryNode"] == f"{memory}M", (name, limits)
