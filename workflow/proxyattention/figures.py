@@ -469,12 +469,14 @@ def comparisons_in(frame: pd.DataFrame) -> list:
 
 
 def redraw(summary_csv, out_dir, target_accuracy: float | None = None,
-           effect_of_interest: float | None = None) -> list[Path]:
+           effect_of_interest: float | None = None, per_image_pack=None) -> list[Path]:
     """Every figure that reads only ``summary.csv`` and each dataset's verdict table, from a
     committed summary (docs/study/), without rerunning anything:
     ``python -m proxyattention.figures docs/study/summary.csv OUT_DIR``. The comparisons come from
     the arms the summary holds; the stop rule, commit and config digest from ``provenance.json``
-    beside it when there is one (copied to ``OUT_DIR`` with where it was redrawn from)."""
+    beside it when there is one (copied to ``OUT_DIR`` with where it was redrawn from). With
+    ``per_image_pack`` (study_files.pack's file, ``--per-image``): the verdicts' image-level
+    bootstrap intervals and the reliability diagrams too."""
     from .atomic import write_json
     from .provenance import read_beside, summary_line
 
@@ -492,6 +494,14 @@ def redraw(summary_csv, out_dir, target_accuracy: float | None = None,
         effect_of_interest = ((made or {}).get("config", {}).get("report", {})
                               .get("effect_of_interest", EFFECT_OF_INTEREST))
     cost, cost_label = cost_of(frame)
+    per_image = None
+    if per_image_pack is not None:
+        import tempfile
+
+        from .study_files import unpack
+
+        unpacked = tempfile.TemporaryDirectory(prefix="per_image_")  # removed when redraw returns
+        per_image = unpack(per_image_pack, unpacked.name)
     written = [out_dir / f"{name}.png" for name in ("accuracy_by_cycle", "accuracy_by_time", "paired_differences",
                                                     "accuracy_cost", "peak_memory", "time_to_target",
                                                     "attention_measures")]
@@ -501,10 +511,10 @@ def redraw(summary_csv, out_dir, target_accuracy: float | None = None,
     accuracy_cost(frame, written[3], stamp)
     peak_memory(frame, written[4], stamp)
     time_to_target(frame, written[5], target_accuracy, stamp)
-    attention_measures(frame, written[6], stamp)
+    attention_measures(frame, written[6], stamp, per_image)
     for dataset in frame.dataset.unique():
         path = out_dir / f"{dataset}_verdicts.csv"
-        table = verdicts(frame, dataset, comparisons, stop_rule, effect_of_interest)
+        table = verdicts(frame, dataset, comparisons, stop_rule, effect_of_interest, per_image=per_image)
         write_csv(path, table)
         answer = out_dir / f"{dataset}_answer.md"
         proxy_arms = sorted(set(frame.loc[frame.kind == "proxy", "arm"])) if "kind" in frame else ["proxy"]
@@ -525,6 +535,9 @@ if __name__ == "__main__":
     parser.add_argument("--target-accuracy", type=float, default=None)
     parser.add_argument("--effect-of-interest", type=float, default=None,
                         help="accuracy difference for the pairs_needed column (default: the run's, else 0.005)")
+    parser.add_argument("--per-image", default=None,
+                        help="the study's packed per-image results (python -m proxyattention.study_files): "
+                             "the verdicts' image-level intervals and the reliability diagrams")
     args = parser.parse_args()
-    for path in redraw(args.summary, args.out_dir, args.target_accuracy, args.effect_of_interest):
+    for path in redraw(args.summary, args.out_dir, args.target_accuracy, args.effect_of_interest, args.per_image):
         print(path)
