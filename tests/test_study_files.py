@@ -57,3 +57,54 @@ def test_the_epochs_of_every_training_job_come_in_one_table(tiny_run, tmp_path):
         pd.testing.assert_frame_equal(part.drop(columns=["dataset", "model", "arm", "seed", "cycle"])
                                       .reset_index(drop=True), original)
     assert len(table.groupby(["arm", "seed", "cycle"])) == len(pd.read_csv(summary))
+
+
+STUDY2 = "docs/study2"  # seeds 0-3 of study 2, as committed mid-study
+
+
+def redraw(out, *extra):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    return subprocess.run([sys.executable, "-m", "proxyattention.figures", f"{STUDY2}/summary.csv", str(out), *extra],
+                          cwd=ROOT, capture_output=True, text=True)
+
+
+def test_the_committed_seeds_redraw_their_verdicts_with_image_level_intervals_byte_for_byte(tmp_path):
+    """The workflow's own verdict table of study 2's seeds 0-3 (kept as a fixture: the study's
+    tables are written once all 8 seeds are in) comes back from the committed summary and packed
+    per-image results, bootstrap columns included; without --per-image those columns are empty."""
+    from conftest import ROOT
+
+    proc = redraw(tmp_path / "with", "--per-image", f"{STUDY2}/per_image.npz")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    fixtures = ROOT / "tests" / "fixtures"
+    assert (tmp_path / "with" / "fashion_mnist_verdicts.csv").read_text() == \
+        (fixtures / "study2_seeds0-3_verdicts.csv").read_text()
+    assert (tmp_path / "with" / "fashion_mnist_answer.md").read_text() == \
+        (fixtures / "study2_seeds0-3_answer.md").read_text()
+    table = pd.read_csv(tmp_path / "with" / "fashion_mnist_verdicts.csv")
+    accuracy = table[table.metric == "accuracy"]
+    assert len(accuracy) == 7 and (accuracy.n_pairs == 4).all() and accuracy.boot_low.notna().all()
+    assert not list(tmp_path.glob("**/per_image.npz"))  # unpacked into a temporary folder, removed
+    proc = redraw(tmp_path / "without")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert pd.read_csv(tmp_path / "without" / "fashion_mnist_verdicts.csv").boot_low.isna().all()
+
+
+def test_a_pack_missing_cells_of_the_summary_or_not_a_pack_is_refused_by_name(tmp_path):
+    from conftest import ROOT
+
+    with np.load(ROOT / STUDY2 / "per_image.npz") as packed:
+        kept = {k: packed[k] for k in packed.files if "|3|proxy|2|" not in k}
+    np.savez_compressed(tmp_path / "partial.npz", **kept)
+    proc = redraw(tmp_path / "out", "--per-image", str(tmp_path / "partial.npz"))
+    assert proc.returncode != 0
+    assert "partial.npz holds no per-image results for 1 cell(s)" in proc.stderr
+    assert "'tf_efficientnet_lite0', 3, 'proxy', 2" in proc.stderr
+    assert not (tmp_path / "out" / "fashion_mnist_verdicts.csv").exists()
+    np.savez_compressed(tmp_path / "other.npz", images=np.zeros(3))
+    proc = redraw(tmp_path / "out", "--per-image", str(tmp_path / "other.npz"))
+    assert proc.returncode != 0 and "'images' is not an array of a packed study" in proc.stderr

@@ -500,8 +500,15 @@ def redraw(summary_csv, out_dir, target_accuracy: float | None = None,
 
         from .study_files import unpack
 
-        unpacked = tempfile.TemporaryDirectory(prefix="per_image_")  # removed when redraw returns
+        unpacked = tempfile.TemporaryDirectory(prefix="per_image_")
         per_image = unpack(per_image_pack, unpacked.name)
+        last = frame[frame.cycle == frame.groupby(["dataset", "model"]).cycle.transform("max")]
+        missing = sorted({(r.dataset, r.model, int(r.seed), r.arm, int(r.cycle)) for r in last.itertuples()}
+                         - set(per_image))
+        if missing:
+            unpacked.cleanup()
+            raise ValueError(f"{per_image_pack} holds no per-image results for {len(missing)} cell(s) of "
+                             f"{summary_csv}, e.g. {missing[0]}: pack them from the same run as the summary")
     written = [out_dir / f"{name}.png" for name in ("accuracy_by_cycle", "accuracy_by_time", "paired_differences",
                                                     "accuracy_cost", "peak_memory", "time_to_target",
                                                     "attention_measures")]
@@ -520,6 +527,8 @@ def redraw(summary_csv, out_dir, target_accuracy: float | None = None,
         proxy_arms = sorted(set(frame.loc[frame.kind == "proxy", "arm"])) if "kind" in frame else ["proxy"]
         answer.write_text(answers(table, proxy_arms))
         written += [path, answer]
+    if per_image_pack is not None:
+        unpacked.cleanup()
     if made is not None:
         write_json(out_dir / "provenance.json", {**made, "redrawn_from": str(summary_csv)})
         written.append(out_dir / "provenance.json")

@@ -82,6 +82,9 @@ def unpack(pack_npz, out_dir) -> dict:
             if len(parts) == 2:
                 shared[tuple(parts)] = f[key]
                 continue
+            if len(parts) != 6:
+                raise ValueError(f"{pack_npz}: '{key}' is not an array of a packed study; pack the run's "
+                                 "per-image files with python -m proxyattention.study_files SUMMARY OUT_DIR")
             dataset, model, seed, arm, cycle, field = parts
             cell = (dataset, model, int(seed), arm, int(cycle))
             value = f[key]
