@@ -59,7 +59,7 @@ def test_the_epochs_of_every_training_job_come_in_one_table(tiny_run, tmp_path):
     assert len(table.groupby(["arm", "seed", "cycle"])) == len(pd.read_csv(summary))
 
 
-STUDY2 = "docs/study2"  # seeds 0-3 of study 2, as committed mid-study
+STUDY2 = "docs/study2"  # study 2 as committed: 8 seeds, its summary, packed per-image results and tables
 
 
 def redraw(out, *extra):
@@ -72,23 +72,32 @@ def redraw(out, *extra):
                           cwd=ROOT, capture_output=True, text=True)
 
 
-def test_the_committed_seeds_redraw_their_verdicts_with_image_level_intervals_byte_for_byte(tmp_path):
-    """The workflow's own verdict table of study 2's seeds 0-3 (kept as a fixture: the study's
-    tables are written once all 8 seeds are in) comes back from the committed summary and packed
-    per-image results, bootstrap columns included; without --per-image those columns are empty."""
+def test_the_committed_study_redraws_its_verdicts_with_image_level_intervals_byte_for_byte(tmp_path):
+    """#28: study 2's verdict table and answer, as the workflow wrote them, come back byte for byte
+    from the committed summary and packed per-image results with the command docs/study.md gives,
+    bootstrap columns included; without --per-image those columns are empty."""
     from conftest import ROOT
 
     proc = redraw(tmp_path / "with", "--per-image", f"{STUDY2}/per_image.npz")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    fixtures = ROOT / "tests" / "fixtures"
-    assert (tmp_path / "with" / "fashion_mnist_verdicts.csv").read_text() == \
-        (fixtures / "study2_seeds0-3_verdicts.csv").read_text()
-    assert (tmp_path / "with" / "fashion_mnist_answer.md").read_text() == \
-        (fixtures / "study2_seeds0-3_answer.md").read_text()
+    for name in ("fashion_mnist_verdicts.csv", "fashion_mnist_answer.md"):
+        assert (tmp_path / "with" / name).read_text() == (ROOT / STUDY2 / "tables" / name).read_text(), name
     table = pd.read_csv(tmp_path / "with" / "fashion_mnist_verdicts.csv")
     accuracy = table[table.metric == "accuracy"]
-    assert len(accuracy) == 7 and (accuracy.n_pairs == 4).all() and accuracy.boot_low.notna().all()
+    assert len(accuracy) == 7 and (accuracy.n_pairs == 8).all()
+    assert accuracy.boot_low.notna().all() and (accuracy.boot_resamples > 0).all()
+    for name in ("paired_differences", "attention_measures", "accuracy_by_cycle"):
+        assert (tmp_path / "with" / f"{name}.png").stat().st_size > 10_000
     assert not list(tmp_path.glob("**/per_image.npz"))  # unpacked into a temporary folder, removed
+    assert ("python -m proxyattention.figures docs/study2/summary.csv /tmp/study2_figures "
+            "--per-image docs/study2/per_image.npz") in (ROOT / "docs" / "study.md").read_text()
+    # The headline the README's first screen and docs/study.md give is the committed table's row.
+    row = accuracy.set_index("comparison").loc["proxy - random_erase"]
+    pts = lambda x: f"{100 * x:+.2f}".replace("-", "\u2212")  # noqa: E731
+    headline = f"{pts(row.mean_difference)} points (95% interval {pts(row.ci_low)} to {pts(row.ci_high)})"
+    assert headline == "\u22120.01 points (95% interval \u22120.15 to +0.13)"
+    for page in ("README.md", "docs/study.md"):
+        assert headline in " ".join((ROOT / page).read_text().replace("**", "").split()), page
     proc = redraw(tmp_path / "without")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert pd.read_csv(tmp_path / "without" / "fashion_mnist_verdicts.csv").boot_low.isna().all()
