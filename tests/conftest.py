@@ -25,7 +25,7 @@ def user_command(*words: str) -> list[str]:
 
 def make_config(**overrides) -> dict:
     """A validated config on the demo data at 32 px with efficientnet_lite0's bundled weights."""
-    from proxyattention.config import validate
+    from proxyattention.settings.validate import validate
 
     config = {
         "datasets": {"fm": {"source": "idx", "path": str(DEMO), "image_size": 32}},
@@ -43,7 +43,7 @@ def make_config(**overrides) -> dict:
 @pytest.fixture(scope="session")
 def prepared(tmp_path_factory):
     """The demo dataset prepared at 32 px: paths of images.npy, index.csv, classes.json."""
-    from proxyattention.prepare import prepare
+    from proxyattention.stages.prepare import prepare
 
     out = tmp_path_factory.mktemp("prepared")
     config = make_config()
@@ -54,8 +54,8 @@ def prepared(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained(prepared, tmp_path_factory):
     """A one-epoch finetune of efficientnet_lite0 on the prepared demo data."""
-    from proxyattention.config import stage_settings
-    from proxyattention.train import train
+    from proxyattention.settings.stage_settings import stage_settings
+    from proxyattention.stages.train import train
 
     out = tmp_path_factory.mktemp("run")
     config = make_config()

@@ -6,11 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import ROOT, SIX, make_config, run_dir, user_command
-from proxyattention.arms import comparisons, normalise, owner, proxy_settings
-from proxyattention.config import ConfigError, check_config, stage_settings, validate
-from proxyattention.misclassified import find_misclassified
+
+from proxyattention.settings.arms import comparisons, normalise, proxy_settings
+from proxyattention.settings.schema import ConfigError
+from proxyattention.settings.stage_settings import owner, stage_settings
+from proxyattention.settings.validate import check_config, validate
+from proxyattention.stages.find_misclassified import find_misclassified
 
 
 def test_the_list_form_means_what_it_meant():

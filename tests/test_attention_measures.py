@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from proxyattention import attention_measures as am
+from proxyattention.analysis import attention_measures as am
 
 
 def test_ece_equals_a_hand_computation():
@@ -54,8 +54,8 @@ def test_occlusion_drops_the_same_nested_patches_for_every_model(size):
 def test_occlusion_accuracy_fills_with_the_mean_colour(prepared):
     """On a model that reads the mean of the normalised image, the occluded pixels count as 0 in
     normalised space (the dataset's mean colour); level 0 is the plain accuracy."""
-    from proxyattention.data import ArraySource
-    from proxyattention.runtime import Runtime
+    from proxyattention.data.batches import ArraySource
+    from proxyattention.runtime.device import Runtime
 
     class Brightness(torch.nn.Module):
         def forward(self, x):  # class 1 when the image is brighter than the mean colour, else 0
@@ -97,7 +97,9 @@ def test_a_sample_is_a_count_a_share_or_everything(setting, available, expected)
 
 def test_a_sample_setting_outside_the_schema_is_refused():
     from conftest import make_config
-    from proxyattention.config import ConfigError, validate
+
+    from proxyattention.settings.schema import ConfigError
+    from proxyattention.settings.validate import validate
 
     for bad in ("10", "110%", "-5%", 0):
         with pytest.raises(ConfigError, match="occlusion_sample"):
@@ -131,10 +133,10 @@ def test_evaluate_plays_the_pointing_game_on_the_images_that_have_masks(prepared
     the game is played on the map sample's rows that have one, and the object share is theirs."""
     import json
 
-    from proxyattention.attention_measures import sample_rows
-    from proxyattention.config import stage_settings
-    from proxyattention.evaluate import evaluate
-    from proxyattention.object_masks import NO_MASK
+    from proxyattention.analysis.attention_measures import sample_rows
+    from proxyattention.settings.stage_settings import stage_settings
+    from proxyattention.stages.evaluate import evaluate
+    from proxyattention.files.artifacts import NO_MASK
 
     images = np.load(prepared["images"])
     masks = (images.max(3) > 0).astype(np.uint8)

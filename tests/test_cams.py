@@ -5,9 +5,15 @@ import pytest
 import timm
 import torch
 
-from proxyattention.cams import (CamError, GapLinearCAM, auto_target_layer, build_cam, compute_maps,
-                                 fast_path_applies)
-from proxyattention.config import CAM_METHODS
+from proxyattention.models.cams import (
+    CamError,
+    GapLinearCAM,
+    auto_target_layer,
+    build_cam,
+    compute_maps,
+    fast_path_applies,
+)
+from proxyattention.models.cams import CAM_METHODS
 
 
 def model_and_input(name, size=64, batch=3, seed=0):
@@ -107,7 +113,7 @@ def test_fast_path_not_used_when_auto_picks_an_earlier_layer():
 
 
 def stage_settings_for(trained, **proxy):
-    from proxyattention.config import stage_settings
+    from proxyattention.settings.stage_settings import stage_settings
 
     config = trained["config"]
     config = {**config, "proxy": {**config["proxy"], **proxy}}
@@ -127,7 +133,7 @@ def selected_table(prepared, tmp_path, n=40):
 def run_compute_cams(settings, prepared, trained, tmp_path):
     import pandas as pd
 
-    from proxyattention.compute_cams import compute_cams
+    from proxyattention.stages.compute_cams import compute_cams
 
     compute_cams(settings, prepared["images"], prepared["index"], trained["weights"], trained["meta"],
                  tmp_path / "selected.csv", tmp_path / "cams.npz", tmp_path / "cams.csv")
@@ -137,7 +143,7 @@ def run_compute_cams(settings, prepared, trained, tmp_path):
 def test_empty_maps_of_the_label_are_explained_again_for_the_prediction(prepared, trained, tmp_path):
     """At 32 px the explained layer is tiny and many label maps are empty; explain_prediction
     recomputes exactly those for the predicted class and says so."""
-    from proxyattention.artifacts import empty_maps
+    from proxyattention.files.artifacts import empty_maps
 
     selected = selected_table(prepared, tmp_path)
     first, first_npz = run_compute_cams(stage_settings_for(trained), prepared, trained, tmp_path)
@@ -149,7 +155,7 @@ def test_empty_maps_of_the_label_are_explained_again_for_the_prediction(prepared
     redone = again["explains"] == "prediction"
     # exactly the empty ones under the threshold (constant maps and top plateaus over the quantile),
     # all of them wrong predictions here
-    from proxyattention.masking import empty_masks
+    from proxyattention.data.erasing import empty_masks
 
     threshold = trained["config"]["proxy"]["threshold"]
     assert list(redone) == list(empty_masks(first_npz["maps"].astype(np.float32), threshold))
@@ -162,7 +168,7 @@ def test_empty_maps_of_the_label_are_explained_again_for_the_prediction(prepared
 def test_an_error_while_loading_images_is_not_swallowed(prepared, trained, tmp_path, monkeypatch):
     """pytorch-grad-cam's __exit__ prints and swallows an IndexError raised inside `with cam:`;
     the stage loads images outside it, so the error stops the stage instead of leaving zero maps."""
-    from proxyattention import data
+    from proxyattention.data import batches as data
 
     selected_table(prepared, tmp_path, n=120)
     real = data.ArraySource.gather
@@ -185,7 +191,7 @@ def test_a_library_cam_keeps_nothing_of_the_last_batch():
     kept), activations and gradients, so the next batch ran with two batches in memory."""
     import timm
 
-    from proxyattention.cams import build_cam, compute_maps
+    from proxyattention.models.cams import build_cam, compute_maps
 
     model = timm.create_model("resnet18", pretrained=False, num_classes=3).eval()
     cam = build_cam(model, "gradcam++", "layer4", 64, fast_path=False)
@@ -197,7 +203,7 @@ def test_a_library_cam_keeps_nothing_of_the_last_batch():
 
 
 def test_running_out_of_gpu_memory_in_a_cam_says_what_to_lower():
-    from proxyattention.cams import CamError, compute_maps
+    from proxyattention.models.cams import CamError, compute_maps
 
     class Exhausted:
         def __call__(self, input_tensor, targets):
@@ -209,9 +215,9 @@ def test_running_out_of_gpu_memory_in_a_cam_says_what_to_lower():
 
 def test_running_out_of_gpu_memory_predicting_says_what_to_lower():
     """The validation and prediction passes say the same as training and the CAM stage."""
-    from proxyattention.data import ArraySource
-    from proxyattention.inference import predict_logits
-    from proxyattention.runtime import Runtime
+    from proxyattention.data.batches import ArraySource
+    from proxyattention.models.inference import predict_logits
+    from proxyattention.runtime.device import Runtime
 
     class Exhausted(torch.nn.Module):
         def forward(self, x):

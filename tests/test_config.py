@@ -1,9 +1,10 @@
 
 import pytest
-
-from proxyattention.config import ConfigError, check_config, epochs_for, load_config, validate
-
 from conftest import DEMO, ROOT
+
+from proxyattention.settings.schema import ConfigError
+from proxyattention.settings.stage_settings import epochs_for
+from proxyattention.settings.validate import check_config, load_config, validate
 
 
 def minimal():

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from proxyattention import data
-from proxyattention.data import ArraySource, augment, make_loader, normalise
-from proxyattention.train import NonFiniteLossError, train_one_epoch
-from proxyattention.runtime import Runtime, resolve_precision
+from proxyattention.data import batches as data
+from proxyattention.data.batches import ArraySource, augment, make_loader, normalise
+from proxyattention.runtime.device import Runtime, resolve_precision
+from proxyattention.training.loop import NonFiniteLossError, train_one_epoch
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -165,10 +165,10 @@ def test_auto_precision_is_bf16_only_with_native_bf16(monkeypatch, capability, a
 def test_deterministic_sets_what_torch_needs_to_repeat_on_a_gpu(monkeypatch):
     """torch's reproducibility notes: cudnn.benchmark off, deterministic algorithms, and the cuBLAS
     workspace variable; without the setting a GPU picks the fastest kernels."""
-    from proxyattention.config import stage_settings
-    from proxyattention.runtime import set_determinism
-
     from conftest import make_config
+
+    from proxyattention.runtime.device import set_determinism
+    from proxyattention.settings.stage_settings import stage_settings
 
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     cuda = torch.device("cuda", 0)
@@ -193,8 +193,9 @@ def test_compute_cams_follows_the_deterministic_setting(monkeypatch, prepared, t
     cudnn.benchmark on, and maps cut at a per-map quantile could change between GPU runs); the
     setting now reaches it and is part of its settings (a change reruns it)."""
     from conftest import make_config
-    from proxyattention import compute_cams as cc
-    from proxyattention.config import stage_settings
+
+    from proxyattention.settings.stage_settings import stage_settings
+    from proxyattention.stages import compute_cams as cc
 
     config = make_config(training={"deterministic": True})
     settings = stage_settings(config, "fm", "lite0", 1, "compute_cams")
@@ -218,7 +219,7 @@ def test_fp32_on_a_gpu_is_full_fp32_not_tf32():
     """#27.16: with precision fp32, Ampere and newer ran convolutions in TF32 by default
     (torch.backends.cudnn.allow_tf32 is True); fp32 now means IEEE fp32 for convolutions and
     matrix products, and the mixed precisions leave TF32 to torch's defaults."""
-    from proxyattention.runtime import set_fp32_precision
+    from proxyattention.runtime.device import set_fp32_precision
 
     cuda = torch.device("cuda", 0)
     before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
@@ -238,13 +239,14 @@ def test_gpus_that_torch_cannot_see_are_reported_not_silently_ignored(monkeypatc
     import logging
 
     from conftest import make_config
-    from proxyattention.config import stage_settings
-    from proxyattention.runtime import select_runtime
-    from proxyattention.train import train
+
+    from proxyattention.runtime.device import select_runtime
+    from proxyattention.settings.stage_settings import stage_settings
+    from proxyattention.stages.train import train
 
     monkeypatch.setenv("PA_LOCAL_GPUS", "2")  # what nvidia-smi would list
     assert not torch.cuda.is_available()
-    with caplog.at_level(logging.WARNING, logger="proxyattention.runtime"):
+    with caplog.at_level(logging.WARNING, logger="proxyattention.runtime.device"):
         runtime = select_runtime("auto", True)
     assert runtime.device.type == "cpu" and "2 GPU(s)" in runtime.warning and "CUDA" in caplog.text
     config = make_config()

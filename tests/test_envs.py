@@ -4,7 +4,6 @@ import sys
 import tomllib
 
 import yaml
-
 from conftest import ROOT
 
 

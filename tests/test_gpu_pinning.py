@@ -6,7 +6,7 @@ import sys
 
 def test_concurrent_jobs_get_distinct_gpus_and_wait_for_a_free_one(tmp_path):
     script = (
-        "import os, sys, time; from proxyattention.scripting import pin_local_gpu; "
+        "import os, sys, time; from proxyattention.runtime.scripting import pin_local_gpu; "
         f"gpu = pin_local_gpu(lock_dir={str(tmp_path)!r}, poll_seconds=0.1); "
         "print(gpu, time.time(), flush=True); time.sleep(float(sys.argv[1]))"
     )
@@ -21,7 +21,7 @@ def test_concurrent_jobs_get_distinct_gpus_and_wait_for_a_free_one(tmp_path):
 
 
 def test_scheduler_assignment_is_kept(monkeypatch, tmp_path):
-    from proxyattention.scripting import pin_local_gpu
+    from proxyattention.runtime.scripting import pin_local_gpu
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
     monkeypatch.setenv("PA_LOCAL_GPUS", "4")
@@ -34,7 +34,7 @@ def test_scheduler_assignment_is_kept(monkeypatch, tmp_path):
 
 def concurrent_pins(tmp_path, env, n=3, hold=1.0):
     script = (
-        "import os, sys, time; from proxyattention.scripting import pin_local_gpu; "
+        "import os, sys, time; from proxyattention.runtime.scripting import pin_local_gpu; "
         "gpu = pin_local_gpu(poll_seconds=0.1); "
         "print(gpu, time.time(), flush=True); time.sleep(float(sys.argv[1]))"
     )
@@ -60,7 +60,7 @@ def test_lock_folder_is_private_and_refuses_anything_else(tmp_path, monkeypatch)
 
     import pytest
 
-    from proxyattention.scripting import gpu_lock_dir
+    from proxyattention.runtime.scripting import gpu_lock_dir
 
     monkeypatch.delenv("PA_GPU_LOCK_DIR", raising=False)
     made = gpu_lock_dir(base=str(tmp_path))
@@ -81,7 +81,7 @@ def test_every_job_of_a_user_shares_one_lock_folder_whatever_its_environment(tmp
     folder comes from the uid alone; $PA_GPU_LOCK_DIR still chooses it."""
     import os
 
-    from proxyattention.scripting import gpu_lock_dir
+    from proxyattention.runtime.scripting import gpu_lock_dir
 
     monkeypatch.delenv("PA_GPU_LOCK_DIR", raising=False)
     seen = set()
@@ -108,7 +108,7 @@ def test_a_planted_link_is_not_followed_or_truncated(tmp_path, monkeypatch):
 
     import pytest
 
-    from proxyattention.scripting import pin_local_gpu
+    from proxyattention.runtime.scripting import pin_local_gpu
 
     victim = tmp_path / "precious.txt"
     victim.write_text("keep me")

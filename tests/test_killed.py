@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from safetensors.torch import load_file
-
 from test_workflow import SNAKEMAKE, tiny_config
 
 

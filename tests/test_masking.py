@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from proxyattention.masking import erase, mask_and_save, random_masks, threshold_masks
+from proxyattention.data.erasing import erase, random_masks, threshold_masks
+from proxyattention.stages.mask_and_save import mask_and_save
 
 SETTINGS = {"proxy": {"threshold": {"mode": "quantile", "value": 0.9}, "fill": {"mode": "black", "blend_lambda": 0.4},
                       "random_erase": {"shape": "rectangle"}, "empty_maps": "skip"}}
@@ -180,7 +181,7 @@ def test_keep_adds_empty_maps_unchanged_and_says_so(prepared, tmp_path):
     assert table["added"].all() and len(saved["images"]) == 4
     assert list(table["erased_fraction"] == 0) == [False, True, False, True]
     np.testing.assert_array_equal(saved["images"][1], images[10])
-    from proxyattention.aggregate import added_counts
+    from proxyattention.stages.aggregate import added_counts
 
     counts = added_counts(tmp_path / "erased.csv")
     assert counts == {"n_selected": 4, "n_empty_maps": 2, "empty_map_fraction": 0.5, "n_added": 4, "n_erased": 2,
@@ -201,7 +202,7 @@ def tiny_prepared(tmp_path, images):
 def test_black_fill_on_black_changes_nothing_and_is_not_counted_as_erased(tmp_path):
     """#22.3: n_erased counts images with a changed pixel, not images with a mask: a black
     fill over a black image changes none, so it is an unchanged copy."""
-    from proxyattention.aggregate import added_counts
+    from proxyattention.stages.aggregate import added_counts
 
     size = 16
     images = np.zeros((2, size, size, 3), np.uint8)
@@ -250,7 +251,7 @@ def test_memory_stays_flat_as_the_selection_grows(tmp_path):
     import json
     import tracemalloc
 
-    from proxyattention.train import training_source
+    from proxyattention.data.splits import training_source
 
     rng = np.random.default_rng(0)
     n, size = 3000, 64

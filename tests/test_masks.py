@@ -6,15 +6,16 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import make_config
-from proxyattention.config import ConfigError, check_config
-from proxyattention.images import BadImageError
-from proxyattention.object_masks import NO_MASK, prepare_masks
-from proxyattention.prepare import prepare
-from proxyattention.sources import SourceError
-
 from test_sources import digits_tree
+
+from proxyattention.data.images import BadImageError
+from proxyattention.settings.schema import ConfigError
+from proxyattention.settings.validate import check_config
+from proxyattention.sources.base import SourceError
+from proxyattention.stages.prepare import prepare
+from proxyattention.files.artifacts import NO_MASK
+from proxyattention.stages.prepare_masks import prepare_masks
 
 
 def run_prepare(spec, out):

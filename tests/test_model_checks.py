@@ -9,11 +9,24 @@ import numpy as np
 import pytest
 import timm
 import torch
-
 from conftest import make_config, snakemake, tiny_config
-from proxyattention.cams import auto_target_layer, build_cam, channels_last_maps, compute_maps, explained_grid
-from proxyattention.config import ConfigError, check_config
-from proxyattention.model_checks import ModelCheckError, check_models, hub_problem, layer_problem, timm_name_problem
+
+from proxyattention.models.cams import (
+    auto_target_layer,
+    build_cam,
+    channels_last_maps,
+    compute_maps,
+    explained_grid,
+)
+from proxyattention.settings.model_checks import (
+    ModelCheckError,
+    check_models,
+    hub_problem,
+    layer_problem,
+    timm_name_problem,
+)
+from proxyattention.settings.schema import ConfigError
+from proxyattention.settings.validate import check_config
 
 
 def test_a_misspelled_name_is_answered_with_the_closest_names():

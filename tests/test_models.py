@@ -2,9 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-from proxyattention.models import (WeightsError, bundled_weights_path, create_model, data_config, load_checkpoint,
-                                   read_state_dict, save_checkpoint)
-
+from proxyattention.models.build import (
+    WeightsError,
+    bundled_weights_path,
+    create_model,
+    data_config,
+    load_checkpoint,
+    read_state_dict,
+    save_checkpoint,
+)
 
 PHOTOS = ["chelsea", "coffee", "astronaut", "rocket", "cat", "hubble_deep_field"]
 
@@ -24,7 +30,7 @@ def photo_batch(cfg, size=224):
 
 def bundled_imagenet_model():
     """timm's tf_efficientnet_lite0 with the bundled file loaded whole (ImageNet head included)."""
-    from proxyattention.models import load_in_order
+    from proxyattention.models.build import load_in_order
 
     model = create_model("tf_efficientnet_lite0", "none", 1000, 224).eval()
     load_in_order(model, read_state_dict(bundled_weights_path("tf_efficientnet_lite0")), "bundled")
@@ -55,7 +61,7 @@ def test_bundled_weights_equal_the_reference_implementation():
 def test_efficientnet_lite0_is_not_the_bundled_architecture():
     """timm's efficientnet_lite0 (symmetric padding, eps 1e-5) gives other logits with the same
     tensors: the reason the config must name tf_efficientnet_lite0."""
-    from proxyattention.models import load_in_order
+    from proxyattention.models.build import load_in_order
 
     other = create_model("efficientnet_lite0", "none", 1000, 224).eval()
     load_in_order(other, read_state_dict(bundled_weights_path("tf_efficientnet_lite0")), "bundled")
@@ -76,7 +82,7 @@ def test_bundled_backbone_is_kept_and_head_is_new(tmp_path, prepared):
 
 
 def test_checkpoint_records_the_architecture_and_its_normalisation(trained):
-    from proxyattention.atomic import read_json
+    from proxyattention.files.atomic import read_json
 
     meta = read_json(trained["meta"])
     assert meta["timm_name"] == "tf_efficientnet_lite0"
@@ -99,6 +105,22 @@ def test_vit_is_built_for_the_image_size(tmp_path):
     model = create_model("vit_tiny_patch16_224", "none", 4, 64)
     assert tuple(model.patch_embed.grid_size) == (4, 4)
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 4)
+
+
+@pytest.mark.parametrize("name, sized, transformer", [
+    ("vit_tiny_patch16_224", True, True), ("deit_small_patch16_224", True, True),
+    ("swin_tiny_patch4_window7_224", True, True), ("tf_efficientnet_lite0", False, False), ("resnet18", False, False),
+    ("convnext_atto", False, False)])
+def test_what_kind_of_network_a_model_is_comes_from_timm_not_its_name(name, sized, transformer):
+    """#29: one detector asks timm's model (built on the meta device: no memory, no weights): the
+    img_size its class takes, its prefix tokens and patch embedding, its channels-last stage maps."""
+    from proxyattention.models.build import _on_meta, channels_last_maps, is_vit, takes_image_size
+    from proxyattention.models.build import transformer as is_transformer
+
+    assert takes_image_size(name) is sized and is_transformer(name) is transformer
+    model = _on_meta(name)
+    assert next(model.parameters()).device.type == "meta"
+    assert is_vit(model) is (name.split("_")[0] in ("vit", "deit")) and channels_last_maps(model) is name.startswith("swin")
 
 
 def test_pth_weights_load_only_tensors(tmp_path):

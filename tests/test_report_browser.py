@@ -6,9 +6,9 @@ import shutil
 
 import pandas as pd
 import pytest
-
 from conftest import snakemake
-from proxyattention.report import FIGURE_NAMES
+
+from proxyattention.files.report import FIGURE_NAMES
 
 BROWSERS = ("chromium", "chromium-browser")
 
@@ -43,9 +43,8 @@ def check_front_page(page, body: str, arms: list) -> None:
 @pytest.mark.slow
 def test_the_report_front_page_lists_named_arms(six_arm_run):
     executable = browser_path()
-    from playwright.sync_api import sync_playwright
-
     from conftest import SIX
+    from playwright.sync_api import sync_playwright
 
     snakemake(six_arm_run, "--report", "results/report.html")
     with sync_playwright() as p:

@@ -5,10 +5,10 @@ one list item per arm. The browser test checks the same in the real report."""
 import jinja2
 import pytest
 import yaml
+from conftest import ROOT
 from docutils.core import publish_parts
 
-from conftest import ROOT
-from proxyattention.config import validate
+from proxyattention.settings.validate import validate
 
 CONFIGS = sorted(p.name for p in ROOT.glob("config*.yaml"))  # every shipped config
 
@@ -45,7 +45,7 @@ def test_the_front_page_opens_with_the_answer_sentences(tmp_path):
     """#24: the answer the aggregate job wrote (<dataset>_answer.md) is the first thing on the page."""
     import pandas as pd
 
-    from proxyattention.aggregate import answers
+    from proxyattention.analysis.verdicts import answers
 
     table = pd.DataFrame([{"dataset": "d", "model": "m", "arm": "proxy", "control": "baseline", "cycle": 3,
                            "split": "validation", "metric": "accuracy", "verdict_holm": "no evidence at this n",

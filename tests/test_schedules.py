@@ -7,13 +7,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import make_config
 from safetensors.torch import load_file
 
-from conftest import make_config
-from proxyattention import optimizer_state
-from proxyattention.config import ConfigError, check_config, schedule_span, stage_settings
-from proxyattention.schedules import RunSchedule, shape
-from proxyattention.train import train
+from proxyattention.settings.schema import ConfigError
+from proxyattention.settings.stage_settings import schedule_span, stage_settings
+from proxyattention.settings.validate import check_config
+from proxyattention.stages.train import train
+from proxyattention.training import optimizer_state
+from proxyattention.training.schedules import RunSchedule, shape
 
 
 def lrs_of_jobs(kind, jobs, steps_per_epoch, total):
@@ -95,7 +97,7 @@ def outputs(folder):
 def test_the_optimizer_state_round_trips_exactly(trained, tmp_path):
     """What the next cycle loads is what the last one ended with: every moment, step count and
     hyperparameter, the scaler and the schedule's position."""
-    from proxyattention.models import load_checkpoint
+    from proxyattention.models.build import load_checkpoint
 
     model, _ = load_checkpoint(trained["weights"], trained["meta"])
     first = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -152,7 +154,7 @@ def test_a_continued_cycle_killed_mid_run_resumes_to_the_same_bytes(prepared, tr
     """Killed after the first of its two epochs, a continued cycle resumes (optimizer state from
     the finetune, its own state from .train_state) to the weights and optimizer state of a
     straight run, byte for byte."""
-    import proxyattention.train as t
+    import proxyattention.stages.train as t
 
     config = make_config(training={"epochs": 2})
     kwargs = dict(seed=0, init_weights=trained["weights"], init_meta=trained["meta"],
@@ -184,9 +186,10 @@ def test_a_continued_cycle_killed_mid_run_resumes_to_the_same_bytes(prepared, tr
 def test_the_thesis_config_is_the_protocol_docs_thesis_reads():
     """#23: config.thesis.yaml translates the thesis's final code (docs/thesis.md cites it)."""
     import yaml
-
     from conftest import ROOT
-    from proxyattention.config import epochs_for, validate
+
+    from proxyattention.settings.stage_settings import epochs_for
+    from proxyattention.settings.validate import validate
 
     config = validate(yaml.safe_load((ROOT / "config.thesis.yaml").read_text()))
     assert sum(epochs_for(config, c) for c in range(config["cycles"] + 1)) == 40  # [5,p,9,p,9,p,9,p,4] and [40]

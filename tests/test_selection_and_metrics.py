@@ -7,10 +7,11 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from proxyattention.aggregate import mean_ci, with_shared_finetune
-from proxyattention.cycles import decide
-from proxyattention.evaluate import classification_metrics
-from proxyattention.misclassified import prediction_table, select
+from proxyattention.analysis.power import mean_ci
+from proxyattention.stages.figures import with_shared_finetune
+from proxyattention.stages.decide_cycle import decide
+from proxyattention.stages.evaluate import classification_metrics
+from proxyattention.stages.find_misclassified import prediction_table, select
 
 
 def hand_made():
@@ -110,7 +111,7 @@ def test_curves_start_at_the_shared_finetune_even_without_cycles():
 def test_atomic_writes_leave_nothing_on_failure_and_use_umask(tmp_path):
     import os
 
-    from proxyattention.atomic import atomic_path, write_json
+    from proxyattention.files.atomic import atomic_path, write_json
 
     target = tmp_path / "out.json"
     with pytest.raises(RuntimeError):

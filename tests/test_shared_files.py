@@ -6,7 +6,7 @@ import stat
 import pytest
 import torch
 
-from proxyattention.atomic import atomic_path
+from proxyattention.files.atomic import atomic_path
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def group_umask():
 def test_a_checkpoint_gets_the_umask_s_permissions(tmp_path, group_umask):
     """#27.9: safetensors' save_file replaces the temporary file, so the chmod made on it was lost
     and every checkpoint was 0600: group members could not read model.safetensors."""
-    from proxyattention.models import save_checkpoint
+    from proxyattention.models.build import save_checkpoint
 
     model = torch.nn.Linear(3, 2)
     save_checkpoint(model, tmp_path / "model.safetensors", tmp_path / "model.json", {"timm_name": "x"})
@@ -38,8 +38,8 @@ def test_any_writer_that_replaces_the_temporary_file_keeps_the_permissions(tmp_p
 
 TERMINATED = """
 import sys, time
-from proxyattention.scripting import remove_temporaries_on_sigterm
-from proxyattention.atomic import atomic_path
+from proxyattention.runtime.scripting import remove_temporaries_on_sigterm
+from proxyattention.files.atomic import atomic_path
 remove_temporaries_on_sigterm()
 with atomic_path(sys.argv[1]) as tmp:
     tmp.write_bytes(b"x" * 10_000_000)
@@ -68,7 +68,7 @@ def test_a_terminated_stage_leaves_no_temporary_behind(tmp_path):
 def test_the_next_attempt_removes_what_a_sigkill_left(tmp_path):
     """SIGKILL (out of memory) cannot be caught: the next attempt at the same output removes the
     temporaries an earlier attempt left, and nothing of other outputs."""
-    from proxyattention.atomic import atomic_dir
+    from proxyattention.files.atomic import atomic_dir
 
     stale = [tmp_path / ".images.k1l2ed_x.tmp.npy", tmp_path / ".images.abcdefgh.tmp.npy.rows"]
     others = [tmp_path / ".index.abcdefgh.tmp.csv", tmp_path / ".images.abcdefgh.tmp.csv", tmp_path / "images.npy.bak"]

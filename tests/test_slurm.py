@@ -16,9 +16,7 @@ import sys
 import pandas as pd
 import pytest
 import yaml
-
-from conftest import ROOT, user_command
-from conftest import SNAKEMAKE, tiny_config
+from conftest import ROOT, SNAKEMAKE, tiny_config, user_command
 
 sys.path.insert(0, str(ROOT / "tests" / "slurm"))
 from cluster import Cluster, ClusterUnavailable  # noqa: E402

@@ -6,13 +6,15 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import DEMO
 from PIL import Image
 
-from proxyattention.images import BadImageError, decode_image
-from proxyattention.prepare import draw_split, draw_subset, prepare
-from proxyattention.sources import SourceError, list_items, read_idx
-
-from conftest import DEMO
+from proxyattention.data.images import BadImageError, decode_image
+from proxyattention.data.splits import draw_split, draw_subset
+from proxyattention.sources import list_items
+from proxyattention.sources.base import SourceError
+from proxyattention.sources.idx import read_idx
+from proxyattention.stages.prepare import prepare
 
 
 def digits_tree(root, per_class=4, classes=(0, 1, 2), val=True):
@@ -258,7 +260,7 @@ def test_prepare_shows_a_bar_on_a_terminal_and_tenths_in_its_log(tmp_path):
         "import logging, sys\n"
         f"sys.stderr = open({str(log)!r}, 'a', buffering=1)\n"
         "logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
-        "from proxyattention.prepare import prepare\n"
+        "from proxyattention.stages.prepare import prepare\n"
         f"prepare({{'source': 'idx', 'path': {str(DEMO)!r}, 'image_size': 16, 'val_fraction': 0.2,"
         " 'split_seed': 0, 'on_bad_image': 'fail'}, *[" + ", ".join(
             repr(str(tmp_path / n)) for n in ("images.npy", "index.csv", "classes.json", "skipped.csv")) + "])\n"
@@ -362,7 +364,7 @@ def test_an_image_declaring_too_many_pixels_is_a_bad_image_never_decoded(tmp_pat
     """#27.1: a small file can declare a huge image (a 30,000 x 30,000 PNG of 875 KB decoded at a
     5.3 GB peak); above OpenCV's own limit it raised cv2.error and stopped prepare even under skip.
     Its header is read, and over max_pixels it is a bad image: named, skippable, never decoded."""
-    import proxyattention.images as images
+    import proxyattention.data.images as images
 
     files = digits_tree(tmp_path / "d")
     bomb = tmp_path / "d" / "train" / "digit_0" / "bomb.png"
@@ -386,7 +388,7 @@ def test_an_image_declaring_too_many_pixels_is_a_bad_image_never_decoded(tmp_pat
 
 PEAK_RSS = """
 import json, resource, sys
-from proxyattention.prepare import prepare
+from proxyattention.stages.prepare import prepare
 spec = json.loads(sys.argv[1]); out = sys.argv[2]
 prepare(spec, out + "/images.npy", out + "/index.csv", out + "/classes.json", out + "/skipped.csv", threads=1)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)

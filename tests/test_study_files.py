@@ -1,4 +1,4 @@
-"""A study's files for the repository (proxyattention.study_files): per-image results packed into
+"""A study's files for the repository (proxyattention.files.study_files): per-image results packed into
 one file and unpacked again (what the verdicts read comes back exactly), every epoch in one table."""
 
 import numpy as np
@@ -9,7 +9,7 @@ from conftest import run_dir
 
 
 def test_packing_a_tiny_run_keeps_every_prediction_and_the_probabilities_to_float16(tiny_run, tmp_path):
-    from proxyattention.study_files import pack, unpack
+    from proxyattention.files.study_files import pack, unpack
 
     summary = tiny_run / "results" / "summary.csv"
     made = pack(summary, tmp_path / "per_image.npz")
@@ -34,7 +34,7 @@ def test_packing_a_tiny_run_keeps_every_prediction_and_the_probabilities_to_floa
 
 
 def test_a_missing_per_image_file_is_named(tiny_run, tmp_path):
-    from proxyattention.study_files import pack
+    from proxyattention.files.study_files import pack
 
     frame = pd.read_csv(tiny_run / "results" / "summary.csv")
     frame.loc[len(frame)] = frame.iloc[-1]
@@ -46,7 +46,7 @@ def test_a_missing_per_image_file_is_named(tiny_run, tmp_path):
 
 
 def test_the_epochs_of_every_training_job_come_in_one_table(tiny_run, tmp_path):
-    from proxyattention.study_files import epochs
+    from proxyattention.files.study_files import epochs
 
     summary = tiny_run / "results" / "summary.csv"
     rows = epochs(summary, tmp_path / "epochs.csv")
@@ -68,7 +68,7 @@ def redraw(out, *extra):
 
     from conftest import ROOT
 
-    return subprocess.run([sys.executable, "-m", "proxyattention.figures", f"{STUDY2}/summary.csv", str(out), *extra],
+    return subprocess.run([sys.executable, "-m", "proxyattention.stages.figures", f"{STUDY2}/summary.csv", str(out), *extra],
                           cwd=ROOT, capture_output=True, text=True)
 
 
@@ -89,7 +89,7 @@ def test_the_committed_study_redraws_its_verdicts_with_image_level_intervals_byt
     for name in ("paired_differences", "attention_measures", "accuracy_by_cycle"):
         assert (tmp_path / "with" / f"{name}.png").stat().st_size > 10_000
     assert not list(tmp_path.glob("**/per_image.npz"))  # unpacked into a temporary folder, removed
-    assert ("python -m proxyattention.figures docs/study2/summary.csv /tmp/study2_figures "
+    assert ("python -m proxyattention.stages.figures docs/study2/summary.csv /tmp/study2_figures "
             "--per-image docs/study2/per_image.npz") in (ROOT / "docs" / "study.md").read_text()
     # The headline the README's first screen and docs/study.md give is the committed table's row.
     row = accuracy.set_index("comparison").loc["proxy - random_erase"]

@@ -8,11 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torchvision.datasets
-
 from conftest import DEMO, make_config
-from proxyattention.config import ConfigError, check_config
-from proxyattention.prepare import prepare
-from proxyattention.torchvision_source import SPLITS, chosen_splits, split_kwargs
+
+from proxyattention.settings.schema import ConfigError
+from proxyattention.settings.validate import check_config
+from proxyattention.sources.torchvision import SPLITS, chosen_splits, split_kwargs
+from proxyattention.stages.prepare import prepare
 
 
 def torchvision_root(tmp_path, name: str):
@@ -96,7 +97,8 @@ def test_download_true_needs_no_folder_yet(tmp_path):
 
 
 def test_a_missing_dataset_without_download_names_the_fix(tmp_path):
-    from proxyattention.sources import SourceError, list_items
+    from proxyattention.sources import list_items
+    from proxyattention.sources.base import SourceError
 
     with pytest.raises(SourceError, match="FashionMNIST .*set download: true"):
         list_items({"source": "torchvision", "name": "FashionMNIST", "path": str(tmp_path)})

@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import make_config
 from safetensors.torch import load_file
 
-from proxyattention.config import stage_settings
-from proxyattention.evaluate import evaluate
-from proxyattention.train import NonFiniteLossError, train
-
-from conftest import make_config
+from proxyattention.settings.stage_settings import stage_settings
+from proxyattention.stages.evaluate import evaluate
+from proxyattention.stages.train import train
+from proxyattention.training.loop import NonFiniteLossError
 
 
 def outputs(folder):
@@ -77,8 +77,9 @@ def test_resume_after_kill_gives_the_same_weights(prepared, tmp_path):
     config = make_config(training={"epochs_finetune": 3})
     script = f"""
 import json, os, signal, sys
-import proxyattention.train as t
-from proxyattention.config import validate, stage_settings
+import proxyattention.stages.train as t
+from proxyattention.settings.validate import validate
+from proxyattention.settings.stage_settings import stage_settings
 config = validate(json.loads({json.dumps(config)!r}))
 real = t.predict_logits
 calls = []
@@ -116,7 +117,7 @@ def test_an_unreadable_resume_state_starts_the_stage_over(prepared, trained, tmp
     folder = tmp_path / "crashed"
     (folder / ".train_state").mkdir(parents=True)
     (folder / ".train_state" / "state.pt").write_bytes(b"")
-    with caplog.at_level(logging.WARNING, logger="proxyattention.train"):
+    with caplog.at_level(logging.WARNING, logger="proxyattention.stages.train"):
         run(prepared, folder, trained["config"])
     assert "cannot read" in caplog.text and "state.pt" in caplog.text
     assert (folder / "model.safetensors").read_bytes() == trained["weights"].read_bytes()
@@ -136,7 +137,7 @@ def test_retrain_adds_erased_images(prepared, trained, tmp_path):
 def batch_orders(prepared, trained, tmp_path, monkeypatch, cycle, name, extra=()):
     """What a retrain of ``cycle`` draws: per training batch, its key, the indices, and the images
     and crop/flip plan it got."""
-    from proxyattention import data
+    from proxyattention.data import batches as data
 
     drawn = []
     real = data.BatchDataset.__getitem__
@@ -212,7 +213,7 @@ def test_every_random_stream_of_an_epoch_has_a_key_of_its_own(prepared, trained,
 def test_resume_state_belongs_to_the_inputs_content(prepared, trained, tmp_path, monkeypatch):
     """A retrain stopped after its epoch leaves its state; a rerun with the same erased.npz resumes
     it, one whose erased.npz was rewritten with other pixels of the same size starts over."""
-    import proxyattention.train as t
+    import proxyattention.stages.train as t
 
     images = np.load(prepared["images"])[:6]
     extra = tmp_path / "erased.npz"

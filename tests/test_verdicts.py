@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from proxyattention.aggregate import NO_EVIDENCE, verdicts
-from proxyattention.figures import example_order, reach_target
+from proxyattention.analysis.verdicts import NO_EVIDENCE, verdicts
+from proxyattention.stages.figures import example_order, reach_target
 
 
 def summary(accuracies: dict, seconds: float = 10.0) -> pd.DataFrame:
@@ -76,19 +76,20 @@ def test_the_committed_study_redraws_from_its_summary(tmp_path):
 
     from conftest import ROOT
 
-    proc = subprocess.run([sys.executable, "-m", "proxyattention.figures", "docs/study/summary.csv", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "proxyattention.stages.figures", "docs/study/summary.csv", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     for name in ("fashion_mnist_verdicts.csv", "fashion_mnist_answer.md"):
         assert (tmp_path / name).read_text() == (ROOT / "docs" / "study" / "tables" / name).read_text(), name
     assert all((tmp_path / f"{name}.png").stat().st_size > 10_000 for name in ("paired_differences", "time_to_target"))
-    assert "python -m proxyattention.figures docs/study/summary.csv" in (ROOT / "docs" / "study.md").read_text()
+    assert "python -m proxyattention.stages.figures docs/study/summary.csv" in (ROOT / "docs" / "study.md").read_text()
 
 
 def test_equal_differences_from_three_seeds_give_no_verdict():
     """#22.2: accuracy moves in steps of 1/n, so three seeds can differ by exactly the same
     amount; a zero spread gives a zero-width interval, which is no evidence of anything."""
-    from proxyattention.aggregate import mean_ci, verdict
+    from proxyattention.analysis.power import mean_ci
+    from proxyattention.analysis.verdicts import verdict
 
     mean, low, high, n = mean_ci([0.0005] * 3)
     assert n == 3 and mean == pytest.approx(0.0005)
@@ -108,7 +109,7 @@ def test_figures_redraw_a_summary_whose_seeds_all_score_the_same(tmp_path):
     frame = pd.read_csv(ROOT / "docs" / "study" / "summary.csv")
     frame.loc[frame.arm == "proxy", "accuracy"] = 0.1  # mean of six 0.1s is 0.10000000000000002
     frame.to_csv(tmp_path / "summary.csv", index=False)
-    proc = subprocess.run([sys.executable, "-m", "proxyattention.figures", str(tmp_path / "summary.csv"),
+    proc = subprocess.run([sys.executable, "-m", "proxyattention.stages.figures", str(tmp_path / "summary.csv"),
                            str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     for name in ("accuracy_by_cycle", "accuracy_by_time", "paired_differences", "accuracy_cost", "peak_memory",
@@ -137,7 +138,7 @@ def test_redraw_compares_the_arms_the_summary_holds_with_the_split_it_used(tmp_p
     provenance.json beside it, and draws every figure on the verdicts' split."""
     import json
 
-    from proxyattention.figures import redraw, reach_target
+    from proxyattention.stages.figures import reach_target, redraw
 
     named_arms_summary().to_csv(tmp_path / "summary.csv", index=False)
     (tmp_path / "provenance.json").write_text(json.dumps({"stop_rule": True, "job_commits": ["abc"],
@@ -159,8 +160,8 @@ def test_the_cost_of_an_adding_arm_includes_its_own_stages(tmp_path):
     to training; cumulative_train_seconds stays training alone; time to target uses the first."""
     import json
 
-    from proxyattention.aggregate import summarise
-    from proxyattention.figures import reach_target
+    from proxyattention.stages.aggregate import summarise
+    from proxyattention.stages.figures import reach_target
 
     cells, paths = [], []
     for arm, cycle, seconds in (("finetune", 0, 10.0), ("baseline", 1, 5.0), ("proxy", 1, 6.0)):
@@ -190,7 +191,7 @@ def test_the_minimum_detectable_effect_matches_statsmodels(n):
     statsmodels' TTestPower, computed independently, and the pairs needed are its ceiling."""
     from statsmodels.stats.power import TTestPower
 
-    from proxyattention.power import mde, pairs_needed
+    from proxyattention.analysis.power import mde, pairs_needed
 
     sd = 0.0123
     expected = TTestPower().solve_power(nobs=n, alpha=0.05, power=0.8, alternative="two-sided") * sd
@@ -206,15 +207,15 @@ def test_power_far_in_the_tail_is_integrated_not_nan():
     and agrees with nct where both exist, and a spread of rounding error has no MDE."""
     from scipy import stats
 
-    from proxyattention.power import power
+    from proxyattention.analysis.power import power
 
     critical, nc = stats.t.ppf(0.975, 1), 0.42 * np.sqrt(2) / 1e-17
     assert np.isnan(stats.nct.sf(critical, 1, nc) + stats.nct.cdf(-critical, 1, nc))
     assert power(0.42, 1e-17, 2) == pytest.approx(1.0)
-    from proxyattention.power import mde
+    from proxyattention.analysis.power import mde
 
     assert np.isnan(mde(1e-17, 2))  # equal differences up to rounding: no spread, no MDE
-    import proxyattention.power as module
+    import proxyattention.analysis.power as module
 
     real = stats.nct.sf
     try:
@@ -226,7 +227,7 @@ def test_power_far_in_the_tail_is_integrated_not_nan():
 
 
 def test_no_spread_leaves_the_mde_undefined_not_zero():
-    from proxyattention.power import mde, pairs_needed
+    from proxyattention.analysis.power import mde, pairs_needed
 
     assert np.isnan(mde(0.0, 6)) and np.isnan(mde(0.01, 1)) and np.isnan(pairs_needed(0.005, 0.0))
     frame = summary({"baseline": {1: [0.5, 0.6, 0.7]}, "proxy": {1: [0.51, 0.61, 0.71]}})
@@ -239,7 +240,7 @@ def test_holm_adjusts_within_one_table_as_statsmodels_does():
     over the comparisons of one (dataset, model) table."""
     from statsmodels.stats.multitest import multipletests
 
-    from proxyattention.power import holm
+    from proxyattention.analysis.power import holm
 
     p = [0.01, 0.04, 0.03, 0.005, float("nan"), 0.2]
     finite = [x for x in p if np.isfinite(x)]
@@ -258,7 +259,7 @@ def test_holm_adjusts_within_one_table_as_statsmodels_does():
 
 def test_time_to_target_never_averages_only_the_seeds_that_arrived():
     """#24: a seed that never reached the target counts last; the bar is the censored median."""
-    from proxyattention.figures import censored_median
+    from proxyattention.stages.figures import censored_median
 
     seconds = pd.Series([10.0, 12.0, np.nan])
     assert censored_median(seconds, pd.Series([True, True, False])) == 12.0  # not the survivors' 11
@@ -269,7 +270,7 @@ def test_on_simulated_runs_the_t_interval_covers_the_truth():
     """#24: 400 simulated experiments of 5 seeds each on per-image outcomes with a known true
     difference: the t-interval covers it in 90-99% of them. The bootstrap's coverage is measured
     and reported (README), not asserted to be nominal."""
-    from proxyattention.bootstrap import coverage
+    from proxyattention.analysis.bootstrap import coverage
 
     result = coverage(5, experiments=400)
     assert 0.90 <= result["t_coverage"] <= 0.99, result
@@ -279,7 +280,7 @@ def test_on_simulated_runs_the_t_interval_covers_the_truth():
 def test_the_bootstrap_resamples_seeds_and_images_and_repeats():
     """The percentile interval of the paired bootstrap: seeded (the same interval twice), around
     the observed mean, wider with fewer images."""
-    from proxyattention.bootstrap import outcome_shares, paired_bootstrap
+    from proxyattention.analysis.bootstrap import outcome_shares, paired_bootstrap
 
     rng = np.random.default_rng(1)
     shares = []

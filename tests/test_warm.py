@@ -9,15 +9,15 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT
-from proxyattention import warm
+
+from proxyattention.runtime import warm
 
 # A stand-in for Snakemake's copy of a rule script: hand over to the server, then do the work.
 JOB = """
 import json, os, sys, time
 sys.path.insert(0, {workflow!r})
-from proxyattention.warm import in_warm_child, run_in_server
+from proxyattention.runtime.warm import in_warm_child, run_in_server
 run_in_server()
 print(json.dumps({{"pid": os.getpid(), "cwd": os.getcwd(), "argv": sys.argv, "marker": os.environ.get("MARKER"),
                   "torch_loaded": "torch" in sys.modules, "warm": in_warm_child()}}), flush=True)
@@ -164,7 +164,7 @@ if fault == "thread":
     def start(self):
         raise RuntimeError("can't start new thread")
     threading.Thread.start = start
-from proxyattention.warm import serve
+from proxyattention.runtime.warm import serve
 serve(sys.argv[1], int(sys.argv[2]), preload=("json",))
 """
 
@@ -307,14 +307,14 @@ def test_a_job_refuses_a_server_another_user_runs(tmp_path):
 PROBE_SERVER = """
 import os, sys
 sys.path.insert(0, {workflow!r}); sys.path.insert(0, {probe!r})
-from proxyattention.warm import serve
+from proxyattention.runtime.warm import serve
 serve(sys.argv[1], int(sys.argv[2]), preload=("torch", "cuda_probe"))
 """
 
 CHILD_FORK_STATE = """
 import json, sys
 sys.path.insert(0, {workflow!r})
-from proxyattention.warm import in_warm_child, run_in_server
+from proxyattention.runtime.warm import in_warm_child, run_in_server
 run_in_server()
 import torch
 print(json.dumps({{"warm": in_warm_child(), "bad_fork": torch.cuda._is_in_bad_fork()}}), flush=True)

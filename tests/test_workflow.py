@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import ROOT, SNAKEMAKE, run_dir, snakemake, tiny_config, user_command
-from proxyattention.report import FIGURE_NAMES
-from proxyattention.timing import PATTERN
+
+from proxyattention.files.report import FIGURE_NAMES
+from proxyattention.runtime.timing import PATTERN
+
 
 @pytest.mark.slow
 def test_whole_dag_produces_the_summary_and_figures(tiny_run):
@@ -80,7 +81,7 @@ def test_whole_dag_produces_the_summary_and_figures(tiny_run):
     assert (adding.cumulative_seconds > adding.cumulative_train_seconds).all()
     plain = summary[summary.arm.isin(["baseline", "finetune"])]
     assert (plain.proxy_seconds == 0).all() and (plain.cumulative_seconds == plain.cumulative_train_seconds).all()
-    from proxyattention.timing import last_stage_seconds
+    from proxyattention.runtime.timing import last_stage_seconds
 
     row = summary[(summary.arm == "proxy") & (summary.seed == 0) & (summary.cycle == 2)].iloc[0]
     logs = tiny_run / "results" / "logs"
@@ -90,7 +91,7 @@ def test_whole_dag_produces_the_summary_and_figures(tiny_run):
     assert set(summary.kind) == {"finetune", "baseline", "duplicate", "proxy"}
     # #22.14: what made the results, once per run
     made = json.loads((tiny_run / "results" / "provenance.json").read_text())
-    from proxyattention.provenance import code_commit, config_digest
+    from proxyattention.files.provenance import code_commit, config_digest
 
     assert made["job_commits"] == [code_commit()] and len(made["config_digest"]) == 64
     assert made["config"]["seeds"] == [0, 1] and made["config_digest"] == config_digest(made["config"])
@@ -108,7 +109,7 @@ def test_whole_dag_produces_the_summary_and_figures(tiny_run):
     assert {"mde", "pairs_needed", "verdict_holm", "p_holm"} <= set(verdicts.columns)
     # #25: Question 2's measures in every evaluation, with verdicts like accuracy's
     assert summary.occlusion_auc.between(0, 1).all() and summary.ece.between(0, 1).all()
-    from proxyattention.attention_measures import sample_rows
+    from proxyattention.analysis.attention_measures import sample_rows
 
     for row in summary[summary.seed == 1].itertuples():  # level 0 is the plain accuracy on the fixed sample
         with np.load(run_dir(tiny_run, row.arm, row.seed, row.cycle) / "per_image.npz") as images:
@@ -241,7 +242,8 @@ def held_out_run(tmp_path_factory):
 def test_verdicts_use_the_held_out_test_split_when_there_is_one(held_out_run):
     """test_fraction holds out part of each class's training images: never trained on, selected,
     explained or erased, and the verdicts, the comparison table and the figures are on it."""
-    from proxyattention.aggregate import mean_ci, verdict
+    from proxyattention.analysis.power import mean_ci
+    from proxyattention.analysis.verdicts import verdict
 
     index = pd.read_csv(held_out_run / "results" / "prepared" / "fm" / "index.csv", keep_default_na=False)
     counts = index.split.value_counts()

@@ -22,8 +22,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import layout
-from .arms import ADDING_KINDS, names_of_kind, owner
+from .files import layout
+from .settings.arms import ADDING_KINDS, names_of_kind
+from .settings.stage_settings import owner
 
 SNAKEFILE = Path(__file__).resolve().parents[2] / "Snakefile"
 
@@ -155,7 +156,8 @@ def device_env(device: str | None) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from .config import ConfigError, load_config
+    from .settings.schema import ConfigError
+    from .settings.validate import load_config
 
     try:
         config = load_config(args.config)

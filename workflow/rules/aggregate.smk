@@ -1,9 +1,3 @@
-localrules:
-    aggregate,
-    figures,
-    examples,
-
-
 rule aggregate:
     input:
         metrics=all_metrics(),
@@ -47,6 +41,7 @@ rule aggregate:
         effect_of_interest=config["report"]["effect_of_interest"],
     log:
         f"{LOGS}/aggregate.log",
+    localrule: True
     conda:
         "../../envs/proxyattention.yaml"
     script:
@@ -76,6 +71,7 @@ rule figures:
         effect_of_interest=config["report"]["effect_of_interest"],
     log:
         f"{LOGS}/figures.log",
+    localrule: True
     conda:
         "../../envs/proxyattention.yaml"
     script:
@@ -95,6 +91,7 @@ rule examples:
         f"{RESULTS}/figures/examples/{{dataset}}/{{model}}/{{arm}}.svg",
     log:
         f"{LOGS}/examples/{{dataset}}/{{model}}/{{arm}}.log",
+    localrule: True
     conda:
         "../../envs/proxyattention.yaml"
     script:

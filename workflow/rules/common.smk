@@ -1,5 +1,5 @@
 # Snakemake patterns and input functions of the workflow. The folder layout itself
-# lives in proxyattention/layout.py, shared with the command line.
+# lives in proxyattention/files/layout.py, shared with the command line.
 import os
 import re
 import sys
@@ -7,15 +7,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
-from proxyattention.config import (
-    ConfigError,
-    check_config,
-    stage_settings,
-    validate as validate_config,
-)
-from proxyattention.model_checks import ModelCheckError, check_models, hub_problem
-from proxyattention.report import FIGURE_NAMES as FIGURES
-from proxyattention import arms, layout, warm
+from proxyattention.settings.schema import ConfigError
+from proxyattention.settings.validate import check_config, validate as validate_config
+from proxyattention.settings.stage_settings import owner as owning_arm, stage_settings
+from proxyattention.settings.model_checks import ModelCheckError, check_models, hub_problem
+from proxyattention.files.report import FIGURE_NAMES as FIGURES
+from proxyattention.settings import arms
+from proxyattention.files import layout
+from proxyattention.runtime import warm
 from snakemake.logging import logger
 
 try:
@@ -153,7 +152,7 @@ def extra_images(wc):
 def cycle_group(wc):
     """The cluster job a stage's job runs in (Snakemake job groups; ignored by local runs): one per
     cycle of one arm, named from the job's own wildcards, so a shared cycle-1 job runs in the
-    group of the arm that owns it (arms.owner) and the other arms' groups wait for that group.
+    group of the arm that owns it (stage_settings.owner) and the other arms' groups wait for that group.
     None (one cluster job per stage) under ``cluster.group: stage``."""
     if config["cluster"]["group"] == "stage":
         return None
@@ -224,8 +223,8 @@ def erase_control(wc):
 
 def shared_path(stage, name, dataset, model, seed, arm, cycle):
     """``name`` in the folder of the arm whose ``stage`` job this arm uses (in cycle 1, arms
-    with equal settings share one job: arms.owner)."""
-    owner = arms.owner(config, dataset, model, arm, int(cycle), stage)
+    with equal settings share one job: stage_settings.owner)."""
+    owner = owning_arm(config, dataset, model, arm, int(cycle), stage)
     return f"{run_dir_of(dataset, model, seed, owner, cycle)}/{name}"
 
 
@@ -257,7 +256,7 @@ def stage_logs():
     for dataset, model, seed, arm, cycle in erased_cells():
         logs = {}
         for stage in PROXY_STAGES:
-            owner = arm if stage == "mask_and_save" else arms.owner(config, dataset, model, arm, int(cycle), stage)
+            owner = arm if stage == "mask_and_save" else owning_arm(config, dataset, model, arm, int(cycle), stage)
             logs[stage] = log_file(stage).format(dataset=dataset, model=model, seed=seed, arm=owner, cycle=cycle)
         out.append(logs)
     return out

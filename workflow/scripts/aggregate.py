@@ -1,8 +1,8 @@
 import stage_package  # noqa: F401  (the stage package of this checkout, installed or not)
-from proxyattention.scripting import setup
+from proxyattention.runtime.scripting import setup
 
 setup(snakemake)
-from proxyattention.aggregate import aggregate
+from proxyattention.stages.aggregate import aggregate
 
 aggregate(
     snakemake.params.cells,

@@ -1,7 +1,7 @@
 import stage_package  # noqa: F401  (the stage package of this checkout, installed or not)
-from proxyattention.scripting import setup
+from proxyattention.runtime.scripting import setup
 
 setup(snakemake)
-from proxyattention.cycles import write_decision
+from proxyattention.stages.decide_cycle import write_decision
 
 write_decision(int(snakemake.wildcards.cycle), list(snakemake.input), snakemake.params.stop_when, snakemake.output[0])

@@ -1,9 +1,9 @@
 import stage_package  # noqa: F401  (the stage package of this checkout, installed or not)
-from proxyattention.scripting import setup
+from proxyattention.runtime.scripting import setup
 
 setup(snakemake)
-from proxyattention.figures import figures
-from proxyattention.report import FIGURE_NAMES
+from proxyattention.files.report import FIGURE_NAMES
+from proxyattention.stages.figures import figures
 
 figures(
     snakemake.input.summary,

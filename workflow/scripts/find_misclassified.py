@@ -1,9 +1,9 @@
 import stage_package  # noqa: F401  (the stage package of this checkout, installed or not)
-from proxyattention.scripting import setup
+from proxyattention.runtime.scripting import setup
 
 setup(snakemake)
-from proxyattention.cycles import should_run
-from proxyattention.misclassified import find_misclassified
+from proxyattention.stages.decide_cycle import should_run
+from proxyattention.stages.find_misclassified import find_misclassified
 
 find_misclassified(
     snakemake.params.settings,

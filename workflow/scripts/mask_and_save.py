@@ -1,8 +1,8 @@
 import stage_package  # noqa: F401  (the stage package of this checkout, installed or not)
-from proxyattention.scripting import setup
+from proxyattention.runtime.scripting import setup
 
 setup(snakemake)
-from proxyattention.masking import mask_and_save
+from proxyattention.stages.mask_and_save import mask_and_save
 
 mask_and_save(
     snakemake.params.settings,

@@ -1,8 +1,8 @@
 import stage_package  # noqa: F401  (the stage package of this checkout, installed or not)
-from proxyattention.scripting import setup
+from proxyattention.runtime.scripting import setup
 
 setup(snakemake)
-from proxyattention.prepare import prepare
+from proxyattention.stages.prepare import prepare
 
 prepare(
     snakemake.params.dataset,

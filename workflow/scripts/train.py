@@ -1,9 +1,9 @@
 import stage_package  # noqa: F401  (the stage package of this checkout, installed or not)
-from proxyattention.scripting import setup
+from proxyattention.runtime.scripting import setup
 
 setup(snakemake)
-from proxyattention.cycles import should_run, skip_training
-from proxyattention.train import train
+from proxyattention.stages.decide_cycle import should_run, skip_training
+from proxyattention.stages.train import train
 
 inputs, out = snakemake.input, snakemake.output
 if "decision" in inputs.keys() and not should_run(inputs.decision):

@@ -1,0 +1,2 @@
+"""Pixels and batches: decoding, the random streams, splits, batches on the device, erasing.
+"""

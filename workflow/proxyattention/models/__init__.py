@@ -1,0 +1,3 @@
+"""Models and CAMs: timm models with their weights and checkpoints, the CAM methods and
+batched prediction.
+"""

@@ -1,0 +1,129 @@
+"""Arms: the named variants a run compares, what kind each is, and which work they share.
+
+``arms:`` is a list of kinds (``[baseline, duplicate, proxy, random_erase]``, the
+controls matching the one ``proxy`` arm) or a mapping from an arm's name to its kind
+and any ``proxy:`` keys it overrides::
+
+    arms:
+      baseline: {kind: baseline}
+      gradcam: {kind: proxy}
+      eigencam: {kind: proxy, cam_method: eigencam}
+      gradcam_random: {kind: random_erase, matches: gradcam}
+
+A control (``duplicate``, ``random_erase``) that ``matches`` a proxy arm uses that
+arm's settings (selection, CAMs, threshold, fill), with its own overrides on top;
+without ``matches`` it uses the ``proxy:`` section.
+
+Which arm's job a shared stage is (its *owner*) is decided from the stages' settings:
+see ``stage_settings.owner``.
+
+Work that does not differ is done once: cycle 1 of every arm starts from the one
+shared finetune, so arms whose selection settings are equal share one
+``find_misclassified`` job, and arms whose selection and CAM settings are equal
+share one ``compute_cams`` job. The shared job runs in the folder of the first
+such arm (proxy arms first, then the config's order): its *owner*.
+"""
+
+from __future__ import annotations
+
+import copy
+
+KINDS = ("baseline", "duplicate", "proxy", "random_erase")
+ADDING_KINDS = ("duplicate", "proxy", "random_erase")  # kinds that add the selected images to training
+CONTROLS = {"proxy": None, "random_erase": "random", "duplicate": "duplicate"}  # mask_and_save's control
+PROXY_KEYS = ("cam_method", "fast_path", "target", "empty_maps", "selection", "threshold", "fill", "random_erase")
+
+
+def normalise(arms) -> dict:
+    """The mapping form of ``arms``: the list form names kinds, its controls match the proxy arm."""
+    if isinstance(arms, dict):
+        return {name: dict(spec) for name, spec in arms.items()}
+    return {kind: ({"kind": kind, "matches": "proxy"} if kind in ("duplicate", "random_erase") and "proxy" in arms
+                   else {"kind": kind}) for kind in arms}
+
+
+def kind_of(config: dict, arm: str) -> str:
+    return "finetune" if arm == "finetune" else config["arms"][arm]["kind"]
+
+
+def names_of_kind(config: dict, *kinds: str) -> list[str]:
+    return [name for name, spec in config["arms"].items() if spec["kind"] in kinds]
+
+
+def overrides(config: dict, arm: str) -> dict:
+    """The proxy keys an arm sets: a control's matched arm's first, then its own."""
+    spec = config["arms"].get(arm, {})
+    own = {k: v for k, v in spec.items() if k in PROXY_KEYS}
+    matched = spec.get("matches")
+    return _merge(overrides(config, matched), own) if matched else own
+
+
+def proxy_settings(config: dict, arm: str | None) -> dict:
+    """The whole ``proxy`` section as the arm sees it (the global one for baseline and finetune)."""
+    merged = copy.deepcopy(config["proxy"])
+    if arm and arm in config["arms"]:
+        merged = _merge(merged, overrides(config, arm))
+    return merged
+
+
+def cam_method(config: dict, model: str, arm: str | None = None) -> str:
+    """The arm's own cam_method, else the model's (unless inherit), else the proxy section's."""
+    if arm and arm in config["arms"] and "cam_method" in overrides(config, arm):
+        return overrides(config, arm)["cam_method"]
+    method = config["models"][model].get("cam_method", "inherit")
+    return config["proxy"]["cam_method"] if method == "inherit" else method
+
+
+def comparisons(config: dict) -> list[tuple[str, str]]:
+    """(arm, other) pairs whose paired differences the tables report: every arm against each
+    baseline arm, and each proxy arm against its controls (those that match it, or match none)."""
+    arms = config["arms"]
+    pairs = [(a, b) for b in names_of_kind(config, "baseline") for a in arms if a != b]
+    for p in names_of_kind(config, "proxy"):
+        for kind in ("duplicate", "random_erase"):
+            pairs += [(p, c) for c in names_of_kind(config, kind) if arms[c].get("matches") in (p, None)]
+    return pairs
+
+
+def check(config: dict) -> None:
+    """Refuse a wrong kind, key or ``matches`` in ``arms``, naming the arm; and settings the
+    ``proxy`` schema would refuse, as the arm merges them."""
+    from .schema import SCHEMA, ConfigError, explain
+
+    for name, spec in config["arms"].items():
+        if name == "finetune":
+            raise ConfigError("arms: 'finetune' is the shared cycle 0 of every arm; name the arm otherwise")
+        if not isinstance(spec, dict) or spec.get("kind") not in KINDS:
+            raise ConfigError(f"arms.{name}.kind: give one of {', '.join(KINDS)} (e.g. {{kind: proxy}})")
+        unknown = sorted(set(spec) - {"kind", "matches", *PROXY_KEYS})
+        if unknown:
+            raise ConfigError(f"arms.{name}: unknown key(s) {', '.join(unknown)}; allowed: kind, matches, "
+                              f"and the proxy keys {', '.join(PROXY_KEYS)}")
+        if spec["kind"] == "baseline" and set(spec) - {"kind"}:
+            raise ConfigError(f"arms.{name}: a baseline arm adds no images, so it takes no settings but kind")
+        matched = spec.get("matches")
+        if matched is not None:
+            if spec["kind"] not in ("duplicate", "random_erase"):
+                raise ConfigError(f"arms.{name}.matches: only duplicate and random_erase arms match a proxy arm")
+            if config["arms"].get(matched, {}).get("kind") != "proxy":
+                proxies = names_of_kind(config, "proxy")
+                raise ConfigError(f"arms.{name}.matches: '{matched}' is not a proxy arm of this config "
+                                  f"(its proxy arms: {', '.join(proxies) or 'none'})")
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(SCHEMA.read_text())["properties"]["proxy"]
+    validator = jsonschema.Draft202012Validator(schema)
+    for name in config["arms"]:
+        error = jsonschema.exceptions.best_match(validator.iter_errors(proxy_settings(config, name)))
+        if error is not None:
+            raise ConfigError(f"arms.{name}: {explain(error).replace('invalid config at ', 'setting ')}")
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    """``base`` updated by ``extra``, nested mappings merged key by key."""
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else copy.deepcopy(value)
+    return out

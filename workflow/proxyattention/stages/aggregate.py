@@ -1,0 +1,181 @@
+"""Stage ``aggregate``: one summary table for the grid, and comparison tables per dataset (their
+verdicts from analysis/verdicts.py)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..analysis.verdicts import (
+    COMPARISONS,
+    DEFAULT_ARMS,
+    EFFECT_OF_INTEREST,
+    answers,
+    comparison,
+    verdict_split,
+    verdicts,
+    verdicts_html,
+)
+from ..files.atomic import atomic_path, read_json, write_csv, write_json
+from ..runtime.timing import last_stage_seconds, timed_stage
+
+log = logging.getLogger(__name__)
+
+ATTENTION_COLUMNS = ["occlusion_0", "occlusion_20", "occlusion_40", "occlusion_60", "occlusion_80", "occlusion_auc",
+                     "n_occlusion", "ece", "brier", "n_calibration", "map_top10_mass", "map_entropy", "n_maps",
+                     "map_in_object", "object_share", "pointing_game", "n_localised"]
+METRICS = ["accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro", "top5_accuracy", "val_loss"]
+TEST_METRICS = ["accuracy", "balanced_accuracy", "f1_macro", "loss"]
+KEYS = ["dataset", "model", "arm", "seed", "cycle"]  # column order of the summary
+CELL = ["dataset", "model", "seed", "arm", "cycle"]  # order of a grid cell (layout.grid)
+
+
+def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = None,
+              dataset_infos: dict | None = None, arms: list | None = None,
+              stage_logs: dict | None = None, arm_specs: dict | None = None) -> pd.DataFrame:
+    """One row per (dataset, model, arm, seed, cycle) with every metric, time and memory.
+
+    ``cells`` and ``metrics_paths`` are parallel. Cumulative time and images add
+    the shared finetune (cycle 0) to each arm's cycles. ``erased_tables`` maps a
+    cell to its ``erased.csv`` for the arms that erase; ``dataset_infos`` a dataset
+    to its prepared ``classes.json`` (for the count of skipped bad images);
+    ``stage_logs`` a cell of an adding arm to {stage: the log of the job it used}
+    (find_misclassified, compute_cams, mask_and_save): their own time is the arm's
+    ``proxy_seconds``, counted in full by every arm that used a shared job, since each would
+    pay it alone. ``cumulative_seconds`` is training plus those stages;
+    ``cumulative_train_seconds`` training alone. ``arm_specs`` (the config's ``arms`` mapping)
+    gives each row its arm's ``kind`` and ``matches``, so the summary alone says what to compare.
+    """
+    skipped = {d: read_json(p)["n_skipped"] for d, p in (dataset_infos or {}).items()}
+    rows = []
+    for cell, path in zip(cells, metrics_paths):
+        m = read_json(path)
+        row = dict(zip(CELL, cell))
+        spec = (arm_specs or {}).get(row["arm"], {"kind": "finetune" if row["arm"] == "finetune" else row["arm"]})
+        row["kind"], row["matches"] = spec["kind"], spec.get("matches") or ""
+        row.update({k: m.get(k, np.nan) for k in METRICS})
+        test = m.get("test", {})  # the held-out test split, when the dataset has one
+        row.update({f"test_{k}": test.get(k, np.nan) for k in TEST_METRICS})
+        row["n_test"] = test.get("n_test", 0)
+        measured = m.get("attention", {})  # Question 2's measures, on the verdicts' split
+        row.update({k: measured.get(k, np.nan) for k in ATTENTION_COLUMNS})
+        row.update({k: m.get(k) for k in ("train_seconds", "wall_seconds", "epochs", "images_seen", "n_train_extra",
+                                          "peak_memory_mib", "peak_memory_kind", "device", "precision", "ran",
+                                          "stop_reason", "n_val", "pretrained")})
+        row["run_dir_mib"] = _folder_mib(Path(path).parent)
+        row["n_skipped_images"] = skipped.get(row["dataset"], 0)
+        row.update(added_counts((erased_tables or {}).get(tuple(cell))))
+        row["proxy_seconds"] = proxy_seconds((stage_logs or {}).get(tuple(cell), {}))
+        rows.append(row)
+    frame = pd.DataFrame(rows)[KEYS + [k for k in rows[0] if k not in KEYS]]
+    finetune = frame[frame.cycle == 0].set_index(["dataset", "model", "seed"])
+    cum_seconds, cum_all, cum_images = [], [], []
+    for _, r in frame.iterrows():
+        base = finetune.loc[(r.dataset, r.model, r.seed)]
+        same = frame[(frame.dataset == r.dataset) & (frame.model == r.model) & (frame.seed == r.seed)
+                     & (frame.arm == r.arm) & (frame.cycle > 0) & (frame.cycle <= r.cycle)]
+        cum_seconds.append(base.train_seconds + (same.train_seconds.sum() if r.cycle > 0 else 0.0))
+        cum_all.append(cum_seconds[-1] + (same.proxy_seconds.sum(skipna=False) if r.cycle > 0 else 0.0))
+        cum_images.append(base.images_seen + (same.images_seen.sum() if r.cycle > 0 else 0))
+    frame["cumulative_train_seconds"] = cum_seconds
+    frame["cumulative_seconds"] = cum_all
+    frame["cumulative_images_seen"] = cum_images
+    order = ["finetune", *(arms or DEFAULT_ARMS)]
+    order += sorted(set(frame.arm) - set(order))
+    return frame.sort_values(KEYS, key=lambda s: s.map(order.index) if s.name == "arm" else s).reset_index(drop=True)
+
+
+def proxy_seconds(logs: dict) -> float:
+    """The Proxy Attention stages' own time for one cell, from {stage: log}; NaN (with a warning
+    naming the log) when a log is missing or unfinished, rather than a number that leaves it out."""
+    total = 0.0
+    for stage, path in logs.items():
+        try:
+            total += last_stage_seconds(path, stage)
+        except (OSError, ValueError) as err:
+            log.warning("cost of %s unknown: %s", stage, err)
+            return np.nan
+    return total
+
+
+def added_counts(table) -> dict:
+    """What a cycle added to training, from its ``erased.csv`` (None: an arm that adds nothing).
+
+    n_selected: images the selection rule chose; n_empty_maps: of those, maps whose mask held no
+    pixel (constant, or a top plateau over the threshold: nothing to erase); n_added: images that
+    joined training; n_erased: added with at least one pixel whose value changed; n_added_unchanged:
+    added with none changed (the duplicate arm's, proxy.empty_maps: keep, or a fill that equals
+    what it covers, e.g. black on black); erased_fraction_mean: the mask's share of the image, over
+    the added images with a mask; changed_fraction_mean: the share of pixels changed, over every
+    added image.
+    """
+    if table is None:
+        return {"n_selected": 0, "n_empty_maps": 0, "empty_map_fraction": np.nan, "n_added": 0, "n_erased": 0,
+                "n_added_unchanged": 0, "erased_fraction_mean": np.nan, "changed_fraction_mean": np.nan}
+    erased = pd.read_csv(table, keep_default_na=False)
+    added = erased[erased["added"].astype(bool)]
+    changed = added["changed_fraction"] > 0
+    masked = added["erased_fraction"] > 0
+    n = len(erased)
+    return {
+        "n_selected": n,
+        "n_empty_maps": int(erased["empty_map"].astype(bool).sum()),
+        "empty_map_fraction": float(erased["empty_map"].astype(bool).mean()) if n else np.nan,
+        "n_added": len(added),
+        "n_erased": int(changed.sum()),
+        "n_added_unchanged": int((~changed).sum()),
+        "erased_fraction_mean": float(added.loc[masked, "erased_fraction"].mean()) if masked.any() else np.nan,
+        "changed_fraction_mean": float(added["changed_fraction"].mean()) if len(added) else np.nan,
+    }
+
+
+def _folder_mib(folder: Path) -> float:
+    """Disk use of a run folder (checkpoint, maps, erased images), in MiB."""
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
+
+
+@timed_stage
+def aggregate(cells: list, metrics_paths: list, erased_tables: dict, out_summary, out_tables: dict,
+              dataset_infos: dict | None = None, arms: list | None = None, comparisons: list | None = None,
+              out_verdicts: dict | None = None, stop_rule: bool = False, stage_logs: dict | None = None,
+              config: dict | None = None, effect_of_interest: float = EFFECT_OF_INTEREST,
+              per_image_paths: list | None = None) -> None:
+    """Write ``summary.csv``, ``provenance.json`` and ``provenance.html`` beside it (``config``:
+    the validated config), and per dataset a comparison table (``out_tables``: dataset -> path)
+    and a verdict table (``out_verdicts``: dataset -> path)."""
+    from ..files import provenance
+
+    arm_specs = (config or {}).get("arms") if isinstance((config or {}).get("arms"), dict) else None
+    frame = summarise(cells, metrics_paths, erased_tables, dataset_infos, arms, stage_logs, arm_specs)
+    comparisons = COMPARISONS if comparisons is None else comparisons
+    made = provenance.gather(config or {}, [read_json(p).get("versions") for p in metrics_paths], comparisons,
+                             stop_rule)
+    if len(made["job_commits"]) > 1:
+        log.warning("the jobs of this run ran from %d commits: %s", len(made["job_commits"]),
+                    ", ".join(made["job_commits"]))
+    write_json(Path(out_summary).with_name("provenance.json"), made)
+    with atomic_path(Path(out_summary).with_name("provenance.html")) as tmp:
+        tmp.write_text(provenance.as_html(made))
+    for r in frame[frame.empty_map_fraction > 0.5].itertuples():
+        log.warning("%s/%s seed %s %s cycle %s: %d of %d maps were empty (nothing to erase)", r.dataset, r.model,
+                    r.seed, r.arm, r.cycle, r.n_empty_maps, r.n_selected)
+    write_csv(out_summary, frame)
+    for dataset, path in out_tables.items():  # on the split the verdicts use (test when there is one)
+        metric, _ = verdict_split(frame[frame.dataset == dataset], stop_rule)
+        write_csv(path, comparison(frame, dataset, metric, comparisons=comparisons))
+    for dataset, path in (out_verdicts or {}).items():
+        images = {(c[0], c[1], int(c[2]), c[3], int(c[4])): p for c, p in zip(cells, per_image_paths or [])}
+        table = verdicts(frame, dataset, comparisons, stop_rule=stop_rule, effect_of_interest=effect_of_interest,
+                         per_image=images)
+        write_csv(path, table)
+        proxy_arms = sorted(set(frame.loc[frame.kind == "proxy", "arm"]))
+        with atomic_path(Path(path).with_name(f"{dataset}_answer.md")) as tmp:
+            tmp.write_text(answers(table, proxy_arms))
+        with atomic_path(Path(path).with_suffix(".html")) as tmp:
+            tmp.write_text(verdicts_html(table, dataset, provenance.summary_line(made)))
+        for r in table.itertuples():
+            log.info("%s/%s %s: %+.4f [%+.4f, %+.4f] over %d seed pair(s): %s", dataset, r.model, r.comparison,
+                     r.mean_difference, r.ci_low, r.ci_high, r.n_pairs, r.verdict)

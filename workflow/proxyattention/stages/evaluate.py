@@ -1,0 +1,180 @@
+"""Stage ``evaluate``: validation metrics of one checkpoint, with its training cost.
+
+Metrics come from the confusion matrix (rows: true class, columns: predicted),
+with scikit-learn's conventions: a class never predicted has precision 0, a
+class absent from validation is left out of the macro averages.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..data.splits import split_source, validation_source
+from ..files.artifacts import load_prepared
+from ..files.atomic import atomic_path, read_json, write_json
+from ..models.build import load_checkpoint
+from ..models.inference import cross_entropy, predict_logits
+from ..runtime.device import select_runtime
+from ..runtime.timing import timed_stage
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray, n_classes: int) -> dict:
+    """Accuracy, balanced accuracy, macro and per-class precision/recall/F1, top-5, loss, confusion."""
+    pred = logits.argmax(1)
+    cm = np.bincount(labels * n_classes + pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    tp = np.diag(cm).astype(np.float64)
+    support = cm.sum(1)
+    predicted = cm.sum(0)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    present = (support > 0) | (predicted > 0)  # sklearn's macro average uses the labels that occur
+    out = {
+        "n_val": int(len(labels)),
+        "accuracy": float((pred == labels).mean()),
+        "balanced_accuracy": float(recall[support > 0].mean()),
+        "precision_macro": float(precision[present].mean()),
+        "recall_macro": float(recall[present].mean()),
+        "f1_macro": float(f1[present].mean()),
+        "val_loss": float(cross_entropy(logits, labels).mean()),
+        "precision_per_class": precision.tolist(),
+        "recall_per_class": recall.tolist(),
+        "f1_per_class": f1.tolist(),
+        "support_per_class": support.tolist(),
+        "confusion_matrix": cm.tolist(),
+    }
+    if n_classes > 5:
+        top5 = np.argsort(-logits, axis=1, kind="stable")[:, :5]
+        out["top5_accuracy"] = float((top5 == labels[:, None]).any(1).mean())
+    return out
+
+
+def per_image(source, logits: np.ndarray) -> dict:
+    """Per evaluated image: its prepared row, true class, predicted class, the true class's
+    probability and the top probability (float32)."""
+    from ..models.inference import softmax
+
+    labels = source.labels
+    probs = softmax(logits.astype(np.float64)) if len(labels) else np.zeros((0, 1))
+    rows = np.concatenate([rows for _, rows, _ in source.parts]) if len(labels) else np.zeros(0, np.int64)
+    return {"index": rows.astype(np.int64), "label": labels.astype(np.int64),
+            "prediction": probs.argmax(1).astype(np.int64),
+            "p_true": probs[np.arange(len(labels)), labels].astype(np.float32),
+            "p_top": probs.max(1).astype(np.float32)}
+
+
+def attention(settings: dict, model, info: dict, images, index, runtime, logits: np.ndarray | None = None,
+              masks: np.ndarray | None = None) -> dict:
+    """Question 2's measures (attention_measures.py) on the verdicts' split (test when the dataset
+    has one, else validation): calibration on every image; occlusion accuracies and their area on
+    a fixed sample (``evaluation.occlusion_sample``); the spread of the predicted class's map on
+    another (``evaluation.map_sample``), each with the number of images it rests on. ``logits``:
+    the evaluation's own logits on that split, reused rather than predicted again. ``masks``: the
+    prepared object masks (object_masks.py's masks.npy), for the pointing game on the map sample's
+    images that have one."""
+    import time
+
+    from ..analysis import attention_measures as am
+    from ..data.batches import ArraySource
+    from ..models.inference import softmax
+
+    ev, batch = settings["evaluation"], settings["model"]["batch_size"]
+    split = "test" if (index.split == "test").any() else "val"
+    rows = index.loc[index.split == split, "index"].to_numpy()
+    labels = index.loc[index.split == split, "label"].to_numpy()
+    out = {"split": split}
+    t0 = time.perf_counter()
+    if logits is None:
+        logits = predict_logits(model, ArraySource([(images, rows, labels)]), info["mean"], info["std"], batch,
+                                runtime)
+    if ev["calibration"]:
+        probs = softmax(logits.astype(np.float64))
+        out["ece"] = am.expected_calibration_error(probs.max(1), probs.argmax(1) == labels)
+        out["brier"] = am.brier(probs, labels)
+        out["n_calibration"] = int(len(rows))
+    if ev["occlusion"]:
+        chosen = am.sample_rows(rows, ev["occlusion_sample"])
+        source = ArraySource([(images, rows[chosen], labels[chosen])])
+        plain = float((logits[chosen].argmax(1) == labels[chosen]).mean())  # level 0: no pass of its own
+        accuracies = am.occlusion_accuracies(model, source, rows[chosen], info["mean"], info["std"], batch, runtime,
+                                             unoccluded=plain)
+        out.update({f"occlusion_{int(round(100 * level))}": a for level, a in zip(am.LEVELS, accuracies)})
+        out["occlusion_auc"] = am.occlusion_auc(accuracies)
+        out["n_occlusion"] = int(len(chosen))
+    if ev["maps"]:
+        from ..models.cams import auto_target_layer, build_cam, explain, release
+
+        chosen = am.sample_rows(rows, ev["map_sample"])
+        predicted = logits[chosen].argmax(1)
+        maps_settings = settings["maps"]
+        layer = maps_settings["target_layer"]
+        if layer == "auto":
+            layer = auto_target_layer(model, images.shape[1])
+        maps = np.zeros((len(chosen), images.shape[1], images.shape[1]), dtype=np.float16)
+        cam = build_cam(model, maps_settings["cam_method"], layer, images.shape[1], maps_settings["fast_path"], batch)
+        try:
+            explain(cam, model, runtime, images, rows[chosen], predicted, info["mean"], info["std"], batch, maps)
+        finally:
+            release(cam)
+        out["map_top10_mass"], out["map_entropy"] = am.map_spread(maps.astype(np.float32))
+        if masks is not None and len(masks):
+            from ..files.artifacts import NO_MASK
+
+            with_mask = (np.asarray(masks[rows[chosen]]) != NO_MASK).all((1, 2))
+            out.update(am.localisation(maps[with_mask].astype(np.float32), masks[rows[chosen][with_mask]]))
+        out["n_maps"], out["map_layer"], out["map_method"] = int(len(chosen)), layer, maps_settings["cam_method"]
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+@timed_stage
+def evaluate(settings: dict, images_path, index_path, weights, meta, train_stats, out_metrics,
+             decision=None, device: str | None = None, out_per_image=None, masks_path=None) -> None:
+    """Evaluate the checkpoint on the validation split, and on the test split when the dataset
+    has one (under ``test``); add the training cost from its stats. ``out_per_image`` receives
+    every evaluated image's result (``val_*`` and ``test_*`` arrays of per_image) as .npz."""
+    images, index = load_prepared(images_path, index_path)
+    runtime = select_runtime(settings["training"]["precision"], settings["training"]["channels_last"], device,
+                             settings["training"]["deterministic"])
+    model, info = load_checkpoint(weights, meta)
+    model = runtime.prepare_model(model)
+    source = validation_source(images, index)
+    if len(source) == 0:
+        raise ValueError(f"{index_path}: the validation split is empty; set val_fraction or add a val/ folder")
+    logits = predict_logits(model, source, info["mean"], info["std"], settings["model"]["batch_size"], runtime)
+    metrics = classification_metrics(logits, source.labels, len(info["classes"]))
+    images_out = {f"val_{k}": v for k, v in per_image(source, logits).items()}
+    test = split_source(images, index, "test")
+    if len(test):  # the held-out test split (dataset test_fraction, or the source's own): for the verdicts
+        test_logits = predict_logits(model, test, info["mean"], info["std"], settings["model"]["batch_size"], runtime)
+        scores = classification_metrics(test_logits, test.labels, len(info["classes"]))
+        metrics["test"] = {"n_test": scores.pop("n_val"), "loss": scores.pop("val_loss"), **scores}
+        images_out.update({f"test_{k}": v for k, v in per_image(test, test_logits).items()})
+    if out_per_image is not None:
+        with atomic_path(out_per_image) as tmp:
+            np.savez_compressed(tmp, **images_out)
+    if settings.get("evaluation"):
+        masks = np.load(masks_path, mmap_mode="r") if masks_path is not None else None
+        metrics["attention"] = attention(settings, model, info, images, index, runtime,
+                                         test_logits if len(test) else logits, masks)
+        metrics["attention_seconds"] = metrics["attention"].pop("seconds")  # wall clock, beside the numbers
+    stats = read_json(train_stats)
+    metrics.update({
+        "classes": info["classes"],
+        "cycle": settings["cycle"],
+        "ran": not stats.get("skipped", False),
+        "stop_reason": read_json(decision).get("reason", "") if decision else "",
+        "train_seconds": stats["train_seconds"],
+        "wall_seconds": stats["wall_seconds"],
+        "epochs": stats["epochs"],
+        "images_seen": stats["images_seen"],
+        "n_train_extra": stats["n_train_extra"],
+        "peak_memory_mib": stats.get("peak_memory_mib"),
+        "peak_memory_kind": stats.get("peak_memory_kind"),
+        "device": stats.get("device"),
+        "precision": stats.get("precision"),
+        "versions": stats.get("versions"),  # the training job's code commit and libraries (None: skipped)
+        "pretrained": info.get("pretrained"),  # the weights the model started from
+    })
+    write_json(out_metrics, metrics)

@@ -1,0 +1,170 @@
+"""Stage ``prepare``: decode and resize every image once into a uint8 array on disk.
+
+Splits and subsets are drawn by data/splits.py. Outputs, in the dataset's prepared folder:
+- ``images.npy``: uint8 array (N, S, S, 3), memory-mapped by every later stage;
+- ``index.csv``: index, source, label, class, split (train/val/test), sha1 of the pixels;
+- ``classes.json``: class names in label order, and the image size;
+- ``skipped.csv``: the files left out under ``on_bad_image: skip`` (empty otherwise).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..data.images import MAX_PIXELS, BadImageError, decode_image, resize, to_rgb
+from ..data.splits import (
+    SUBSET_STREAMS,
+    draw_split,
+    draw_subset,
+    drop_cross_split_duplicates,
+)
+from ..files.atomic import atomic_path, live, write_csv, write_json
+from ..runtime.timing import timed_stage
+from ..sources import list_items
+from ..sources.base import Item, SourceError
+
+log = logging.getLogger(__name__)
+
+
+def progress(done, total: int, name: str):
+    """Yield from ``done``, logging every tenth of ``total``; with a bar where the process's own
+    terminal is (under Snakemake stderr is the rule's log, so the bar goes to the terminal the
+    workflow runs in, and the log gets the tenths)."""
+    terminal = sys.__stderr__
+    bar = None
+    if terminal is not None and terminal.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=f"prepare {name}", unit="img", file=terminal, smoothing=0.1, leave=False)
+    step = max(1, total // 10)
+    for i, item in enumerate(done, 1):
+        if bar is not None:
+            bar.update()
+        if i % step == 0 or i == total:
+            log.info("decoded %d of %d images", i, total)
+        yield item
+    if bar is not None:
+        bar.close()
+
+
+def _load(item: Item, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    image = to_rgb(item.load()) if item.load is not None else decode_image(item.source, max_pixels)
+    return resize(image, size)
+
+
+@timed_stage
+def prepare(dataset: dict, images_path, index_path, classes_path, skipped_path, threads: int = 4) -> None:
+    """Decode, convert to RGB and resize every image of ``dataset`` (a config entry) once."""
+    items, classes = list_items(dataset)
+    if not items:
+        raise SourceError(f"{dataset['path']}: no images found")
+    size = dataset["image_size"]
+    labels = np.array([it.label for it in items])
+    splits = draw_split(labels, [it.split for it in items], dataset["val_fraction"], dataset["split_seed"],
+                        dataset.get("test_fraction", 0.0))
+    n_train_available = int((splits == "train").sum())
+    n_val_available = int((splits == "val").sum())
+    keep = np.ones(len(items), dtype=bool)
+    for split in SUBSET_STREAMS:
+        keep &= draw_subset(labels, splits, dataset.get(f"{split}_subset") or {}, dataset["split_seed"], split)
+    if not keep.all():  # the images left out are never decoded
+        chosen = np.flatnonzero(keep)
+        items, labels, splits = [items[i] for i in chosen], labels[chosen], splits[chosen]
+        log.info("subsets: %d of %d training images, %d of %d validation images", int((splits == "train").sum()),
+                 n_train_available, int((splits == "val").sum()), n_val_available)
+
+    images_path = Path(images_path)
+    bad: list[tuple[str, str]] = []
+    keep = np.ones(len(items), dtype=bool)
+    with atomic_path(images_path) as tmp:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(items), size, size, 3))
+
+        def work(i: int) -> None:
+            try:
+                array[i] = _load(items[i], size, dataset.get("max_pixels", MAX_PIXELS))
+            except BadImageError as err:
+                bad.append((items[i].source, str(err)))
+                keep[i] = False
+
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            for _ in progress(pool.map(work, range(len(items))), len(items), Path(str(dataset["path"])).name):
+                pass
+        if bad and dataset["on_bad_image"] == "fail":
+            listing = "\n  ".join(msg for _, msg in sorted(bad))
+            raise BadImageError(
+                f"{len(bad)} bad image(s) in {dataset['path']}:\n  {listing}\n"
+                "Fix or remove these files, or set on_bad_image: skip for this dataset."
+            )
+        array.flush()
+        if bad:  # the kept rows go straight to a file of the final length, a few at a time
+            _write_rows(array, np.flatnonzero(keep), tmp)
+        del array
+        array = np.load(tmp, mmap_mode="r")
+        hashes = [hashlib.sha1(np.ascontiguousarray(im).tobytes()).hexdigest() for im in array]
+
+    kept = np.flatnonzero(keep)
+    index = pd.DataFrame(
+        {
+            "index": np.arange(len(kept)),
+            "source": [items[i].source for i in kept],
+            "label": labels[kept],
+            "class": [classes[labels[i]] for i in kept],
+            "split": splits[kept],
+            "sha1": hashes,
+        }
+    )
+    duplicates = drop_cross_split_duplicates(index)
+    if len(duplicates):
+        log.warning("%d held-out image(s) have the same pixels as an image of an earlier split and leave their "
+                    "split (listed in %s)", len(duplicates), skipped_path)
+    train_classes = set(index.loc[index.split == "train", "label"])
+    missing_val = sorted(set(range(len(classes))) - set(index.loc[index.split == "val", "label"]))
+    if len(train_classes) < len(classes):
+        absent = sorted(set(range(len(classes))) - train_classes)
+        raise SourceError(
+            f"{dataset['path']}: classes {[classes[i] for i in absent]} have no training images; add images or remove them"
+            + (" (or raise train_subset.total to at least one image per class)" if dataset.get("train_subset") else "")
+        )
+    if missing_val:
+        log.warning("classes %s have no validation images", [classes[i] for i in missing_val])
+    write_csv(skipped_path, pd.concat([pd.DataFrame(bad, columns=["source", "reason"]), duplicates],
+                                      ignore_index=True))
+    write_csv(index_path, index)
+    write_json(
+        classes_path,
+        {
+            "classes": classes,
+            "image_size": size,
+            "n_train": int((index.split == "train").sum()),
+            "n_train_available": n_train_available,  # before train_subset
+            "n_val": int((index.split == "val").sum()),
+            "n_val_available": n_val_available,  # before val_subset
+            "n_test": int((index.split == "test").sum()),
+            "n_skipped": len(bad),
+            "n_cross_split_duplicates": len(duplicates),  # held-out images equal to an earlier split's
+            "classes_without_val": [classes[i] for i in missing_val],
+        },
+    )
+
+
+def _write_rows(array: np.ndarray, rows: np.ndarray, path: Path, chunk: int = 32) -> None:
+    """Replace the .npy file ``path`` by ``array[rows]``, written in chunks of rows through a file
+    (not a second memory map), so memory stays that of one chunk however large the array."""
+    partial = path.with_name(path.name + ".rows")
+    try:
+        with live(partial), open(partial, "wb") as f:
+            np.lib.format.write_array_header_2_0(f, {"descr": np.lib.format.dtype_to_descr(array.dtype),
+                                                     "fortran_order": False, "shape": (len(rows), *array.shape[1:])})
+            for start in range(0, len(rows), chunk):
+                array[rows[start:start + chunk]].tofile(f)  # a copy of these rows only
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)

@@ -1,0 +1,210 @@
+"""Stage ``finetune`` / ``retrain``: train a timm model on prepared arrays, save it, exit.
+
+The epoch loop is training/loop.py; the rows a split reads, data/splits.py.
+
+One process per training so the GPU is free between stages. Per-epoch state
+lives in an undeclared ``.train_state/`` folder beside the outputs, so a killed
+job resumes from its last completed epoch; it is removed once the stage is done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..data.batches import make_loader
+from ..data.splits import training_source, validation_source
+from ..files.artifacts import load_prepared
+from ..files.atomic import atomic_path, read_json, write_csv, write_json
+from ..models.build import (
+    create_model,
+    data_config,
+    load_checkpoint,
+    save_checkpoint,
+    weights_source,
+)
+from ..models.inference import cross_entropy, predict_logits
+from ..runtime.device import (
+    peak_memory,
+    reset_peak_memory,
+    seed_everything,
+    select_runtime,
+    versions,
+)
+from ..runtime.timing import timed_stage
+from ..training import optimizer_state
+from ..training.loop import make_optimizer, train_one_epoch
+
+log = logging.getLogger(__name__)
+
+
+def _fingerprint(*parts) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def content_digest(path) -> str:
+    """sha1 of a file's bytes: resume state belongs to what the inputs hold, not to their names
+    or sizes (a rerun mask stage may write a different erased.npz of the same size)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha1").hexdigest()
+
+
+@timed_stage
+def train(settings: dict, images_path, index_path, classes_path, out_weights, out_meta, out_epochs, out_stats,
+          *, seed: int, init_weights=None, init_meta=None, extra=(), num_workers: int = 0,
+          device: str | None = None, init_optimizer=None, out_optimizer=None) -> None:
+    """Train for ``settings['epochs']`` epochs and write the checkpoint, epoch log and stats.
+
+    Starts from ``init_weights``/``init_meta`` (a previous checkpoint) when given,
+    else from the configured pretrained weights with a new head; with ``init_optimizer``
+    (the previous job's ``optimizer.safetensors``) the optimizer and grad scaler continue
+    from its state, and the schedule from ``settings['schedule_span']``. ``out_optimizer``
+    receives the state at the end. ``extra`` lists ``erased.npz`` files whose images join
+    the original training images. ``num_workers`` gather threads prepare batches; results
+    do not depend on it.
+    """
+    wall_start = time.perf_counter()
+    out_weights = Path(out_weights)
+    state_dir = out_weights.parent / ".train_state"
+    tset, mset = settings["training"], settings["model"]
+    epochs = settings["epochs"]
+    names = settings.get("names", {})
+    runtime = select_runtime(tset["precision"], tset["channels_last"], device, tset["deterministic"])
+    # One random stream per (seed, cycle): fresh each cycle, shared by every arm of a cycle.
+    stream = (int(seed), int(settings.get("cycle", 0)))
+    seed_everything(int(np.random.SeedSequence(stream).generate_state(1)[0]))
+
+    images, index = load_prepared(images_path, index_path)
+    info = read_json(classes_path)
+    source, n_extra = training_source(images, index, extra)
+    val_source = validation_source(images, index)
+
+    if init_weights:
+        model, meta = load_checkpoint(init_weights, init_meta)
+    else:
+        model = create_model(mset["timm_name"], mset["weights"], len(info["classes"]), info["image_size"])
+        meta = {"timm_name": mset["timm_name"], "classes": info["classes"], "image_size": info["image_size"],
+                "pretrained": weights_source(mset["timm_name"], mset["weights"]),
+                **data_config(model, mset["timm_name"], mset["weights"])}
+    model = runtime.prepare_model(model)
+    mean, std = meta["mean"], meta["std"]
+
+    loader, sampler = make_loader(
+        source, mean, std, mset["batch_size"], seed=stream, train=True, hflip=tset["augment"]["hflip"],
+        crop_padding=tset["augment"]["crop_padding"], num_workers=num_workers,
+        pin_memory=runtime.device.type == "cuda", device=runtime.device, channels_last=runtime.channels_last,
+    )
+    optimizer, scheduler = make_optimizer(model, settings)
+    scaler = runtime.grad_scaler()
+    run_start = int(settings["schedule_span"]["start_epoch"])
+    if init_optimizer:
+        saved = optimizer_state.load(init_optimizer, optimizer, scaler)
+        if abs(saved["position"] - run_start) > 1e-6:
+            log.warning("%s ended at epoch %.3f of the run; this job starts its slice at epoch %d", init_optimizer,
+                        saved["position"], run_start)
+
+    # index.csv holds each prepared image's sha1, so its digest stands for images.npy's pixels.
+    fingerprint = _fingerprint(settings, seed, runtime.precision, str(runtime.device.type), content_digest(index_path),
+                               [content_digest(p) for p in extra], init_weights and content_digest(init_weights),
+                               init_optimizer and content_digest(init_optimizer), len(source))
+    rows, start_epoch, train_seconds, images_seen = [], 0, 0.0, 0
+    state_file = state_dir / "state.pt"
+    state = None
+    if state_file.exists():
+        try:
+            state = torch.load(state_file, map_location="cpu", weights_only=True)
+        except Exception as err:  # e.g. emptied by a node crash: the stage starts over rather than fail every rerun
+            log.warning("cannot read %s (%s: %s); starting this stage over", state_file, type(err).__name__, err)
+    if state is not None:
+        if state.get("fingerprint") == fingerprint:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            torch.set_rng_state(state["torch_rng"])
+            if runtime.device.type == "cuda" and state.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(state["cuda_rng"], runtime.device)
+            rows = json.loads(state["rows"])
+            start_epoch, train_seconds, images_seen = state["epoch"], state["train_seconds"], state["images_seen"]
+            log.info("resuming from epoch %d of %d (%s)", start_epoch, epochs, state_file)
+        else:
+            log.info("ignoring %s: it belongs to other settings or inputs", state_file)
+    reset_peak_memory(runtime)
+
+    show_bar = sys.stderr.isatty()
+    for epoch in range(start_epoch, epochs):
+        sampler.set_epoch(epoch)
+        scheduler.begin_epoch(run_start + epoch, len(loader))
+        lr_start = optimizer.param_groups[0]["lr"]
+        t0 = time.perf_counter()
+        batches = loader
+        if show_bar:
+            from tqdm import tqdm
+
+            batches = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False)
+        loss_sum, correct, seen = train_one_epoch(model, batches, optimizer, scheduler, scaler, runtime,
+                                                  epoch, names.get("model", "<model>"), mset["batch_size"])
+        seconds = time.perf_counter() - t0
+        train_seconds += seconds
+        images_seen += seen
+        val_logits = predict_logits(model, val_source, mean, std, mset["batch_size"], runtime)
+        val_labels = val_source.labels
+        rows.append({
+            "epoch": epoch + 1,
+            "run_epoch": run_start + epoch + 1,  # the epoch's place in the whole run (cycle_mode: continue)
+            "lr_start": lr_start,
+            "lr_end": optimizer.param_groups[0]["lr"],
+            "train_loss": loss_sum / max(seen, 1),
+            "train_accuracy": correct / max(seen, 1),
+            "val_loss": float(cross_entropy(val_logits, val_labels).mean()) if len(val_labels) else math.nan,
+            "val_accuracy": float((val_logits.argmax(1) == val_labels).mean()) if len(val_labels) else math.nan,
+            "seconds": seconds,
+            "images_per_s": seen / seconds if seconds > 0 else math.nan,
+        })
+        r = rows[-1]
+        log.info("epoch %d/%d loss %.4f train acc %.4f val acc %.4f %.1f s %.1f img/s", epoch + 1, epochs,
+                 r["train_loss"], r["train_accuracy"], r["val_accuracy"], seconds, r["images_per_s"])
+        state_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(state_file) as tmp:
+            torch.save({
+                "fingerprint": fingerprint, "epoch": epoch + 1, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(), "rows": json.dumps(rows),
+                "cuda_rng": torch.cuda.get_rng_state(runtime.device) if runtime.device.type == "cuda" else None,
+                "precision": runtime.precision,
+                "train_seconds": train_seconds, "images_seen": images_seen,
+            }, tmp)
+
+    save_checkpoint(model, out_weights, out_meta, meta)
+    if out_optimizer:
+        optimizer_state.save(out_optimizer, optimizer, scaler, scheduler)
+    write_csv(out_epochs, pd.DataFrame(rows))
+    write_json(out_stats, {
+        "epochs": epochs,
+        "resumed_from_epoch": start_epoch,
+        "n_train_original": len(source) - n_extra,
+        "n_train_extra": n_extra,
+        "images_seen": images_seen,
+        "train_seconds": train_seconds,
+        "wall_seconds": time.perf_counter() - wall_start,
+        "images_per_s": images_seen / train_seconds if train_seconds > 0 else None,
+        "final_val_accuracy": rows[-1]["val_accuracy"] if rows else None,
+        "device": str(runtime.device),
+        "device_warning": runtime.warning,  # e.g. GPUs this torch cannot see (it ran on the CPU)
+        "precision": runtime.precision,
+        "batch_size": mset["batch_size"],
+        "seed": seed,
+        **peak_memory(runtime),
+        "versions": versions(),
+    })
+    shutil.rmtree(state_dir, ignore_errors=True)

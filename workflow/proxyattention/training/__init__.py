@@ -1,0 +1,2 @@
+"""Training helpers: the epoch loop, learning-rate schedules and the optimizer's saved state.
+"""
