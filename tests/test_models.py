@@ -107,20 +107,23 @@ def test_vit_is_built_for_the_image_size(tmp_path):
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 4)
 
 
-@pytest.mark.parametrize("name, sized, transformer", [
-    ("vit_tiny_patch16_224", True, True), ("deit_small_patch16_224", True, True),
-    ("swin_tiny_patch4_window7_224", True, True), ("tf_efficientnet_lite0", False, False), ("resnet18", False, False),
-    ("convnext_atto", False, False)])
-def test_what_kind_of_network_a_model_is_comes_from_timm_not_its_name(name, sized, transformer):
+@pytest.mark.parametrize("name, sized, vit, nhwc", [
+    ("vit_tiny_patch16_224", True, True, False), ("deit_small_patch16_224", True, True, False),
+    ("swin_tiny_patch4_window7_224", True, False, True), ("tf_efficientnet_lite0", False, False, False),
+    ("resnet18", False, False, False), ("convnext_atto", False, False, False),
+    # outside the name list the package used before #29 (vit, deit, swin, eva, ...):
+    ("cait_xxs24_224", True, True, False), ("maxvit_tiny_tf_224", True, False, False)])
+def test_what_kind_of_network_a_model_is_comes_from_timm_not_its_name(name, sized, vit, nhwc):
     """#29: one detector asks timm's model (built on the meta device: no memory, no weights): the
-    img_size its class takes, its prefix tokens and patch embedding, its channels-last stage maps."""
-    from proxyattention.models.build import _on_meta, channels_last_maps, is_vit, takes_image_size
-    from proxyattention.models.build import transformer as is_transformer
+    img_size its class takes, its prefix tokens and patch embedding, its channels-last stage maps.
+    CaiT is a token model and MaxViT a convolution-attention hybrid built for an image size, which
+    no name list named."""
+    from proxyattention.models.build import _on_meta, channels_last_maps, is_vit, takes_image_size, transformer
 
-    assert takes_image_size(name) is sized and is_transformer(name) is transformer
     model = _on_meta(name)
     assert next(model.parameters()).device.type == "meta"
-    assert is_vit(model) is (name.split("_")[0] in ("vit", "deit")) and channels_last_maps(model) is name.startswith("swin")
+    assert (takes_image_size(name), is_vit(model), channels_last_maps(model)) == (sized, vit, nhwc)
+    assert transformer(name) is (vit or nhwc)
 
 
 def test_pth_weights_load_only_tensors(tmp_path):

@@ -541,7 +541,8 @@ def redraw(summary_csv, out_dir, target_accuracy: float | None = None,
         write_csv(path, table)
         answer = out_dir / f"{dataset}_answer.md"
         proxy_arms = sorted(set(frame.loc[frame.kind == "proxy", "arm"])) if "kind" in frame else ["proxy"]
-        answer.write_text(answers(table, proxy_arms))
+        with atomic_path(answer) as tmp:
+            tmp.write_text(answers(table, proxy_arms))
         written += [path, answer]
     if per_image_pack is not None:
         unpacked.cleanup()
