@@ -59,6 +59,30 @@ def test_the_epochs_of_every_training_job_come_in_one_table(tiny_run, tmp_path):
     assert len(table.groupby(["arm", "seed", "cycle"])) == len(pd.read_csv(summary))
 
 
+def test_the_command_docs_give_packs_a_run_from_its_folder(tiny_run, tmp_path):
+    """docs/study.md's command, typed in a run's folder: both files, equal to what pack and epochs
+    write, and the counts it prints."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    from proxyattention.files.study_files import pack
+
+    out = tmp_path / "study"
+    proc = subprocess.run([sys.executable, "-m", "proxyattention.files.study_files", "results/summary.csv", str(out)],
+                          cwd=tiny_run, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cells = len(pd.read_csv(tiny_run / "results" / "summary.csv"))
+    assert f"per_image.npz: {cells} cells" in proc.stdout
+    pack(tiny_run / "results" / "summary.csv", tmp_path / "direct.npz")
+    with np.load(out / "per_image.npz") as a, np.load(tmp_path / "direct.npz") as b:
+        assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
+    assert f"{len(pd.read_csv(out / 'epochs.csv'))} rows" in proc.stdout
+    assert ("python -m proxyattention.files.study_files results/study2/summary.csv docs/study2"
+            in (ROOT / "docs" / "study.md").read_text())
+
+
 STUDY2 = "docs/study2"  # study 2 as committed: 8 seeds, its summary, packed per-image results and tables
 
 
