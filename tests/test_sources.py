@@ -426,3 +426,38 @@ def test_one_bad_image_under_skip_does_not_copy_the_array_into_memory(tmp_path):
                           np.load(tmp_path / "clean" / "images.npy", mmap_mode="r")[:5])
     print("peak RSS MiB without and with one bad image:", clean, with_bad)
     assert with_bad <= 1.2 * clean, (with_bad, clean)
+
+
+def test_prepare_records_where_the_verdicts_split_comes_from_and_the_verdicts_print_it(tmp_path):
+    """The verdicts' split is named by its origin, never "validation" when it is a dataset's
+    official test split: IDX files' t10k, a folder's val/, a draw by val_fraction or test_fraction."""
+    import json
+
+    from proxyattention.analysis.verdicts import verdict_split
+    from proxyattention.sources import split_origins
+
+    run_prepare(spec(DEMO, source="idx", size=8), tmp_path / "idx")
+    origins = json.loads((tmp_path / "idx" / "classes.json").read_text())["split_origins"]
+    assert origins == {"val": "the official test split of the IDX files (t10k)", "test": None}
+    digits_tree(tmp_path / "tree")
+    items, _ = list_items(spec(tmp_path / "tree"))
+    assert split_origins(spec(tmp_path / "tree"), items)["val"] == "the images of val/ in the dataset folder"
+    digits_tree(tmp_path / "flat", val=False)
+    flat = spec(tmp_path / "flat", test_fraction=0.2)
+    items, _ = list_items(flat)
+    assert split_origins(flat, items) == {
+        "val": "a validation split drawn from the training images by val_fraction 0.25, split_seed 0",
+        "test": "a test split drawn from the training images by test_fraction 0.2, split_seed 0"}
+    assert split_origins({"source": "torchvision", "name": "FashionMNIST"}, [])["val"].startswith("a validation split drawn")
+
+    from proxyattention.sources.base import Item
+
+    official = split_origins({"source": "torchvision", "name": "FashionMNIST"}, [Item("x", 0, "val")])
+    assert official["val"] == "the official test split of FashionMNIST"
+    frame = pd.DataFrame({"accuracy": [0.9], "test_accuracy": [np.nan], "val_origin": [official["val"]],
+                          "test_origin": [""]})
+    assert verdict_split(frame) == ("accuracy", "the official test split of FashionMNIST "
+                                                "(held out from training and selection)")
+    assert verdict_split(frame, stop_rule=True)[1].endswith("(the stop rule also chose on it)")
+    # a summary written before the record keeps the internal name
+    assert verdict_split(frame.drop(columns=["val_origin", "test_origin"])) == ("accuracy", "validation")

@@ -27,6 +27,7 @@ def test_packing_a_tiny_run_keeps_every_prediction_and_the_probabilities_to_floa
                     assert np.allclose(a, b, rtol=2 ** -10, atol=0), key  # float16's 11-bit significand
                 else:
                     assert np.array_equal(a, b), key
+    assert any(key.endswith("_brier") for key in original.files)  # kept exactly: the Brier score recomputes
     # the rows and labels are stored once per dataset, not once per cell
     with np.load(tmp_path / "per_image.npz") as packed:
         assert sum(k.endswith("_index") for k in packed.files) == sum(k.endswith("_label") for k in packed.files)

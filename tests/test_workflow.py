@@ -104,6 +104,9 @@ def test_whole_dag_produces_the_summary_and_figures(tiny_run):
             assert len(images["val_index"]) == row.n_val
             assert (images["val_prediction"] == images["val_label"]).mean() == pytest.approx(row.accuracy)
             assert ((images["val_p_top"] >= images["val_p_true"]) & (images["val_p_top"] <= 1)).all()
+            # each image's Brier term: their mean is the summary's Brier score (on the same split)
+            assert images["val_brier"].dtype == np.float32
+            assert images["val_brier"].astype(np.float64).mean() == pytest.approx(row.brier, rel=1e-6)
     assert (verdicts.boot_resamples == 0).all() and verdicts.boot_low.isna().all()  # 2 seed pairs: none
     assert verdicts.disagreement.between(0, 1).all()
     assert {"mde", "pairs_needed", "verdict_holm", "p_holm"} <= set(verdicts.columns)
@@ -268,7 +271,9 @@ def test_verdicts_use_the_held_out_test_split_when_there_is_one(held_out_run):
     verdicts = every_metric[every_metric.metric == "test_accuracy"]
     assert verdicts.comparison.tolist() == ["proxy - baseline"]
     assert every_metric.metric.tolist()[0] == "test_accuracy" and len(every_metric) == 6
-    assert verdicts.split.iloc[0].startswith("test") and verdicts.n_pairs.iloc[0] == 3
+    assert verdicts.split.iloc[0] == ("a test split drawn from the training images by test_fraction 0.1, split_seed 0 "
+                                      "(held out from training, selection and the stop rule)")
+    assert verdicts.n_pairs.iloc[0] == 3
     last = summary[summary.cycle == 1].pivot_table(index="seed", columns="arm", values="test_accuracy")
     mean, low, high, n = mean_ci(last.proxy - last.baseline)  # recomputed from the test column
     assert verdicts.mean_difference.iloc[0] == pytest.approx(mean) and verdicts.verdict.iloc[0] == verdict(low, high, n)

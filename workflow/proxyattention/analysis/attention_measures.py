@@ -119,14 +119,19 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     return float(total)
 
 
-def brier(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """Multiclass Brier score: mean over images of the squared distance to the one-hot label."""
+def brier_terms(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each image's squared distance from its probabilities to the one-hot label (float64)."""
     p = np.asarray(probabilities, np.float64)
-    if not len(p):
-        return math.nan
     onehot = np.zeros_like(p)
     onehot[np.arange(len(p)), labels] = 1.0
-    return float(((p - onehot) ** 2).sum(1).mean())
+    return ((p - onehot) ** 2).sum(1)
+
+
+def brier(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Multiclass Brier score: mean over images of the squared distance to the one-hot label."""
+    if not len(probabilities):
+        return math.nan
+    return float(brier_terms(probabilities, labels).mean())
 
 
 def map_spread(maps: np.ndarray) -> tuple[float, float]:

@@ -55,11 +55,29 @@ def comparison(frame: pd.DataFrame, dataset: str, metric: str = "accuracy",
     return pd.DataFrame(rows)
 
 
+def origin(data: pd.DataFrame, column: str) -> str:
+    """Where a held-out split of one dataset comes from, as ``prepare`` recorded it ("" when the
+    summary predates the record)."""
+    if column not in data or not len(data):
+        return ""
+    values = data[column].dropna().astype(str)
+    values = values[values != ""]
+    return values.iloc[0] if len(values) else ""
+
+
 def verdict_split(data: pd.DataFrame, stop_rule: bool = False) -> tuple[str, str]:
-    """(metric, split description) the verdicts of one dataset rest on."""
+    """(metric, split description) the verdicts of one dataset rest on. The description starts
+    with where the split comes from (``val_origin`` / ``test_origin``, recorded by ``prepare``:
+    e.g. "the official test split of FashionMNIST" for a validation split that is the dataset's
+    test split), then what it was held out from; summaries without the record name the internal
+    split (``test`` or ``validation``). The text up to " (" is the split's name."""
     if "test_accuracy" in data and data.test_accuracy.notna().all() and len(data):
-        return "test_accuracy", "test (held out from training, selection and the stop rule)"
-    return "accuracy", "validation (the stop rule also chose on it)" if stop_rule else "validation"
+        where = origin(data, "test_origin") or "test"
+        return "test_accuracy", f"{where} (held out from training, selection and the stop rule)"
+    where = origin(data, "val_origin")
+    if stop_rule:
+        return "accuracy", f"{where or 'validation'} (the stop rule also chose on it)"
+    return "accuracy", f"{where} (held out from training and selection)" if where else "validation"
 
 
 BETTER, WORSE, NO_EVIDENCE = "better", "worse", "no evidence at this n"
@@ -163,8 +181,9 @@ def answers(table: pd.DataFrame, proxy_arms: list) -> str:
                 "seed pairs.")
         if sentences:
             split = part.split.iloc[0].split(" (")[0]
+            measured = f"{split} accuracy" if split in ("validation", "test") else f"accuracy on {split}"
             paragraphs.append(f"{dataset} / {model}, does Proxy Attention help (cycle {int(part.cycle.iloc[0])}, "
-                              f"{split} accuracy)? " + " ".join(sentences))
+                              f"{measured})? " + " ".join(sentences))
     return "\n\n".join(paragraphs) + "\n" if paragraphs else "No Proxy Attention arm was compared.\n"
 
 

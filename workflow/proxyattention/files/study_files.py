@@ -2,7 +2,8 @@
 every training job's epochs in one table.
 
 Every evaluation writes ``per_image.npz`` into its run folder (evaluate.per_image: row, true
-class, predicted class, the true class's and the top probability, per split), and every training
+class, predicted class, the true class's and the top probability, and, in runs made after study 2, each
+image's Brier term, per split), and every training
 job ``epochs.csv``. A committed study keeps them as ``per_image.npz`` and ``epochs.csv`` beside
 its summary:
 
@@ -10,8 +11,9 @@ its summary:
 
 Each split's rows and labels are stored once per dataset (every cell of a dataset evaluates the
 same images; checked), predicted classes exactly (``uint8`` while there are at most 256 classes),
-and the two probabilities as float16 (three significant digits: enough for any calibration
-reanalysis, and nothing in the verdict tables reads them). ``unpack`` writes one ``per_image.npz``
+the two probabilities as float16 (three significant digits: enough for any calibration
+reanalysis, and nothing in the verdict tables reads them), and the Brier terms as written
+(float32: a term near zero keeps no float16 precision, and the Brier score is their mean). ``unpack`` writes one ``per_image.npz``
 per cell again, so the tables redraw with their image-level intervals
 (``python -m proxyattention.stages.figures SUMMARY OUT --per-image PACK``).
 """
@@ -27,7 +29,7 @@ from .atomic import atomic_path
 from .layout import run_dir
 
 SHARED = ("index", "label")
-PROBABILITIES = ("p_true", "p_top")
+PROBABILITIES = ("p_true", "p_top")  # stored float16; other fields (the Brier terms) as they are
 SEP = "|"
 
 

@@ -53,3 +53,40 @@ def list_items(spec: dict, base: str | os.PathLike = ".") -> tuple[list[Item], l
         # train/ (and perhaps test/) but no val/: validation is drawn from the training images
         items = [replace(it, split="" if it.split == "train" else it.split) for it in items]
     return items, classes
+
+
+def split_origins(spec: dict, items: list[Item]) -> dict:
+    """Where each held-out split of a dataset comes from, in words for the verdicts and figures:
+    ``{"val": ..., "test": ...}`` (``test`` None without a test split). ``items`` are the listed
+    items (``list_items``): a validation split they already carry is the source's own (the
+    official validation or test split of a torchvision class or of IDX files, ``root/val``, a
+    CSV's ``split`` column); otherwise ``prepare`` draws it by ``val_fraction``."""
+    from .torchvision import SPLITS, chosen_splits
+
+    kind = spec["source"]
+
+    def own(split: str) -> str:
+        if kind == "torchvision":
+            name = spec["name"]
+            chosen = chosen_splits(spec)[1] if split == "val" else "test"
+            official = SPLITS.get(name, (None, (), (None, None)))[2][1]
+            return (f"the official {chosen} split of {name}" if chosen == official
+                    else f"the {chosen} split of {name}")
+        if kind == "idx":
+            return "the official test split of the IDX files (t10k)"
+        if kind == "imagefolder":
+            return f"the images of {split}/ in the dataset folder"
+        return f"the rows of the CSV whose split is {split}"
+
+    val = (own("val") if any(it.split == "val" for it in items)
+           else f"a validation split drawn from the training images by val_fraction {spec.get('val_fraction')}, "
+                f"split_seed {spec.get('split_seed')}")
+    if any(it.split == "test" for it in items):
+        test = own("test")
+    elif spec.get("test_fraction", 0.0) > 0:
+        test = (f"a test split drawn from the training images by test_fraction {spec['test_fraction']}, "
+                f"split_seed {spec.get('split_seed')}")
+    else:
+        test = None
+    return {"val": val, "test": test}
+

@@ -41,7 +41,8 @@ def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = Non
     ``cells`` and ``metrics_paths`` are parallel. Cumulative time and images add
     the shared finetune (cycle 0) to each arm's cycles. ``erased_tables`` maps a
     cell to its ``erased.csv`` for the arms that erase; ``dataset_infos`` a dataset
-    to its prepared ``classes.json`` (for the count of skipped bad images);
+    to its prepared ``classes.json`` (for the count of skipped bad images and where its held-out
+    splits come from: ``val_origin``, ``test_origin``);
     ``stage_logs`` a cell of an adding arm to {stage: the log of the job it used}
     (find_misclassified, compute_cams, mask_and_save): their own time is the arm's
     ``proxy_seconds``, counted in full by every arm that used a shared job, since each would
@@ -49,7 +50,7 @@ def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = Non
     ``cumulative_train_seconds`` training alone. ``arm_specs`` (the config's ``arms`` mapping)
     gives each row its arm's ``kind`` and ``matches``, so the summary alone says what to compare.
     """
-    skipped = {d: read_json(p)["n_skipped"] for d, p in (dataset_infos or {}).items()}
+    infos = {d: read_json(p) for d, p in (dataset_infos or {}).items()}
     rows = []
     for cell, path in zip(cells, metrics_paths):
         m = read_json(path)
@@ -66,7 +67,10 @@ def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = Non
                                           "peak_memory_mib", "peak_memory_kind", "device", "precision", "ran",
                                           "stop_reason", "n_val", "pretrained")})
         row["run_dir_mib"] = _folder_mib(Path(path).parent)
-        row["n_skipped_images"] = skipped.get(row["dataset"], 0)
+        info = infos.get(row["dataset"], {})
+        row["n_skipped_images"] = info.get("n_skipped", 0)
+        origins = info.get("split_origins") or {}  # older prepared folders: not recorded
+        row["val_origin"], row["test_origin"] = origins.get("val") or "", origins.get("test") or ""
         row.update(added_counts((erased_tables or {}).get(tuple(cell))))
         row["proxy_seconds"] = proxy_seconds((stage_logs or {}).get(tuple(cell), {}))
         rows.append(row)

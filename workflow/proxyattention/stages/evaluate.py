@@ -52,7 +52,9 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, n_classes: in
 
 def per_image(source, logits: np.ndarray) -> dict:
     """Per evaluated image: its prepared row, true class, predicted class, the true class's
-    probability and the top probability (float32)."""
+    probability, the top probability and its Brier term (squared distance of its probabilities
+    to the one-hot label, whose mean is the Brier score), each float32."""
+    from ..analysis.attention_measures import brier_terms
     from ..models.inference import softmax
 
     labels = source.labels
@@ -61,7 +63,8 @@ def per_image(source, logits: np.ndarray) -> dict:
     return {"index": rows.astype(np.int64), "label": labels.astype(np.int64),
             "prediction": probs.argmax(1).astype(np.int64),
             "p_true": probs[np.arange(len(labels)), labels].astype(np.float32),
-            "p_top": probs.max(1).astype(np.float32)}
+            "p_top": probs.max(1).astype(np.float32),
+            "brier": brier_terms(probs, labels).astype(np.float32) if len(labels) else np.zeros(0, np.float32)}
 
 
 def attention(settings: dict, model, info: dict, images, index, runtime, logits: np.ndarray | None = None,

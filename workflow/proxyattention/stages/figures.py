@@ -50,8 +50,11 @@ def _save(fig, png_path, stamp: str = "") -> None:
 
 def split_of(frame: pd.DataFrame, dataset: str) -> tuple[str, str]:
     """(column, axis label) of the accuracy a dataset's figures show: the split its verdicts use."""
-    metric, _ = verdict_split(frame[frame.dataset == dataset])
-    return metric, ("test accuracy (held out)" if metric == "test_accuracy" else "validation accuracy")
+    metric, split = verdict_split(frame[frame.dataset == dataset])
+    name = split.split(" (")[0]
+    if name in ("validation", "test"):  # a summary without the splits' origins
+        return metric, ("test accuracy (held out)" if metric == "test_accuracy" else "validation accuracy")
+    return metric, f"accuracy on\n{name}"
 
 
 def cost_of(frame: pd.DataFrame) -> tuple[str, str]:
@@ -356,8 +359,8 @@ def time_to_target(frame: pd.DataFrame, out_png, target_accuracy: float | None =
             ax.set_yticks(range(len(names)), names[::-1], fontsize=8)
             ax.set_xlim(0, edge * 1.45)
             ax.locator_params(axis="x", nbins=5)  # tick labels of large counts must not run together
-            split = "test" if part.metric.iloc[0] == "test_accuracy" else "validation"
-            ax.set(xlabel=label, title=f"{dataset} / {model}: to {split} accuracy {part.target.iloc[0]:.3f}\n"
+            _, accuracy_label = split_of(frame, dataset)
+            ax.set(xlabel=label, title=f"{dataset} / {model}: to {accuracy_label.replace(chr(10), ' ')} {part.target.iloc[0]:.3f}\n"
                                        "(bar: median over all seeds, a seed not reaching it counted last)")
             ax.title.set_fontsize(9)
             ax.grid(axis="x", alpha=0.3)

@@ -28,7 +28,7 @@ from ..data.splits import (
 )
 from ..files.atomic import atomic_path, live, write_csv, write_json
 from ..runtime.timing import timed_stage
-from ..sources import list_items
+from ..sources import list_items, split_origins
 from ..sources.base import Item, SourceError
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ def prepare(dataset: dict, images_path, index_path, classes_path, skipped_path, 
     items, classes = list_items(dataset)
     if not items:
         raise SourceError(f"{dataset['path']}: no images found")
+    origins = split_origins(dataset, items)
     size = dataset["image_size"]
     labels = np.array([it.label for it in items])
     splits = draw_split(labels, [it.split for it in items], dataset["val_fraction"], dataset["split_seed"],
@@ -151,6 +152,8 @@ def prepare(dataset: dict, images_path, index_path, classes_path, skipped_path, 
             "n_skipped": len(bad),
             "n_cross_split_duplicates": len(duplicates),  # held-out images equal to an earlier split's
             "classes_without_val": [classes[i] for i in missing_val],
+            # where the held-out splits come from: the verdicts' split column, answer and figures say it
+            "split_origins": origins,
         },
     )
 
