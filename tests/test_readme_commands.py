@@ -34,16 +34,27 @@ def job_counts(text: str) -> dict:
 
 
 def expected_counts(config: dict) -> dict:
-    """Jobs of a list-form grid: in cycle 1 every arm that adds images starts from the shared
-    finetune with the proxy arm's settings, so one find_misclassified and one compute_cams job
-    serve them all (arms.owner); from cycle 2 on each arm selects and explains on its own model."""
+    """Jobs of a grid: in cycle 1 every arm that adds images starts from the shared finetune, so
+    arms whose selection and CAM settings are the same (a control that matches a proxy arm has its
+    settings) share one find_misclassified and one compute_cams job (arms.owner); from cycle 2 on
+    each arm selects and explains on its own model. Every proxy-kind arm's cycle has a
+    faithfulness job."""
     runs = len(config["datasets"]) * len(config["models"]) * len(config["seeds"])
-    arms, cycles = config["arms"], config["cycles"]
-    adding = len([a for a in arms if a != "baseline"])
-    per_run = (1 if adding else 0) + adding * (cycles - 1)
-    return {"prepare": len(config["datasets"]), "prepare_masks": len(config["datasets"]), "finetune": runs, "retrain": runs * len(arms) * cycles,
-            "evaluate": runs * (1 + len(arms) * cycles), "find_misclassified": runs * per_run,
-            "compute_cams": runs * per_run, "mask_and_save": runs * adding * cycles}
+    cycles = config["cycles"]
+    arms = config["arms"] if isinstance(config["arms"], dict) else {a: {"kind": a} for a in config["arms"]}
+    adding = [a for a, spec in arms.items() if spec["kind"] != "baseline"]
+
+    def shared_settings(arm):  # what decides a cycle-1 job's owner here: the arm's (or its match's) overrides
+        spec = arms[arm]
+        spec = arms[spec["matches"]] if spec.get("matches") else spec
+        return repr(sorted((k, v) for k, v in spec.items() if k not in ("kind", "matches", "fill", "threshold")))
+
+    per_run = len({shared_settings(a) for a in adding}) + len(adding) * (cycles - 1)
+    proxies = len([a for a, spec in arms.items() if spec["kind"] == "proxy"])
+    return {"prepare": len(config["datasets"]), "prepare_masks": len(config["datasets"]), "finetune": runs,
+            "retrain": runs * len(arms) * cycles, "evaluate": runs * (1 + len(arms) * cycles),
+            "find_misclassified": runs * per_run, "compute_cams": runs * per_run,
+            "mask_and_save": runs * len(adding) * cycles, "faithfulness": runs * proxies * cycles}
 
 
 def test_the_demo_command_plans_the_demo_grid(clone):

@@ -181,8 +181,8 @@ def test_deleting_one_output_recomputes_only_its_dependents(tiny_run):
     assert target.exists()
     downstream = job_counts(snakemake(tiny_run, "-n"))
     assert downstream == {"evaluate": 2, "decide_cycle": 1, "find_misclassified": 1, "compute_cams": 1,
-                          "mask_and_save": 1, "retrain": 1, "aggregate": 1, "figures": 1, "all": 1,
-                          "total": 10}, downstream
+                          "mask_and_save": 1, "faithfulness": 1, "retrain": 1, "aggregate": 1, "figures": 1,
+                          "all": 1, "total": 11}, downstream
     snakemake(tiny_run)
 
 
@@ -392,3 +392,44 @@ def test_by_hand_keeps_a_cycle_the_stop_rule_skipped(stopped_run):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (run / "model.safetensors").read_bytes() == saved
     assert json.loads((run / "train_stats.json").read_text())["skipped"] is True
+
+
+@pytest.mark.slow
+def test_the_proxy_arm_s_maps_are_scored_for_faithfulness_and_its_sample_reruns_only_that(tiny_run):
+    """#36: every proxy-kind arm's cycle has ROAD for its own, moved and randomised-model maps in
+    summary.csv, a verdict row and a sentence in the answer; the per-image values are the library's
+    on the same images and maps; changing the sample plans only those jobs, aggregate and figures."""
+    from proxyattention.analysis import faithfulness as fa
+    from proxyattention.files.atomic import read_json
+
+    summary = pd.read_csv(tiny_run / "results" / "summary.csv")
+    proxy = summary[(summary.arm == "proxy") & (summary.cycle > 0)]
+    others = summary[(summary.arm != "proxy") | (summary.cycle == 0)]
+    assert len(proxy) == 4 and proxy.road_combined_own.notna().all() and proxy.road_morf_moved_p50.notna().all()
+    assert others.road_combined_own.isna().all()
+    assert (proxy.n_faithfulness == np.minimum(32, proxy.n_selected - proxy.n_faithfulness_constant)).all()
+    folder = run_dir(tiny_run, "proxy", 0, 1)
+    measured = read_json(folder / "faithfulness.json")
+    assert measured["randomised_modules"] == ["classifier", "conv_head", "bn2", "blocks.6"]
+    with np.load(folder / "faithfulness.npz") as per_image:
+        assert per_image["own_morf"].shape == (measured["n_sample"], 9)
+        assert np.isclose(per_image["own_combined"].mean(), measured["road_combined_own"])
+        assert not per_image["offset_from_control"].any()  # no random_erase arm here: drawn offsets
+        # the direct check: the arm's own added images were scored with the same model
+        assert np.isfinite(per_image["p_true_own_fill"]).any()
+    verdicts = pd.read_csv(tiny_run / "results" / "tables" / "fm_verdicts.csv")
+    rows = verdicts[verdicts.metric == "road_combined"]
+    assert set(rows.comparison) == {"proxy maps - moved maps", "proxy maps - randomised model's maps"}
+    assert len(rows) == 4 and (rows.n_pairs == 2).all()
+    assert "Were proxy's maps faithful (cycle 1)?" in (tiny_run / "results" / "tables" / "fm_answer.md").read_text()
+    assert (tiny_run / "results" / "figures" / "faithfulness.png").stat().st_size > 10_000
+    config = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    original = (tiny_run / "config.yaml").read_text()
+    config["faithfulness"] = {"sample": 16}
+    (tiny_run / "config.yaml").write_text(yaml.safe_dump(config))
+    try:
+        counts = job_counts(snakemake(tiny_run, "-n"))
+        assert counts == {"faithfulness": 4, "aggregate": 1, "figures": 1, "all": 1, "total": 7}, counts
+    finally:
+        (tiny_run / "config.yaml").write_text(original)
+    assert fa.KINDS == ("own", "moved", "random_model")

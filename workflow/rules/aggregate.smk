@@ -4,6 +4,7 @@ rule aggregate:
         per_image=all_per_image(),
         erased=all_erased_tables(),
         infos=expand(prepared("classes.json"), dataset=config["datasets"]),
+        faithfulness=all_faithfulness(),
     output:
         summary=report(
             f"{RESULTS}/summary.csv",
@@ -33,6 +34,7 @@ rule aggregate:
     params:
         cells=grid(),
         erased_cells=erased_cells(),
+        faithfulness_cells=faithfulness_cells(),
         stage_logs=stage_logs(),
         datasets=list(config["datasets"]),
         arms=list(config["arms"]),

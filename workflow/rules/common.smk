@@ -159,6 +159,13 @@ def cycle_group(wc):
     return layout.group_name(*cell_of(wc))
 
 
+def faithfulness_group(wc):
+    """A cluster job of its own per proxy arm and cycle: it reads the random_erase control's
+    offsets, whose group waits for this arm's own, so it cannot join either."""
+    group = cycle_group(wc)
+    return None if group is None else f"{group}.faithfulness"
+
+
 def prepare_group(wc):
     """One cluster job for a dataset's prepare and prepare_masks (None under ``cluster.group: stage``)."""
     return None if config["cluster"]["group"] == "stage" else f"{wc.dataset}.prepare"
@@ -277,6 +284,25 @@ def example_inputs(wc):
 
 
 PROXY_ARMS = arms.names_of_kind(config, "proxy")
+
+
+def faithfulness_cells():
+    """Every proxy-kind arm's cycles, when the faithfulness measure is on."""
+    if not config["faithfulness"]["enabled"]:
+        return []
+    return [cell for cell in grid() if cell[3] in PROXY_ARMS and int(cell[4]) > 0]
+
+
+def all_faithfulness():
+    return [f"{run_dir_of(*cell)}/faithfulness.json" for cell in faithfulness_cells()]
+
+
+def faithfulness_control(wc):
+    """The erased.csv of the random_erase arm that matches this proxy arm (its offsets), if any."""
+    control = arms.random_control(config, wc.arm)
+    if control is None:
+        return {}
+    return {"control": f"{run_dir_of(wc.dataset, wc.model, wc.seed, control, wc.cycle)}/erased.csv"}
 
 
 def example_figures():

@@ -80,3 +80,32 @@ rule mask_and_save:
         "../../envs/proxyattention.yaml"
     script:
         "../scripts/mask_and_save.py"
+
+
+rule faithfulness:
+    input:
+        unpack(prepared_inputs),
+        unpack(previous_checkpoint),
+        unpack(faithfulness_control),
+        cams=shared_run_file("compute_cams", "cams.npz"),
+        erased=run_file("erased.npz"),
+    output:
+        npz=run_file("faithfulness.npz"),
+        json=run_file("faithfulness.json"),
+    wildcard_constraints:
+        arm=one_of(PROXY_ARMS),
+    params:
+        settings=settings_for("faithfulness"),
+    log:
+        log_file("faithfulness"),
+    benchmark:
+        bench_file("faithfulness")
+    threads: 1
+    group:
+        faithfulness_group
+    resources:
+        gpu=1,  # a local GPU slot (profiles/default); GPUs per SLURM job: profiles/slurm
+    conda:
+        "../../envs/proxyattention.yaml"
+    script:
+        "../scripts/faithfulness.py"

@@ -18,5 +18,7 @@ aggregate(
     config=snakemake.config,
     effect_of_interest=snakemake.params.effect_of_interest,
     per_image_paths=list(snakemake.input.per_image),
+    faithfulness_paths={tuple(cell): path for cell, path in zip(snakemake.params.faithfulness_cells,
+                                                                 snakemake.input.faithfulness)},
     stage_logs={tuple(cell): logs for cell, logs in zip(snakemake.params.erased_cells, snakemake.params.stage_logs)},
 )

@@ -154,7 +154,9 @@ def verdicts(frame: pd.DataFrame, dataset: str, comparisons: list | None = None,
                 row["verdict_holm"] = oriented(holm_verdict(adjusted, row["mean_difference"], row["n_pairs"]),
                                                measured)
             rows += family
-    return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
+    table = pd.DataFrame(rows, columns=VERDICT_COLUMNS)
+    extra = faithfulness_verdicts(frame, dataset)
+    return pd.concat([table, extra], ignore_index=True) if len(extra) else table
 
 
 def _points(v: float, signed: bool = True) -> str:
@@ -167,7 +169,8 @@ def answers(table: pd.DataFrame, proxy_arms: list) -> str:
     its interval, the MDE and the seed pairs the effect of interest would need. Written from
     the numbers; plain text that reads the same as Markdown and reStructuredText."""
     paragraphs = []
-    table = table[~table.metric.isin(list(ATTENTION_METRICS))]
+    faithful = table[table.metric == "road_combined"]
+    table = table[~table.metric.isin([*ATTENTION_METRICS, "road_combined"])]
     for (dataset, model), part in table.groupby(["dataset", "model"], sort=False):
         sentences = []
         for r in part[part.arm.isin(proxy_arms)].itertuples():
@@ -179,6 +182,7 @@ def answers(table: pd.DataFrame, proxy_arms: list) -> str:
                 f"{_points(r.ci_high)}, {r.n_pairs} seed pairs; this run could detect {_points(r.mde, False)} "
                 f"points with 80% power, and {_points(r.effect_of_interest, False)} points would need {needed} "
                 "seed pairs.")
+        sentences += faithfulness_sentences(faithful[(faithful.dataset == dataset) & (faithful.model == model)])
         if sentences:
             split = part.split.iloc[0].split(" (")[0]
             measured = f"{split} accuracy" if split in ("validation", "test") else f"accuracy on {split}"
@@ -284,3 +288,64 @@ VERDICT_COLUMNS = ["dataset", "model", "comparison", "arm", "control", "cycle", 
                    "ci_low", "ci_high", "n_pairs", "seeds_higher", "seeds_lower", "verdict", "verdict_holm", "p_value",
                    "p_holm", "sd_difference", "mde", "effect_of_interest", "pairs_needed", "boot_low", "boot_high",
                    "boot_resamples", "disagreement"]
+
+
+# Within an arm, paired by seed: its own maps against the moved maps (is the place more important
+# than a random one of the same shape?) and against the randomised model's maps.
+FAITHFULNESS_CONTRASTS = (("road_combined_own", "road_combined_moved", "moved maps"),
+                          ("road_combined_own", "road_combined_random_model", "randomised model's maps"))
+
+
+def faithfulness_verdicts(frame: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Verdict rows (the verdict table's columns) of each proxy-kind arm's maps, per model and
+    cycle: ROAD combined of its own maps minus that of the moved maps, and minus that of the
+    randomised model's maps, paired by seed; one Holm family per (dataset, model, contrast)."""
+    from .power import holm, mde, mean_ci, paired_p_value
+
+    data = frame[frame.dataset == dataset]
+    if "road_combined_own" not in data:
+        return pd.DataFrame(columns=VERDICT_COLUMNS)
+    data = data[data.road_combined_own.notna()]
+    rows = []
+    for model, per_model in data.groupby("model", sort=False):
+        for own, other, what in FAITHFULNESS_CONTRASTS:
+            family = []
+            for (arm, cycle), part in per_model.groupby(["arm", "cycle"], sort=False):
+                diff = (part.set_index("seed")[own] - part.set_index("seed")[other]).dropna()
+                mean, lo, hi, n = mean_ci(diff)
+                sd = float(diff.std(ddof=1)) if n >= 2 else np.nan
+                family.append({"dataset": dataset, "model": model, "comparison": f"{arm} maps - {what}",
+                               "arm": arm, "control": f"{arm} ({what})", "cycle": int(cycle),
+                               "metric": "road_combined",
+                               "split": f"training images its maps explain (up to {int(part.n_faithfulness.max())} per seed)",
+                               "mean_difference": mean, "ci_low": lo, "ci_high": hi, "n_pairs": n,
+                               "seeds_higher": int((diff > 0).sum()), "seeds_lower": int((diff < 0).sum()),
+                               "verdict": verdict(lo, hi, n), "sd_difference": sd, "mde": mde(sd, n),
+                               "effect_of_interest": np.nan, "pairs_needed": np.nan,
+                               "p_value": paired_p_value(diff), "boot_low": np.nan, "boot_high": np.nan,
+                               "boot_resamples": 0, "disagreement": np.nan})
+            for row, adjusted in zip(family, holm([r["p_value"] for r in family])):
+                row["p_holm"] = adjusted
+                row["verdict_holm"] = holm_verdict(adjusted, row["mean_difference"], row["n_pairs"])
+            rows += family
+    return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
+
+
+def faithfulness_sentences(table: pd.DataFrame) -> list[str]:
+    """The answer's sentence per (model, arm, cycle): were this run's maps more faithful than the
+    same shape at a random place, at this layer?"""
+    out = []
+    moved = table[(table.metric == "road_combined") & table.comparison.str.endswith("- moved maps")]
+    for r in moved.itertuples():
+        bounds = (f"95% interval {r.ci_low:+.4f} to {r.ci_high:+.4f}" if np.isfinite(r.ci_low)
+                  else "no interval from fewer than 2 seed pairs")
+        interval = f"{r.mean_difference:+.4f}, {bounds}, {r.n_pairs} seed pair{'s' if r.n_pairs != 1 else ''}"
+        if r.verdict_holm == "better":
+            word = "more faithful than the same shape at a random place"
+        elif r.verdict_holm == "worse":
+            word = "less faithful than the same shape at a random place"
+        else:
+            word = "not shown to be more faithful than the same shape at a random place"
+        out.append(f"Were {r.arm}'s maps faithful (cycle {r.cycle})? {word} (ROAD combined, own minus moved "
+                   f"maps: {interval}; Holm over this model's {r.arm} cycles).")
+    return out

@@ -88,12 +88,14 @@ def erase(images: np.ndarray, maps: np.ndarray, masks: np.ndarray, fill: dict,
     return out
 
 
-def random_masks(masks: np.ndarray, shape: str, rng: np.random.Generator) -> np.ndarray:
+def random_masks(masks: np.ndarray, shape: str, rng: np.random.Generator,
+                 offsets: np.ndarray | None = None) -> np.ndarray:
     """Masks with the same pixel count as ``masks``, at random places.
 
     ``rectangle``: a near-square rectangle at a random position holding exactly
     that many pixels (the last row partly filled); ``cam_shape``: the mask itself
-    shifted cyclically by a random offset.
+    shifted cyclically by a random offset, written into ``offsets`` ((N, 2): dy, dx) when given
+    (the faithfulness measure moves the maps by the same offsets).
     """
     n, h, w = masks.shape
     out = np.zeros_like(masks)
@@ -102,7 +104,10 @@ def random_masks(masks: np.ndarray, shape: str, rng: np.random.Generator) -> np.
         if count == 0:
             continue
         if shape == "cam_shape":
-            out[i] = np.roll(masks[i], (rng.integers(h), rng.integers(w)), axis=(0, 1))
+            dy, dx = rng.integers(h), rng.integers(w)
+            out[i] = np.roll(masks[i], (dy, dx), axis=(0, 1))
+            if offsets is not None:
+                offsets[i] = dy, dx
             continue
         rh = min(h, max(1, int(round(np.sqrt(count)))))
         rw = min(w, int(np.ceil(count / rh)))
@@ -112,3 +117,12 @@ def random_masks(masks: np.ndarray, shape: str, rng: np.random.Generator) -> np.
         block[:count] = True
         out[i, y : y + rh, x : x + rw] = block.reshape(rh, rw)
     return out
+
+
+def random_place_levels(maps: np.ndarray, masks: np.ndarray, moved: np.ndarray) -> np.ndarray:
+    """The map a fill reads at a random placement ``moved`` of ``masks``: ``blend`` dims by the
+    map's level, and at a random place each image takes the mean level its map had under its own
+    mask (0 outside the moved mask)."""
+    level = np.where(masks.any((1, 2)), (maps * masks).sum((1, 2)) / np.maximum(masks.sum((1, 2)), 1), 0)
+    return np.where(moved, level[:, None, None], 0).astype(np.float32)
+

@@ -17,6 +17,7 @@ ADDED_AUGMENT = 4  # the same for the added images
 MASK = 5  # mask_and_save's draws (random places, noise fills), per control
 OCCLUSION = 6  # the patches an evaluation image loses, per prepared row (attention_measures.py)
 SAMPLE = 7  # the fixed evaluation samples of the occlusion and map measures
+FAITHFULNESS = 8  # the faithfulness sample, its drawn offsets, tie-breaking keys and fills, per (seed, cycle)
 
 
 def stream_key(seed) -> tuple[int, ...]:

@@ -85,6 +85,16 @@ def comparisons(config: dict) -> list[tuple[str, str]]:
     return pairs
 
 
+def random_control(config: dict, arm: str) -> str | None:
+    """The random_erase arm that is ``arm``'s control (matches it, or matches nothing while
+    ``arm`` is the proxy section's own arm ``proxy``), if the config has one."""
+    for name in names_of_kind(config, "random_erase"):
+        matched = config["arms"][name].get("matches")
+        if matched == arm or (matched is None and arm == "proxy"):
+            return name
+    return None
+
+
 def check(config: dict) -> None:
     """Refuse a wrong kind, key or ``matches`` in ``arms``, naming the arm; and settings the
     ``proxy`` schema would refuse, as the arm merges them."""

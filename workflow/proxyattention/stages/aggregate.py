@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..analysis.faithfulness import summary_columns as faithfulness_columns
 from ..analysis.verdicts import (
     COMPARISONS,
     DEFAULT_ARMS,
@@ -35,7 +36,8 @@ CELL = ["dataset", "model", "seed", "arm", "cycle"]  # order of a grid cell (lay
 
 def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = None,
               dataset_infos: dict | None = None, arms: list | None = None,
-              stage_logs: dict | None = None, arm_specs: dict | None = None) -> pd.DataFrame:
+              stage_logs: dict | None = None, arm_specs: dict | None = None,
+              faithfulness_paths: dict | None = None) -> pd.DataFrame:
     """One row per (dataset, model, arm, seed, cycle) with every metric, time and memory.
 
     ``cells`` and ``metrics_paths`` are parallel. Cumulative time and images add
@@ -49,6 +51,8 @@ def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = Non
     pay it alone. ``cumulative_seconds`` is training plus those stages;
     ``cumulative_train_seconds`` training alone. ``arm_specs`` (the config's ``arms`` mapping)
     gives each row its arm's ``kind`` and ``matches``, so the summary alone says what to compare.
+    ``faithfulness_paths`` maps a proxy-kind arm's cell to its ``faithfulness.json``: those rows get
+    the faithfulness columns (analysis/faithfulness.py, SUMMARY_KEYS and the mean curves).
     """
     infos = {d: read_json(p) for d, p in (dataset_infos or {}).items()}
     rows = []
@@ -73,8 +77,12 @@ def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = Non
         row["val_origin"], row["test_origin"] = origins.get("val") or "", origins.get("test") or ""
         row.update(added_counts((erased_tables or {}).get(tuple(cell))))
         row["proxy_seconds"] = proxy_seconds((stage_logs or {}).get(tuple(cell), {}))
+        measured = (faithfulness_paths or {}).get(tuple(cell))
+        if measured is not None:
+            row.update(faithfulness_columns(read_json(measured)))
         rows.append(row)
-    frame = pd.DataFrame(rows)[KEYS + [k for k in rows[0] if k not in KEYS]]
+    columns = list(dict.fromkeys(k for row in rows for k in row))  # faithfulness columns: proxy rows only
+    frame = pd.DataFrame(rows, columns=columns)[KEYS + [k for k in columns if k not in KEYS]]
     finetune = frame[frame.cycle == 0].set_index(["dataset", "model", "seed"])
     cum_seconds, cum_all, cum_images = [], [], []
     for _, r in frame.iterrows():
@@ -146,14 +154,15 @@ def aggregate(cells: list, metrics_paths: list, erased_tables: dict, out_summary
               dataset_infos: dict | None = None, arms: list | None = None, comparisons: list | None = None,
               out_verdicts: dict | None = None, stop_rule: bool = False, stage_logs: dict | None = None,
               config: dict | None = None, effect_of_interest: float = EFFECT_OF_INTEREST,
-              per_image_paths: list | None = None) -> None:
+              per_image_paths: list | None = None, faithfulness_paths: dict | None = None) -> None:
     """Write ``summary.csv``, ``provenance.json`` and ``provenance.html`` beside it (``config``:
     the validated config), and per dataset a comparison table (``out_tables``: dataset -> path)
     and a verdict table (``out_verdicts``: dataset -> path)."""
     from ..files import provenance
 
     arm_specs = (config or {}).get("arms") if isinstance((config or {}).get("arms"), dict) else None
-    frame = summarise(cells, metrics_paths, erased_tables, dataset_infos, arms, stage_logs, arm_specs)
+    frame = summarise(cells, metrics_paths, erased_tables, dataset_infos, arms, stage_logs, arm_specs,
+                      faithfulness_paths)
     comparisons = COMPARISONS if comparisons is None else comparisons
     made = provenance.gather(config or {}, [read_json(p).get("versions") for p in metrics_paths], comparisons,
                              stop_rule)

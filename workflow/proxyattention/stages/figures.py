@@ -117,7 +117,7 @@ def paired_differences(frame: pd.DataFrame, comparisons: list, out_png, stamp: s
     detectable effect, and the Holm-adjusted verdict word at the right."""
     rows = pd.concat([verdicts(frame, d, comparisons, stop_rule, effect_of_interest)
                       for d in frame.dataset.unique()], ignore_index=True)
-    rows = rows[~rows.metric.isin(list(ATTENTION_METRICS))].reset_index(drop=True)  # accuracy's rows
+    rows = rows[~rows.metric.isin([*ATTENTION_METRICS, "road_combined"])].reset_index(drop=True)  # accuracy's rows
     fig, ax = plt.subplots(figsize=(8.0, 0.9 + 0.36 * max(1, len(rows))))
     if rows.empty:
         ax.text(0.5, 0.5, "no comparisons: the config has a single arm", ha="center", va="center")
@@ -448,6 +448,50 @@ def example_order(selected: pd.DataFrame, added: set) -> list:
     return sorted(order, key=lambda pos: int(selected.loc[pos, "index"]) not in added)  # stable sort
 
 
+FAITHFUL_STYLE = {"own": ("-", "its own maps"), "moved": ("--", "the same maps moved (random_erase's place)"),
+                  "random_model": (":", "maps of the randomised model")}
+
+
+def faithfulness(frame: pd.DataFrame, out_png, stamp: str = "") -> None:
+    """Were the maps faithful? Per (dataset, model), one panel per proxy-kind arm and cycle: the
+    true class's probability change as ROAD removes the most relevant pixels first (mean over the
+    sampled images, then over seeds), for the arm's own maps, the same maps moved to random_erase's
+    place, and the maps of the model with its head and last stage re-initialised."""
+    columns = [c for c in frame.columns if c.startswith("road_morf_own_p")]
+    cells = frame[frame.road_morf_own.notna()] if "road_morf_own" in frame and columns else frame.iloc[0:0]
+    groups = list(cells.groupby(["dataset", "model", "arm", "cycle"], sort=False).groups)
+    if not groups:
+        fig, ax = plt.subplots(figsize=(6, 1.6))
+        ax.text(0.5, 0.5, "no faithfulness measure in this run\n(it needs a proxy-kind arm; faithfulness.enabled)",
+                ha="center", va="center")
+        ax.axis("off")
+        _save(fig, out_png, stamp)
+        return
+    percentiles = sorted(int(c.rsplit("_p", 1)[1]) for c in columns)
+    removed = [100 - p for p in percentiles]
+    per_row = min(4, len(groups))
+    n_rows = -(-len(groups) // per_row)
+    fig, axes = plt.subplots(n_rows, per_row, figsize=(3.9 * per_row, 3.3 * n_rows), squeeze=False)
+    for ax, (dataset, model, arm, cycle) in zip(axes.ravel(), groups):
+        g = cells[(cells.dataset == dataset) & (cells.model == model) & (cells.arm == arm) & (cells.cycle == cycle)]
+        for kind, (style, label) in FAITHFUL_STYLE.items():
+            ys = [g[f"road_morf_{kind}_p{p}"].mean() for p in percentiles]
+            ax.plot(removed, ys, ls=style, marker="o", ms=3, color=colour(arm, list(frame.arm.unique())),
+                    label=f"{label}: ROAD {g[f'road_combined_{kind}'].mean():+.3f}")
+        n = int(g.n_faithfulness.max()) if "n_faithfulness" in g else 0
+        layer = g.faithfulness_layer.iloc[0] if "faithfulness_layer" in g else "?"
+        ax.set(xlabel="% of pixels removed, most relevant first", ylabel="change of p(target class)",
+               title=f"{dataset} / {model}\n{arm}, cycle {int(cycle)} at {layer} ({n} images x {g.seed.nunique()} seeds)")
+        ax.title.set_fontsize(8)
+        ax.axhline(0, color="0.6", lw=0.8)
+        ax.legend(fontsize=6, loc="lower left")
+        ax.grid(alpha=0.3)
+    for ax in axes.ravel()[len(groups):]:
+        ax.axis("off")
+    fig.tight_layout()
+    _save(fig, out_png, stamp)
+
+
 @timed_stage
 def figures(summary_csv, cells: list, metrics_paths: list, outputs: dict, comparisons: list | None = None,
             target_accuracy: float | None = None, stop_rule: bool = False,
@@ -468,6 +512,7 @@ def figures(summary_csv, cells: list, metrics_paths: list, outputs: dict, compar
     per_image = {(c[0], c[1], int(c[2]), c[3], int(c[4])): Path(p).with_name("per_image.npz")
                  for c, p in zip(cells, metrics_paths) if Path(p).with_name("per_image.npz").exists()}
     attention_measures(frame, outputs["attention_measures"], stamp, per_image)
+    faithfulness(frame, outputs["faithfulness"], stamp)
 
 
 def comparisons_in(frame: pd.DataFrame) -> list:
@@ -530,7 +575,7 @@ def redraw(summary_csv, out_dir, target_accuracy: float | None = None,
                              f"{summary_csv}, e.g. {missing[0]}: pack them from the same run as the summary")
     written = [out_dir / f"{name}.png" for name in ("accuracy_by_cycle", "accuracy_by_time", "paired_differences",
                                                     "accuracy_cost", "peak_memory", "time_to_target",
-                                                    "attention_measures")]
+                                                    "attention_measures", "faithfulness")]
     accuracy_by(frame, "cycle", written[0], "cycle", stamp)
     accuracy_by(frame, cost, written[1], cost_label, stamp)
     paired_differences(frame, comparisons, written[2], stamp, stop_rule, effect_of_interest)
@@ -538,6 +583,7 @@ def redraw(summary_csv, out_dir, target_accuracy: float | None = None,
     peak_memory(frame, written[4], stamp)
     time_to_target(frame, written[5], target_accuracy, stamp)
     attention_measures(frame, written[6], stamp, per_image)
+    faithfulness(frame, written[7], stamp)
     for dataset in frame.dataset.unique():
         path = out_dir / f"{dataset}_verdicts.csv"
         table = verdicts(frame, dataset, comparisons, stop_rule, effect_of_interest, per_image=per_image)

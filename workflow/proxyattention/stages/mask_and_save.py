@@ -25,6 +25,7 @@ from ..data.erasing import (
     empty_masks,
     erase,
     random_masks,
+    random_place_levels,
     threshold_masks,
 )
 from ..data.streams import MASK, generator
@@ -80,6 +81,7 @@ def mask_and_save(settings: dict, images_path, index_path, classes_path, cams_pa
     fractions = np.zeros(len(rows))
     changed = np.zeros(len(rows))
     files = np.full(len(rows), "", dtype=object)
+    offsets = np.full((len(rows), 2), -1, dtype=np.int64)  # cam_shape control: each mask's cyclic shift
     keep = np.flatnonzero(added)
 
     def erased_batches(tmp_dir):
@@ -92,11 +94,8 @@ def mask_and_save(settings: dict, images_path, index_path, classes_path, cams_pa
             if control == "duplicate":
                 masks = np.zeros_like(masks)
             elif control == "random":
-                moved = random_masks(masks, proxy["random_erase"]["shape"], rng)
-                # blend dims by the map's level; at a random place use the mean level it had under the mask
-                level = np.where(masks.any((1, 2)),
-                                 (batch_maps * masks).sum((1, 2)) / np.maximum(masks.sum((1, 2)), 1), 0)
-                batch_maps = np.where(moved, level[:, None, None], 0).astype(np.float32)
+                moved = random_masks(masks, proxy["random_erase"]["shape"], rng, offsets[part])
+                batch_maps = random_place_levels(batch_maps, masks, moved)
                 masks = moved
             originals = np.asarray(images[rows[part]])
             erased = erase(originals, batch_maps, masks, proxy["fill"], rng)
@@ -120,5 +119,5 @@ def mask_and_save(settings: dict, images_path, index_path, classes_path, cams_pa
         "map_position": np.arange(len(rows)), "index": rows, "source": sources, "label": labels,
         "class": [classes[l] for l in labels], "empty_map": empty, "added": added, "png": files,
         "threshold": thresholds, "erased_fraction": fractions, "changed_fraction": changed,
-        "control": control or "cam",
+        "control": control or "cam", "offset_y": offsets[:, 0], "offset_x": offsets[:, 1],
     }))
