@@ -121,8 +121,9 @@ def test_whole_dag_produces_the_summary_and_figures(tiny_run):
         assert row.n_occlusion == round(0.1 * row.n_val) == len(chosen) and row.occlusion_0 == pytest.approx(right.mean())
     assert (summary.occlusion_80 <= summary.occlusion_0 + 0.2).all() and summary.map_entropy.between(0, 1).all()
     assert (summary.n_maps == (0.1 * summary.n_val).round()).all() and summary.pretrained.str.startswith("bundled").all()
-    assert set(every_metric.metric) == {"accuracy", "occlusion_auc", "ece", "brier", "map_top10_mass", "map_entropy"}
-    assert len(every_metric) == 6 * len(verdicts)
+    assert set(every_metric.metric) == {"accuracy", "occlusion_auc", "ece", "brier", "map_top10_mass", "map_entropy",
+                                        "road_combined"}
+    assert len(every_metric) == 6 * len(verdicts) + 2 * 2  # + own minus moved and minus randomised maps, 2 cycles
     answer = (tiny_run / "results" / "tables" / "fm_answer.md").read_text()
     assert answer.startswith("fm / lite0, does Proxy Attention help") and "seed pairs" in answer
 
@@ -270,7 +271,7 @@ def test_verdicts_use_the_held_out_test_split_when_there_is_one(held_out_run):
     every_metric = pd.read_csv(held_out_run / "results" / "tables" / "fm_verdicts.csv")
     verdicts = every_metric[every_metric.metric == "test_accuracy"]
     assert verdicts.comparison.tolist() == ["proxy - baseline"]
-    assert every_metric.metric.tolist()[0] == "test_accuracy" and len(every_metric) == 6
+    assert every_metric.metric.tolist()[0] == "test_accuracy" and len(every_metric) == 6 + 2  # + the maps' faithfulness
     assert verdicts.split.iloc[0] == ("a test split drawn from the training images by test_fraction 0.1, split_seed 0 "
                                       "(held out from training, selection and the stop rule)")
     assert verdicts.n_pairs.iloc[0] == 3
@@ -423,13 +424,15 @@ def test_the_proxy_arm_s_maps_are_scored_for_faithfulness_and_its_sample_reruns_
     assert len(rows) == 4 and (rows.n_pairs == 2).all()
     assert "Were proxy's maps faithful (cycle 1)?" in (tiny_run / "results" / "tables" / "fm_answer.md").read_text()
     assert (tiny_run / "results" / "figures" / "faithfulness.png").stat().st_size > 10_000
+    snakemake(tiny_run)  # up to date whatever earlier tests left
     config = yaml.safe_load((tiny_run / "config.yaml").read_text())
     original = (tiny_run / "config.yaml").read_text()
     config["faithfulness"] = {"sample": 16}
     (tiny_run / "config.yaml").write_text(yaml.safe_dump(config))
     try:
-        counts = job_counts(snakemake(tiny_run, "-n"))
-        assert counts == {"faithfulness": 4, "aggregate": 1, "figures": 1, "all": 1, "total": 7}, counts
+        plan = snakemake(tiny_run, "-n")
+        counts = job_counts(plan)
+        assert counts == {"faithfulness": 4, "aggregate": 1, "figures": 1, "all": 1, "total": 7}, plan.stdout[-3000:]
     finally:
         (tiny_run / "config.yaml").write_text(original)
     assert fa.KINDS == ("own", "moved", "random_model")

@@ -160,10 +160,12 @@ def cycle_group(wc):
 
 
 def faithfulness_group(wc):
-    """A cluster job of its own per proxy arm and cycle: it reads the random_erase control's
-    offsets, whose group waits for this arm's own, so it cannot join either."""
-    group = cycle_group(wc)
-    return None if group is None else f"{group}.faithfulness"
+    """The cluster job of the arm whose files it reads last: its random_erase control's cycle
+    (the control's offsets; that group already waits for this arm's maps), else its own cycle."""
+    if config["cluster"]["group"] == "stage":
+        return None
+    control = arms.random_control(config, wc.arm)
+    return layout.group_name(wc.dataset, wc.model, wc.seed, control or wc.arm, wc.cycle)
 
 
 def prepare_group(wc):

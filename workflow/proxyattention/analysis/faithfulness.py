@@ -34,8 +34,10 @@ TOP_MODULES = (
 
 def constant_maps(maps: np.ndarray) -> np.ndarray:
     """True for each map (N, H, W) with one value everywhere: it ranks no pixel above another."""
+    if not len(maps):
+        return np.zeros(0, bool)
     flat = np.asarray(maps, np.float32).reshape(len(maps), -1)
-    return (flat == flat[:, :1]).all(1) if len(flat) else np.zeros(0, bool)
+    return (flat == flat[:, :1]).all(1)
 
 
 def tie_broken_ranks(maps: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -335,6 +335,8 @@ def faithfulness_sentences(table: pd.DataFrame) -> list[str]:
     """The answer's sentence per (model, arm, cycle): were this run's maps more faithful than the
     same shape at a random place, at this layer?"""
     out = []
+    if not len(table) or "comparison" not in table:
+        return out
     moved = table[(table.metric == "road_combined") & table.comparison.str.endswith("- moved maps")]
     for r in moved.itertuples():
         bounds = (f"95% interval {r.ci_low:+.4f} to {r.ci_high:+.4f}" if np.isfinite(r.ci_low)
