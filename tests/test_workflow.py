@@ -324,6 +324,7 @@ BY_HAND = {
     "compute-cams": ("proxy", 2, ["cams.npz"]),
     "mask-and-save": ("duplicate", 2, ["erased.npz", "erased.csv"]),
     "retrain": ("proxy", 2, ["model.safetensors", "model.json", "epochs.csv", "optimizer.safetensors"]),
+    "faithfulness": ("proxy", 2, ["faithfulness.npz"]),  # its .json holds the job's seconds
 }
 TIMED = {"epochs.csv": ["seconds", "images_per_s"]}
 

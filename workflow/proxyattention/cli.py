@@ -10,7 +10,7 @@ and a cycle the stop rule skipped stays skipped. Names that the config does not
 have, a stage that the workflow never runs for that arm or cycle, and inputs that
 are not there yet are refused in one line (naming the stage that makes them)
 before any model is loaded. Stages: prepare, prepare-masks, finetune, retrain,
-find-misclassified, compute-cams, mask-and-save, evaluate.
+find-misclassified, compute-cams, mask-and-save, evaluate, faithfulness.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ STAGES = {
     "compute-cams": ("compute_cams", "cams.npz"),
     "mask-and-save": ("mask_and_save", "erased.npz"),
     "evaluate": ("evaluate", "metrics.json"),
+    "faithfulness": ("faithfulness", "faithfulness.json"),
 }
 # The stage whose job writes a file of this name (for "missing input" messages).
 MADE_BY = {
@@ -45,7 +46,7 @@ MADE_BY = {
     "model.safetensors": "finetune (cycle 0) or retrain", "model.json": "finetune (cycle 0) or retrain",
     "train_stats.json": "finetune (cycle 0) or retrain", "optimizer.safetensors": "finetune (cycle 0) or retrain", "decision.json": "the workflow's stop rule (decide_cycle)",
     "selected.csv": "find-misclassified", "cams.npz": "compute-cams", "erased.npz": "mask-and-save",
-    "metrics.json": "evaluate",
+    "metrics.json": "evaluate", "faithfulness.json": "faithfulness",
 }
 
 
@@ -94,6 +95,9 @@ def check_cell(config: dict, args: argparse.Namespace) -> None:
     if args.stage in ("find-misclassified", "compute-cams", "mask-and-save") and args.arm not in adding:
         raise UsageError(f"the {args.arm} arm adds no images: {args.stage} runs only for the arms "
                          f"{', '.join(adding)}")
+    proxies = names_of_kind(config, "proxy")
+    if args.stage == "faithfulness" and args.arm not in proxies:
+        raise UsageError(f"faithfulness scores the maps of the proxy-kind arms only: {', '.join(proxies) or 'none'}")
     if args.stage in ("find-misclassified", "compute-cams"):
         stage = args.stage.replace("-", "_")
         shared = owner(config, args.dataset, args.model, args.arm, args.cycle, stage)
