@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import make_config, snakemake, tiny_config
+from conftest import DEMO, make_config, snakemake, tiny_config
 
 from proxyattention.models.cams import (
     auto_target_layer,
@@ -125,3 +125,14 @@ def test_a_run_with_unreachable_hub_weights_stops_before_any_job(tmp_path):
     assert "HF_HUB_OFFLINE is set" in proc.stderr + proc.stdout
     assert not (tmp_path / "results" / "logs").exists() and not (tmp_path / "results" / "prepared").exists()
     assert dry.returncode == 0  # a dry run loads nothing: it plans
+
+
+def test_a_tiny_map_s_warning_names_the_layers_that_would_serve():
+    """A 2x2 map at the dataset's size: the warning names the earlier layers with usable maps and
+    their sizes (from a blank forward, no trained model), nearest first, and the pilot's command."""
+    config = make_config(models={"lite0": {"timm_name": "tf_efficientnet_lite0", "weights": "bundled",
+                                           "batch_size": 50, "target_layer": "blocks.6"}},
+                         datasets={"fm": {"source": "idx", "path": str(DEMO), "image_size": 64}})
+    (message,) = [m for m in check_models(config) if "2x2 map" in m]
+    assert "earlier layer: blocks.4 (4x4), blocks.2 (8x8), blocks.1 (16x16), blocks.0 (32x32)" in message
+    assert "python -m proxyattention.stages.layer_pilot --dataset fm --model lite0" in message

@@ -309,3 +309,19 @@ def explain(cam, model, runtime, images, rows: np.ndarray, classes: np.ndarray, 
         start += len(batch)
     if start != len(rows):
         raise CamError(f"computed {start} maps for {len(rows)} selected images; no map may be left out")
+
+
+def candidate_layers(model, image_size: int, named: str | None = None) -> list[tuple[str, tuple[int, int]]]:
+    """(layer, (h, w) of its map at ``image_size``) for each stage output timm reports, and the
+    config's own layer, in execution order (duplicates once)."""
+    names = [info["module"] for info in getattr(model, "feature_info", [])
+             if isinstance(info, dict) and info.get("module")]
+    if named and named != "auto" and named not in names:
+        names.append(named)
+    out = []
+    for name in dict.fromkeys(names):
+        try:
+            out.append((name, tuple(int(v) for v in explained_grid(model, name, image_size))))
+        except Exception:  # a module without a 4D output (a ViT's norm): not a candidate
+            continue
+    return out

@@ -142,7 +142,7 @@ def check_models(config: dict) -> list[str]:
     import timm
 
     from ..models.build import takes_image_size
-    from ..models.cams import auto_target_layer, explained_grid
+    from ..models.cams import auto_target_layer, candidate_layers, explained_grid
 
     for name, spec in config["models"].items():
         for dataset, ds in config["datasets"].items():
@@ -157,8 +157,12 @@ def check_models(config: dict) -> list[str]:
                     raise ModelCheckError(problem)
             h, w = explained_grid(model, layer, size)
             if h * w <= 4:
+                usable = [f"{n} ({a}x{b})" for n, (a, b) in candidate_layers(model, size) if a * b > 4]
                 messages.append(
                     f"models.{name}: CAMs of {dataset} at {size} px come from a {h}x{w} map (layer {layer}); "
                     f"many will be empty or coarse. Raise datasets.{dataset}.image_size or set "
-                    f"models.{name}.target_layer to an earlier layer")
+                    f"models.{name}.target_layer to an earlier layer"
+                    + (f": {', '.join(usable[::-1])}" if usable else "")
+                    + f" (their faithfulness: python -m proxyattention.stages.layer_pilot --dataset {dataset} "
+                      f"--model {name})")
     return messages

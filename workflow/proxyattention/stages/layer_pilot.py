@@ -31,23 +31,7 @@ from ..data.streams import FAITHFULNESS, generator
 from ..files import layout
 from ..files.artifacts import load_prepared
 from ..files.atomic import atomic_path, read_json, write_csv
-from ..models.cams import build_cam, compute_maps, explained_grid, release
-
-
-def candidate_layers(model, image_size: int, named: str | None = None) -> list[tuple[str, tuple[int, int]]]:
-    """(layer, (h, w) of its map at ``image_size``) for each stage output timm reports, and the
-    config's own layer, in execution order (duplicates once)."""
-    names = [info["module"] for info in getattr(model, "feature_info", [])
-             if isinstance(info, dict) and info.get("module")]
-    if named and named != "auto" and named not in names:
-        names.append(named)
-    out = []
-    for name in dict.fromkeys(names):
-        try:
-            out.append((name, tuple(int(v) for v in explained_grid(model, name, image_size))))
-        except Exception:  # a module without a 4D output (a ViT's norm): not a candidate
-            continue
-    return out
+from ..models.cams import build_cam, candidate_layers, compute_maps, explained_grid, release
 
 
 def pilot(config: dict, dataset: str, model_name: str, seed: int = 0, layers: list[str] | None = None,
