@@ -300,11 +300,16 @@ def all_faithfulness():
 
 
 def faithfulness_control(wc):
-    """The erased.csv of the random_erase arm that matches this proxy arm (its offsets), if any."""
+    """The erased.csv of the random_erase arm that matches this proxy arm (its offsets), if any;
+    and the metrics.json of the cycle whose cluster job it joins (faithfulness_group), which it does
+    not read: it orders the job last in that group. Snakemake asks a group for the sum of what
+    jobs that could run at once need, so beside retrain it would ask for a second GPU."""
     control = arms.random_control(config, wc.arm)
-    if control is None:
-        return {}
-    return {"control": f"{run_dir_of(wc.dataset, wc.model, wc.seed, control, wc.cycle)}/erased.csv"}
+    joined = run_dir_of(wc.dataset, wc.model, wc.seed, control or wc.arm, wc.cycle)
+    inputs = {"after": f"{joined}/metrics.json"}
+    if control is not None:
+        inputs["control"] = f"{joined}/erased.csv"
+    return inputs
 
 
 def example_figures():
