@@ -132,3 +132,20 @@ def test_the_gpu_bench_says_plainly_when_there_is_no_gpu(clone):
         pytest.skip("a GPU is here: the command would run its full benchmark")
     proc, out = typed(clone, "python bench/run.py --gpu")
     assert proc.returncode == 2 and "torch sees no GPU here" in out, out[-2000:]
+
+
+def test_the_layer_pilot_commands_run_as_typed(clone):
+    """README's two layer-pilot commands, typed in a fresh clone with the demo's config: --list names
+    each stage's layer with its map size (no checkpoint needed); the pilot itself, before any run,
+    stops in one line naming the missing checkpoint and the command that makes it."""
+    readme = (ROOT / "README.md").read_text()
+    listing = ("python -m proxyattention.stages.layer_pilot --config config.yaml --dataset fashion_demo "
+               "--model tf_efficientnet_lite0 --list")
+    pilot = listing.removesuffix(" --list")
+    assert listing in readme and pilot + "\n" in readme
+    proc, out = typed(clone, listing)
+    assert proc.returncode == 0, out[-2000:]
+    assert "blocks.2                 8 x 8" in out and "blocks.4                 4 x 4   (the config's target_layer)" in out
+    proc, out = typed(clone, pilot)
+    assert proc.returncode != 0 and "Traceback" not in out
+    assert "no finetuned checkpoint" in out and "proxyattention finetune --dataset fashion_demo" in out

@@ -175,7 +175,10 @@ def main(argv=None) -> None:
         return
     layers = args.layers.split(",") if args.layers else None
     out = args.out or str(Path(config["results"]) / "layer_pilot")
-    frame = pilot(config, args.dataset, args.model, args.seed, layers, args.sample, out)
+    try:
+        frame = pilot(config, args.dataset, args.model, args.seed, layers, args.sample, out)
+    except FileNotFoundError as err:
+        sys.exit(str(err))
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(frame.to_string(index=False, float_format="{:.4f}".format))
     print(f"table and figure in {out}/")
