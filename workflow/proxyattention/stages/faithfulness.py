@@ -31,7 +31,7 @@ from ..analysis import faithfulness as fa
 from ..data.batches import ArraySource, make_loader
 from ..data.erasing import erase, random_place_levels, threshold_masks
 from ..data.streams import FAITHFULNESS, generator
-from ..files.artifacts import load_cams, load_erased, load_prepared
+from ..files.artifacts import cams_memmap, load_prepared, npz_array
 from ..files.atomic import atomic_path, write_json
 from ..models.build import load_checkpoint
 from ..models.cams import auto_target_layer, build_cam, compute_maps, release
@@ -79,9 +79,10 @@ def faithfulness(settings: dict, images_path, index_path, weights, meta, cams_pa
     percentiles = tuple(spec["percentiles"])
     images, index = load_prepared(images_path, index_path)
     size = images.shape[1]
-    maps, rows, targets = load_cams(cams_path)
+    maps, rows, targets = cams_memmap(cams_path)  # memory-mapped: only the sampled maps are read whole
     labels_of = index.set_index("index")["label"]
-    constant = fa.constant_maps(maps)
+    constant = np.concatenate([fa.constant_maps(maps[s:s + 256]) for s in range(0, len(maps), 256)]) \
+        if len(maps) else np.zeros(0, bool)
     candidates = np.flatnonzero(~constant)
     rng = generator((seed, cycle), FAITHFULNESS)
     chosen = np.sort(rng.choice(candidates, size=min(spec["sample"], len(candidates)), replace=False)) \
@@ -127,7 +128,7 @@ def faithfulness(settings: dict, images_path, index_path, weights, meta, cams_pa
         result["random_model_empty"] = fa.constant_maps(random_maps)
         result["random_model_rank_corr"] = fa.spearman(own, random_maps)
         # the direct check: what the arm's fill at its own mask does, against the same fill moved
-        added_images, _, added_rows = load_erased(erased_npz)
+        added_images, added_rows = npz_array(erased_npz, "images"), npz_array(erased_npz, "index")  # memory-mapped
         position = {int(r): i for i, r in enumerate(added_rows)}
         where = np.array([position.get(int(r), -1) for r in sample_rows])
         kept = np.flatnonzero(where >= 0)
