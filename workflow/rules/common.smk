@@ -142,6 +142,23 @@ def previous_metrics(wc):
 
 
 ADDING_ARMS = arms.names_of_kind(config, *arms.ADDING_KINDS)
+# Arms that select, or map, from the previous training job's record (training_pass.npz) rather
+# than by a separate pass: their select_from_record / maps_from_record jobs replace
+# find_misclassified / compute_cams.
+RECORD_SELECT_ARMS = [a for a in ADDING_ARMS if arms.selects_from_record(config, a)]
+RECORD_MAPS_ARMS = [a for a in ADDING_ARMS if arms.maps_from_record(config, a)]
+PASS_SELECT_ARMS = [a for a in ADDING_ARMS if a not in RECORD_SELECT_ARMS]
+PASS_MAPS_ARMS = [a for a in ADDING_ARMS if a not in RECORD_MAPS_ARMS]
+RECORDING = bool(RECORD_SELECT_ARMS or RECORD_MAPS_ARMS)  # training jobs write training_pass.npz
+
+
+def arm_pattern(names):
+    """A wildcard constraint for a set of arms that may be empty (then it matches no arm)."""
+    return one_of(names) if names else "(?!)"
+
+
+def previous_record(wc):
+    return f"{layout.previous_run_dir(RESULTS, *cell_of(wc))}/training_pass.npz"
 
 
 def extra_images(wc):
@@ -258,15 +275,27 @@ def erased_cells():
 PROXY_STAGES = ("find_misclassified", "compute_cams", "mask_and_save")
 
 
+def stage_rule(arm, stage):
+    """The rule that does ``stage``'s work for ``arm``: a record-reading arm's select_from_record /
+    maps_from_record in place of find_misclassified / compute_cams."""
+    if stage == "find_misclassified" and arm in RECORD_SELECT_ARMS:
+        return "select_from_record"
+    if stage == "compute_cams" and arm in RECORD_MAPS_ARMS:
+        return "maps_from_record"
+    return stage
+
+
 def stage_logs():
     """Per erased cell, the log of each Proxy Attention stage job it used (a shared cycle-1 job's
-    is its owner's): aggregate reads each stage's own time from them."""
+    is its owner's), by the rule (the stage name its log's time line carries): aggregate reads
+    each stage's own time from them."""
     out = []
     for dataset, model, seed, arm, cycle in erased_cells():
         logs = {}
         for stage in PROXY_STAGES:
             owner = arm if stage == "mask_and_save" else owning_arm(config, dataset, model, arm, int(cycle), stage)
-            logs[stage] = log_file(stage).format(dataset=dataset, model=model, seed=seed, arm=owner, cycle=cycle)
+            job_rule = stage_rule(owner, stage)
+            logs[job_rule] = log_file(job_rule).format(dataset=dataset, model=model, seed=seed, arm=owner, cycle=cycle)
         out.append(logs)
     return out
 

@@ -10,7 +10,7 @@ rule find_misclassified:
         predictions=run_file("predictions.csv"),
         selected=run_file("selected.csv"),
     wildcard_constraints:
-        arm=one_of(ADDING_ARMS),
+        arm=arm_pattern(PASS_SELECT_ARMS),
     params:
         settings=settings_for("find_misclassified"),
     log:
@@ -37,7 +37,7 @@ rule compute_cams:
         cams=run_file("cams.npz"),
         table=run_file("cams.csv"),
     wildcard_constraints:
-        arm=one_of(ADDING_ARMS),
+        arm=arm_pattern(PASS_MAPS_ARMS),
     params:
         settings=settings_for("compute_cams"),
     log:
@@ -53,6 +53,56 @@ rule compute_cams:
         "../../envs/proxyattention.yaml"
     script:
         "../scripts/compute_cams.py"
+
+
+rule select_from_record:
+    input:
+        index=prepared("index.csv"),
+        record=previous_record,
+        decision=run_file("decision.json"),
+    output:
+        predictions=run_file("predictions.csv"),
+        selected=run_file("selected.csv"),
+    wildcard_constraints:
+        arm=arm_pattern(RECORD_SELECT_ARMS),
+    params:
+        settings=settings_for("find_misclassified"),
+    log:
+        log_file("select_from_record"),
+    benchmark:
+        bench_file("select_from_record")
+    threads: 1
+    group:
+        cycle_group
+    conda:
+        "../../envs/proxyattention.yaml"
+    script:
+        "../scripts/select_from_record.py"
+
+
+rule maps_from_record:
+    input:
+        classes=prepared("classes.json"),
+        record=previous_record,
+        selected=shared_run_file("find_misclassified", "selected.csv"),
+    output:
+        cams=run_file("cams.npz"),
+        table=run_file("cams.csv"),
+    wildcard_constraints:
+        arm=arm_pattern(RECORD_MAPS_ARMS),
+    params:
+        settings=settings_for("compute_cams"),
+    log:
+        log_file("maps_from_record"),
+    benchmark:
+        bench_file("maps_from_record")
+    threads: 1
+    group:
+        cycle_group
+    conda:
+        "../../envs/proxyattention.yaml"
+    script:
+        "../scripts/maps_from_record.py"
 
 
 rule mask_and_save:

@@ -5,6 +5,8 @@ TRAIN_OUTPUTS = dict(
     stats=run_file("train_stats.json"),
     optimizer=run_file("optimizer.safetensors"),
 )
+if RECORDING:  # configs with an arm that reads the training pass: every training job writes its record
+    TRAIN_OUTPUTS["record"] = run_file("training_pass.npz")
 
 
 rule finetune:

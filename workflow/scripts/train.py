@@ -9,7 +9,7 @@ inputs, out = snakemake.input, snakemake.output
 if "decision" in inputs.keys() and not should_run(inputs.decision):
     skip_training(inputs.previous_weights, inputs.previous_meta, out.weights, out.meta, out.epochs, out.stats,
                   reason="stop rule held before this cycle", init_optimizer=inputs.previous_optimizer,
-                  out_optimizer=out.optimizer)
+                  out_optimizer=out.optimizer, out_record=out.get("record"))
 else:
     train(
         snakemake.params.settings,
@@ -25,6 +25,7 @@ else:
         init_meta=inputs.get("init_meta"),
         init_optimizer=inputs.get("init_optimizer"),
         out_optimizer=out.optimizer,
+        out_record=out.get("record"),
         extra=list(inputs.extra) if "extra" in inputs.keys() else [],
         # Read from the config, not params: the worker count changes speed, not results,
         # and a params change would make Snakemake retrain everything.

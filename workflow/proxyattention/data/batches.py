@@ -197,10 +197,11 @@ class GatheredBatches:
 
     def _load(self, key):
         images, labels, plan = self.dataset[key]
+        rows = torch.from_numpy(np.asarray(key[2], dtype=np.int64))
         if self.pin_memory:
-            images, labels = images.pin_memory(), labels.pin_memory()
+            images, labels, rows = images.pin_memory(), labels.pin_memory(), rows.pin_memory()
             plan = plan.pin_memory() if plan is not None else None
-        return images, labels, plan
+        return images, labels, plan, rows
 
     def __iter__(self):
         if self.threads == 0:
@@ -231,22 +232,25 @@ class GatheredBatches:
 
 class DeviceBatches:
     """Iterates uint8 batches and yields (float32 images, labels) on ``device``, transformed
-    there; copies are asynchronous from pinned memory."""
+    there; copies are asynchronous from pinned memory. With ``with_rows`` also each image's index
+    in the source (on the device), for the training-pass record."""
 
-    def __init__(self, loader: GatheredBatches, transform: DeviceTransform, device, channels_last: bool):
+    def __init__(self, loader: GatheredBatches, transform: DeviceTransform, device, channels_last: bool,
+                 with_rows: bool = False):
         self.loader, self.transform = loader, transform
-        self.device, self.channels_last = torch.device(device), channels_last
+        self.device, self.channels_last, self.with_rows = torch.device(device), channels_last, with_rows
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self):
-        for images, labels, plan in self.loader:
+        for images, labels, plan, rows in self.loader:
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             if plan is not None:
                 plan = plan.to(self.device, non_blocking=True)
-            yield self.transform(images, plan, self.channels_last), labels
+            x = self.transform(images, plan, self.channels_last)
+            yield (x, labels, rows.to(self.device, non_blocking=True)) if self.with_rows else (x, labels)
 
 
 def epoch_order(seed, epoch: int, n: int, n_original: int) -> np.ndarray:
@@ -289,9 +293,10 @@ class EpochBatches(torch.utils.data.Sampler):
 
 def make_loader(source: ArraySource, mean, std, batch_size: int, seed=0, train: bool = False,
                 hflip: bool = False, crop_padding: int = 0, num_workers: int = 0, pin_memory: bool = False,
-                device="cpu", channels_last: bool = False):
+                device="cpu", channels_last: bool = False, with_rows: bool = False):
     """Batches of ``source`` as float32 (B, 3, H, W) and labels on ``device`` (channels-last
-    memory with ``channels_last``), and the sampler (call ``sampler.set_epoch`` each epoch).
+    memory with ``channels_last``), and the sampler (call ``sampler.set_epoch`` each epoch);
+    with ``with_rows`` each batch also carries its images' indices in ``source``.
     ``num_workers`` gather threads prepare batches ahead (0: in the loop itself); the batches
     do not depend on it."""
     dataset = BatchDataset(source, seed, train, hflip, crop_padding)
@@ -300,4 +305,5 @@ def make_loader(source: ArraySource, mean, std, batch_size: int, seed=0, train: 
     sampler = EpochBatches(len(source), batch_size, seed, shuffle=train, drop_last=drop_last,
                            n_original=source.n_original)
     loader = GatheredBatches(dataset, sampler, num_workers, pin_memory)
-    return DeviceBatches(loader, DeviceTransform(mean, std, crop_padding if train else 0), device, channels_last), sampler
+    return DeviceBatches(loader, DeviceTransform(mean, std, crop_padding if train else 0), device, channels_last,
+                         with_rows), sampler

@@ -19,6 +19,9 @@ def threshold_masks(maps: np.ndarray, mode: str, value: float) -> tuple[np.ndarr
     """
     n, h, w = maps.shape
     flat = maps.reshape(n, -1)
+    uncovered = np.isnan(flat)
+    if uncovered.any():  # training-pass maps: thresholds over the covered pixels, uncovered never masked
+        return _threshold_covered(maps, mode, value, uncovered)
     if mode == "quantile":
         thresholds = np.quantile(flat, value, axis=1) if n else np.zeros(0)
         masks = flat > thresholds[:, None]
@@ -36,6 +39,44 @@ def threshold_masks(maps: np.ndarray, mode: str, value: float) -> tuple[np.ndarr
     # A constant map ranks no pixel above another: it erases nothing, whatever the mode.
     masks[empty_maps(maps)] = False
     return masks.reshape(n, h, w), np.asarray(thresholds, dtype=np.float64)
+
+
+def _threshold_covered(maps: np.ndarray, mode: str, value: float, uncovered: np.ndarray):
+    """threshold_masks over each map's covered (not NaN) pixels: quantiles of the covered pixels,
+    ``topk_area`` round((1 - value) * covered) pixels; a map covering nothing masks nothing."""
+    import warnings
+
+    n, h, w = maps.shape
+    flat = maps.reshape(n, -1)
+    covered = (~uncovered).sum(1)
+    if mode == "quantile":
+        with warnings.catch_warnings():  # a map with no covered pixel: its threshold is NaN, masking nothing
+            warnings.simplefilter("ignore", RuntimeWarning)
+            thresholds = np.nanquantile(flat, value, axis=1)
+        masks = flat > thresholds[:, None]
+    elif mode == "value":
+        thresholds = np.full(n, value, dtype=np.float64)
+        masks = flat > value
+    elif mode == "topk_area":
+        k = np.rint((1 - value) * covered).astype(np.int64)
+        order = np.argsort(np.where(uncovered, np.inf, -flat), axis=1, kind="stable")
+        ranks = np.empty_like(order)
+        np.put_along_axis(ranks, order, np.arange(flat.shape[1])[None, :].repeat(n, 0), axis=1)
+        masks = ranks < k[:, None]
+        last = flat[np.arange(n), order[np.arange(n), np.maximum(k - 1, 0)]] if n else np.zeros(0)
+        thresholds = np.where(k > 0, last, 0.0)
+    else:
+        raise ValueError(f"unknown threshold mode '{mode}'; allowed: quantile, value, topk_area")
+    masks &= ~uncovered
+    masks[empty_maps(maps)] = False
+    return masks.reshape(n, h, w), np.asarray(thresholds, dtype=np.float64)
+
+
+def covered_fraction(maps: np.ndarray) -> np.ndarray:
+    """Per map (N, H, W): the share of its pixels the map covers (not NaN; 1 for a separate pass's)."""
+    if not len(maps):
+        return np.zeros(0)
+    return (~np.isnan(np.asarray(maps, dtype=np.float32))).reshape(len(maps), -1).mean(1)
 
 
 def empty_masks(maps: np.ndarray, threshold: dict, batch_size: int = 256) -> np.ndarray:
@@ -123,6 +164,6 @@ def random_place_levels(maps: np.ndarray, masks: np.ndarray, moved: np.ndarray) 
     """The map a fill reads at a random placement ``moved`` of ``masks``: ``blend`` dims by the
     map's level, and at a random place each image takes the mean level its map had under its own
     mask (0 outside the moved mask)."""
-    level = np.where(masks.any((1, 2)), (maps * masks).sum((1, 2)) / np.maximum(masks.sum((1, 2)), 1), 0)
+    level = np.where(masks.any((1, 2)), np.where(masks, maps, 0).sum((1, 2)) / np.maximum(masks.sum((1, 2)), 1), 0)
     return np.where(moved, level[:, None, None], 0).astype(np.float32)
 

@@ -14,11 +14,18 @@ NO_MASK = 255  # prepare_masks' masks.npy: every pixel of an image that has no m
 
 
 def empty_maps(maps: np.ndarray) -> np.ndarray:
-    """True for each map (N, H, W) that is constant: nothing in it to threshold or erase."""
+    """True for each map (N, H, W) that is constant over its covered (not NaN) pixels, or covers
+    none: nothing in it to threshold or erase."""
     if not len(maps):
         return np.zeros(0, dtype=bool)
     flat = maps.reshape(len(maps), -1)
-    return flat.max(1) <= flat.min(1)
+    hi, lo = flat.max(1), flat.min(1)
+    nan = np.isnan(hi)  # a training-pass map brought back from its view: uncovered pixels are NaN
+    if nan.any():
+        part = flat[nan]
+        hi[nan] = np.where(np.isnan(part), -np.inf, part).max(1)
+        lo[nan] = np.where(np.isnan(part), np.inf, part).min(1)
+    return hi <= lo
 
 
 def load_cams(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -35,7 +35,11 @@ CAM_METHODS = {
     "fullgrad": "FullGrad",
     "gradcamelementwise": "GradCAMElementWise",
     "kpcacam": "KPCA_CAM",
+    # the two maps a training pass can record (training/record.py), here as separate-pass methods:
+    "cam": "GradCAM",  # at the pooled layer: the class activation map (GapLinearCAM on the fast path)
+    "gradcam_loss": "GradCAM",  # of the class's log-probability: weights from d log p / dA = -dL/dA
 }
+TRAINING_PASS_METHODS = ("cam", "gradcam_loss")
 
 
 class CamError(RuntimeError):
@@ -199,7 +203,7 @@ def _minmax(cam: torch.Tensor) -> torch.Tensor:
 def fast_path_applies(model: torch.nn.Module, method: str, layer_name: str, image_size: int) -> bool:
     """True where :class:`GapLinearCAM` is exactly Grad-CAM: method gradcam, GAP + linear
     head, and the target layer is the final feature map."""
-    if method != "gradcam" or _pool_and_linear(model) is None:
+    if method not in ("gradcam", "cam") or _pool_and_linear(model) is None:
         return False
     return layer_name == final_feature_layer(model, image_size)
 
@@ -209,6 +213,8 @@ def build_cam(model: torch.nn.Module, method: str, layer_name: str, image_size: 
     """The CAM object for ``method`` on ``model`` at ``layer_name``: the fast path where it is exact."""
     if method not in CAM_METHODS:
         raise CamError(f"unknown CAM method '{method}'; allowed: {', '.join(CAM_METHODS)}")
+    if method == "cam":  # the class activation map exists only at the pooled layer
+        layer_name = final_feature_layer(model, image_size)
     if fast_path and fast_path_applies(model, method, layer_name, image_size):
         return GapLinearCAM(model)
     import pytorch_grad_cam as pgc
@@ -225,6 +231,7 @@ def build_cam(model: torch.nn.Module, method: str, layer_name: str, image_size: 
     cam = cls(model=model, target_layers=[layer], **kwargs)
     if hasattr(cam, "batch_size"):
         cam.batch_size = batch_size
+    cam.log_probability = method == "gradcam_loss"  # compute_maps explains log p(class), not the logit
     return cam
 
 
@@ -237,6 +244,17 @@ class ClassTarget:
 
     def __call__(self, model_output):
         return model_output[self.category] if model_output.ndim == 1 else model_output[:, self.category]
+
+
+class LogProbabilityTarget:
+    """The log-probability of one class (log-softmax of the logits): Grad-CAM of it has the channel
+    weights of ``gradcam_loss``, -dL/dA for the cross-entropy loss L of that class."""
+
+    def __init__(self, category: int):
+        self.category = category
+
+    def __call__(self, model_output):
+        return torch.log_softmax(model_output, dim=-1)[..., self.category]
 
 
 def release_batch(cam, model) -> None:
@@ -257,6 +275,8 @@ def compute_maps(cam, model, images: torch.Tensor, classes: Sequence[int]) -> np
     """Maps (B, H, W) float32 for ``images`` explaining ``classes``; raise CamError on failure."""
     if isinstance(cam, GapLinearCAM):
         targets = [ClassTarget(int(c)) for c in classes]
+    elif getattr(cam, "log_probability", False):
+        targets = [LogProbabilityTarget(int(c)) for c in classes]
     else:
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 

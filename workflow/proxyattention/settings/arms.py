@@ -31,7 +31,9 @@ import copy
 KINDS = ("baseline", "duplicate", "proxy", "random_erase")
 ADDING_KINDS = ("duplicate", "proxy", "random_erase")  # kinds that add the selected images to training
 CONTROLS = {"proxy": None, "random_erase": "random", "duplicate": "duplicate"}  # mask_and_save's control
-PROXY_KEYS = ("cam_method", "fast_path", "target", "empty_maps", "selection", "threshold", "fill", "random_erase")
+PROXY_KEYS = ("cam_method", "fast_path", "target", "empty_maps", "selection", "threshold", "fill", "random_erase",
+              "maps_source")
+TRAINING_PASS = "training_pass"
 
 
 def normalise(arms) -> dict:
@@ -95,6 +97,74 @@ def random_control(config: dict, arm: str) -> str | None:
     return None
 
 
+def selects_from_record(config: dict, arm: str) -> bool:
+    """Whether ``arm`` selects its images from the previous training job's record."""
+    return config["arms"][arm]["kind"] in ADDING_KINDS and \
+        proxy_settings(config, arm)["selection"].get("source") == TRAINING_PASS
+
+
+def maps_from_record(config: dict, arm: str) -> bool:
+    """Whether ``arm`` takes its maps from the previous training job's record."""
+    return config["arms"][arm]["kind"] in ADDING_KINDS and proxy_settings(config, arm).get("maps_source") == TRAINING_PASS
+
+
+def reads_record(config: dict, arm: str) -> bool:
+    return selects_from_record(config, arm) or maps_from_record(config, arm)
+
+
+def record_spec(config: dict, model: str, arm: str, cycle: int) -> dict | None:
+    """What the training job of (``model``, ``arm``, ``cycle``) records in its last epoch for the
+    arms whose next cycle reads it (the finetune's for every arm that reads a record; a retrain's
+    for its own arm), or None when nothing reads it (the last cycle's, or no such arm)."""
+    if int(cycle) >= config["cycles"]:
+        return None
+    readers = [a for a in config["arms"] if reads_record(config, a)] if arm == "finetune" else \
+        ([arm] if arm in config["arms"] and reads_record(config, arm) else [])
+    if not readers:
+        return None
+    mapping = [a for a in readers if maps_from_record(config, a)]
+    if not mapping:
+        return {"maps": None, "layer": None, "target": "label"}
+    method = cam_method(config, model, mapping[0])
+    return {"maps": method, "layer": config["models"][model]["target_layer"] if method == "gradcam_loss" else None,
+            "target": proxy_settings(config, mapping[0])["target"]}
+
+
+def check_training_pass(config: dict) -> None:
+    """Refuse training-pass settings that cannot be recorded, naming the arm and what is supported."""
+    from ..models.cams import TRAINING_PASS_METHODS
+    from .schema import ConfigError
+
+    for name in config["arms"]:
+        proxy = proxy_settings(config, name)
+        sel = proxy["selection"]
+        if sel.get("order") == "met" and sel.get("source") != TRAINING_PASS:
+            raise ConfigError(f"arms.{name}: selection.order: met is the order a training epoch met the images; it "
+                              "needs selection.source: training_pass (a separate pass meets them in file order)")
+        if proxy.get("maps_source") != TRAINING_PASS or config["arms"][name]["kind"] not in ADDING_KINDS:
+            continue
+        for model in config["models"]:
+            method = cam_method(config, model, name)
+            if method not in TRAINING_PASS_METHODS:
+                raise ConfigError(f"arms.{name}: maps_source: training_pass records only the methods "
+                                  f"{', '.join(TRAINING_PASS_METHODS)}; cam_method for model {model} is '{method}' "
+                                  "(set cam_method: cam or gradcam_loss, or maps_source: separate_pass)")
+            if method == "gradcam_loss" and proxy["target"] != "label":
+                raise ConfigError(f"arms.{name}: gradcam_loss from the training pass explains the label (its loss); "
+                                  "set target: label")
+        if proxy["empty_maps"] == "explain_prediction":
+            raise ConfigError(f"arms.{name}: empty_maps: explain_prediction needs a second map the training pass "
+                              "did not record; with maps_source: training_pass use skip or keep")
+    for model in config["models"]:
+        specs = {(cam_method(config, model, a), proxy_settings(config, a)["target"]): a
+                 for a in config["arms"] if maps_from_record(config, a)}
+        if len(specs) > 1:
+            listed = "; ".join(f"{a}: {m}, target {t}" for (m, t), a in specs.items())
+            raise ConfigError(f"arms: the shared finetune of model {model} records one kind of map, but the arms "
+                              f"that read it ask for different ones ({listed}); give them the same cam_method "
+                              "and target")
+
+
 def check(config: dict) -> None:
     """Refuse a wrong kind, key or ``matches`` in ``arms``, naming the arm; and settings the
     ``proxy`` schema would refuse, as the arm merges them."""
@@ -128,6 +198,7 @@ def check(config: dict) -> None:
         error = jsonschema.exceptions.best_match(validator.iter_errors(proxy_settings(config, name)))
         if error is not None:
             raise ConfigError(f"arms.{name}: {explain(error).replace('invalid config at ', 'setting ')}")
+    check_training_pass(config)
 
 
 def _merge(base: dict, extra: dict) -> dict:

@@ -129,6 +129,28 @@ def layer_problem(key: str, model: torch.nn.Module, layer: str, image_size: int)
     return None
 
 
+def cam_problem(config: dict, name: str, model: torch.nn.Module, image_size: int) -> str | None:
+    """Why an arm's ``cam_method: cam`` cannot run on model ``name``: the class activation map needs a
+    global-average-pool + linear head (a ViT has none: the grid refuses it rather than skip that
+    arm for that model) and exists only at the pooled layer. None when it can, or no arm uses it."""
+    from ..models.cams import _pool_and_linear, final_feature_layer
+    from .arms import cam_method
+
+    users = [a for a in config["arms"] if cam_method(config, name, a) == "cam"]
+    if not users:
+        return None
+    if _pool_and_linear(model) is None:
+        return (f"models.{name}: arm {users[0]} uses cam_method: cam, but {config['models'][name]['timm_name']} has "
+                "no global-average-pool + linear head, so it has no class activation map; give that arm "
+                "gradcam_loss (any layer) or another method, or leave this model out")
+    layer = config["models"][name]["target_layer"]
+    pooled = final_feature_layer(model, image_size)
+    if layer not in ("auto", pooled):
+        return (f"models.{name}.target_layer: '{layer}', but arm {users[0]} uses cam_method: cam, whose map exists "
+                f"only at the pooled layer ({pooled}); set target_layer: auto or {pooled}, or use gradcam_loss")
+    return None
+
+
 def check_models(config: dict) -> list[str]:
     """Before any job (dry runs too): raise ModelCheckError for a target layer CAMs cannot explain;
     return warnings for maps of 2 x 2 cells or fewer. Builds each model once without weights, and
@@ -149,6 +171,8 @@ def check_models(config: dict) -> list[str]:
             size = ds["image_size"]
             kwargs = {"img_size": size} if takes_image_size(spec["timm_name"]) else {}
             model = timm.create_model(spec["timm_name"], pretrained=False, num_classes=2, **kwargs).eval()
+            if problem := cam_problem(config, name, model, size):
+                raise ModelCheckError(problem)
             if spec["target_layer"] == "auto":
                 layer = auto_target_layer(model, size)
             else:

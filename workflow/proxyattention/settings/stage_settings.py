@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 
-from .arms import ADDING_KINDS, cam_method, names_of_kind, proxy_settings
+from .arms import ADDING_KINDS, cam_method, names_of_kind, proxy_settings, record_spec
 
 
 def epochs_for(config: dict, cycle: int) -> int:
@@ -46,7 +46,7 @@ STAGE_SECTIONS = {
     "find_misclassified": ("model.batch_size", "training.precision", "training.channels_last",
                            "training.deterministic", "proxy.selection"),
     "compute_cams": ("model.batch_size", "model.target_layer", "proxy.cam_method", "proxy.fast_path", "proxy.target",
-                     "proxy.empty_maps", "training.deterministic"),
+                     "proxy.empty_maps", "training.deterministic", "proxy.maps_source"),
     "mask_and_save": ("proxy.threshold", "proxy.fill", "proxy.random_erase", "proxy.empty_maps"),
     "evaluate": ("model.batch_size", "model.target_layer", "training.precision", "training.channels_last",
                  "training.deterministic", "evaluation", "maps"),
@@ -55,6 +55,21 @@ STAGE_SECTIONS = {
                      "faithfulness"),
 }
 SPEED_ONLY = {"training": ("threads", "num_workers")}
+# Keys added after runs existed, left out of a stage's settings at their defaults, so that a run made
+# before them is not rerun (Snakemake reruns a job whose params change).
+LATER_DEFAULTS = {("proxy", "maps_source"): "separate_pass", ("proxy", "selection", "source"): "separate_pass",
+                  ("proxy", "selection", "order"): "loss"}
+
+
+def _drop_later_defaults(settings: dict) -> dict:
+    for path, default in LATER_DEFAULTS.items():
+        *parents, leaf = path
+        node = settings
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get(leaf) == default:
+            del node[leaf]
+    return settings
 
 
 def stage_settings(config: dict, dataset: str, model: str, cycle: int = 0, stage: str | None = None,
@@ -82,9 +97,12 @@ def stage_settings(config: dict, dataset: str, model: str, cycle: int = 0, stage
     if "epochs" in full:
         settings["epochs"] = full.pop("epochs")
         settings["schedule_span"] = full.pop("schedule_span")
+        # what its last epoch records for the arms that read it (training/record.py); absent when nothing
+        if arm is not None and (spec := record_spec(config, model, arm, cycle)) is not None:
+            settings["record"] = spec
     if stage is None:
         settings.update(full)
-        return settings
+        return _drop_later_defaults(settings)
     sections = STAGE_SECTIONS[stage]
     if stage == "compute_cams" and full["proxy"]["empty_maps"] == "explain_prediction":
         sections += ("proxy.threshold",)  # which maps are empty, and so explained again, depends on it
@@ -94,7 +112,7 @@ def stage_settings(config: dict, dataset: str, model: str, cycle: int = 0, stage
             settings.setdefault(section, {})[leaf] = full[section][leaf]
         else:
             settings[section] = full[section]
-    return settings
+    return _drop_later_defaults(copy.deepcopy(settings))
 
 
 def owner(config: dict, dataset: str, model: str, arm: str, cycle: int, stage: str) -> str:

@@ -43,9 +43,9 @@ def should_run(decision_path) -> bool:
 
 @timed_stage
 def skip_training(init_weights, init_meta, out_weights, out_meta, out_epochs, out_stats, reason: str,
-                  init_optimizer=None, out_optimizer=None) -> None:
+                  init_optimizer=None, out_optimizer=None, out_record=None) -> None:
     """Outputs of a stopped cycle's training: the previous checkpoint (and optimizer state), no
-    epochs, zero cost."""
+    epochs, zero cost; a record (``out_record``) that says nothing was recorded."""
     pairs = [(init_weights, out_weights), (init_meta, out_meta)]
     if out_optimizer:
         pairs.append((init_optimizer, out_optimizer))
@@ -54,5 +54,9 @@ def skip_training(init_weights, init_meta, out_weights, out_meta, out_epochs, ou
             shutil.copyfile(src, tmp)
     write_csv(out_epochs, pd.DataFrame(columns=["epoch", "run_epoch", "lr_start", "lr_end", "train_loss", "train_accuracy",
                                                  "val_loss", "val_accuracy", "seconds", "images_per_s"]))
+    if out_record:
+        from .train import write_record
+
+        write_record(out_record, None, None, None, seed=0, epoch=0, augment={})
     write_json(out_stats, {"skipped": True, "reason": reason, "epochs": 0, "images_seen": 0, "train_seconds": 0.0,
                            "wall_seconds": 0.0, "n_train_original": 0, "n_train_extra": 0})

@@ -34,8 +34,9 @@ def prediction_table(logits: np.ndarray, index: pd.DataFrame) -> pd.DataFrame:
 
 
 def select(table: pd.DataFrame, rule: str, confidence_below: float = 0.5, max_count: int | None = None,
-           max_fraction: float | None = None) -> pd.DataFrame:
-    """Rows chosen by the selection rule, highest loss first, capped by count or fraction.
+           max_fraction: float | None = None, order: str = "loss") -> pd.DataFrame:
+    """Rows chosen by the selection rule, highest loss first (``order='met'``: in the order the
+    recorded training epoch met them, a ``met`` column), capped by count or fraction.
 
     ``misclassified``: prediction differs from label; ``low_confidence``: the
     true-class probability is below ``confidence_below`` (right or wrong);
@@ -44,7 +45,10 @@ def select(table: pd.DataFrame, rule: str, confidence_below: float = 0.5, max_co
     wrong = table["prediction"] != table["label"]
     unsure = table["true_probability"] < confidence_below
     chosen = {"misclassified": wrong, "low_confidence": unsure, "both": wrong | unsure}[rule]
-    picked = table[chosen].sort_values(["loss", "index"], ascending=[False, True], kind="stable")
+    if order == "met":
+        picked = table[chosen].sort_values(["met", "index"], kind="stable")
+    else:
+        picked = table[chosen].sort_values(["loss", "index"], ascending=[False, True], kind="stable")
     if max_fraction is not None:
         picked = picked.head(int(np.ceil(max_fraction * len(picked))))
     if max_count is not None:

@@ -22,6 +22,7 @@ import pandas as pd
 
 from ..data.erasing import (
     changed_fraction,
+    covered_fraction,
     empty_masks,
     erase,
     random_masks,
@@ -80,6 +81,7 @@ def mask_and_save(settings: dict, images_path, index_path, classes_path, cams_pa
     thresholds = np.zeros(len(rows))
     fractions = np.zeros(len(rows))
     changed = np.zeros(len(rows))
+    covered = np.ones(len(rows))  # training-pass maps: the share of the image their view covered
     files = np.full(len(rows), "", dtype=object)
     offsets = np.full((len(rows), 2), -1, dtype=np.int64)  # cam_shape control: each mask's cyclic shift
     keep = np.flatnonzero(added)
@@ -89,6 +91,7 @@ def mask_and_save(settings: dict, images_path, index_path, classes_path, cams_pa
         for start in range(0, len(rows), batch_size):
             part = slice(start, start + batch_size)
             batch_maps = np.asarray(maps[part], dtype=np.float32)
+            covered[part] = covered_fraction(batch_maps)
             masks, thresholds[part] = threshold_masks(batch_maps, proxy["threshold"]["mode"],
                                                       proxy["threshold"]["value"])
             if control == "duplicate":
@@ -120,4 +123,5 @@ def mask_and_save(settings: dict, images_path, index_path, classes_path, cams_pa
         "class": [classes[l] for l in labels], "empty_map": empty, "added": added, "png": files,
         "threshold": thresholds, "erased_fraction": fractions, "changed_fraction": changed,
         "control": control or "cam", "offset_y": offsets[:, 0], "offset_x": offsets[:, 1],
+        "covered_fraction": covered,
     }))

@@ -62,7 +62,7 @@ def content_digest(path) -> str:
 @timed_stage
 def train(settings: dict, images_path, index_path, classes_path, out_weights, out_meta, out_epochs, out_stats,
           *, seed: int, init_weights=None, init_meta=None, extra=(), num_workers: int = 0,
-          device: str | None = None, init_optimizer=None, out_optimizer=None) -> None:
+          device: str | None = None, init_optimizer=None, out_optimizer=None, out_record=None) -> None:
     """Train for ``settings['epochs']`` epochs and write the checkpoint, epoch log and stats.
 
     Starts from ``init_weights``/``init_meta`` (a previous checkpoint) when given,
@@ -70,7 +70,9 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
     (the previous job's ``optimizer.safetensors``) the optimizer and grad scaler continue
     from its state, and the schedule from ``settings['schedule_span']``. ``out_optimizer``
     receives the state at the end. ``extra`` lists ``erased.npz`` files whose images join
-    the original training images. ``num_workers`` gather threads prepare batches; results
+    the original training images. With ``settings['record']`` the last epoch records what it saw
+    of each original training image (training/record.py) into ``out_record``; without it
+    ``out_record`` (when given) says that nothing was recorded. ``num_workers`` gather threads prepare batches; results
     do not depend on it.
     """
     wall_start = time.perf_counter()
@@ -104,6 +106,8 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
         crop_padding=tset["augment"]["crop_padding"], num_workers=num_workers,
         pin_memory=runtime.device.type == "cuda", device=runtime.device, channels_last=runtime.channels_last,
     )
+    record_spec = settings.get("record")
+    record = None  # the last epoch's record (numpy arrays), once it exists
     optimizer, scheduler = make_optimizer(model, settings)
     scaler = runtime.grad_scaler()
     run_start = int(settings["schedule_span"]["start_epoch"])
@@ -136,6 +140,9 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
                 torch.cuda.set_rng_state(state["cuda_rng"], runtime.device)
             rows = json.loads(state["rows"])
             start_epoch, train_seconds, images_seen = state["epoch"], state["train_seconds"], state["images_seen"]
+            if state.get("record") is not None:
+                record = {key: value.numpy() for key, value in state["record"].items()}
+                record["layer"] = state.get("record_layer")
             log.info("resuming from epoch %d of %d (%s)", start_epoch, epochs, state_file)
         else:
             log.info("ignoring %s: it belongs to other settings or inputs", state_file)
@@ -147,13 +154,29 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
         scheduler.begin_epoch(run_start + epoch, len(loader))
         lr_start = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
+        recorder = None
+        if record_spec and epoch == epochs - 1:
+            from ..training.record import TrainingPassRecorder
+
+            recorder = TrainingPassRecorder(model, len(source), runtime.device, record_spec["maps"],
+                                            _record_layer(record_spec, model, info["image_size"]),
+                                            record_spec["target"])
+        loader.with_rows = recorder is not None
         batches = loader
         if show_bar:
             from tqdm import tqdm
 
             batches = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False)
-        loss_sum, correct, seen = train_one_epoch(model, batches, optimizer, scheduler, scaler, runtime,
-                                                  epoch, names.get("model", "<model>"), mset["batch_size"])
+        try:
+            loss_sum, correct, seen = train_one_epoch(model, batches, optimizer, scheduler, scaler, runtime,
+                                                      epoch, names.get("model", "<model>"), mset["batch_size"],
+                                                      recorder)
+        finally:
+            if recorder is not None:
+                recorder.close()
+        if recorder is not None:
+            record = recorder.result(source.n_original)
+            record["layer"] = recorder.layer
         seconds = time.perf_counter() - t0
         train_seconds += seconds
         images_seen += seen
@@ -183,8 +206,14 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
                 "cuda_rng": torch.cuda.get_rng_state(runtime.device) if runtime.device.type == "cuda" else None,
                 "precision": runtime.precision,
                 "train_seconds": train_seconds, "images_seen": images_seen,
+                "record": None if record is None else {k: torch.from_numpy(np.asarray(v)) for k, v in record.items()
+                                                       if k != "layer"},
+                "record_layer": None if record is None else record["layer"],
             }, tmp)
 
+    if out_record:
+        write_record(out_record, record, record_spec, source, seed=stream, epoch=epochs - 1,
+                     augment=tset["augment"])
     save_checkpoint(model, out_weights, out_meta, meta)
     if out_optimizer:
         optimizer_state.save(out_optimizer, optimizer, scaler, scheduler)
@@ -208,3 +237,38 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
         "versions": versions(),
     })
     shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def _record_layer(spec: dict, model, image_size: int) -> str | None:
+    """The layer a training-pass map is taken at: the pooled layer for ``cam``, else the model's
+    target layer (``auto`` resolved as compute_cams resolves it)."""
+    from ..models.cams import auto_target_layer, final_feature_layer
+
+    if spec["maps"] is None:
+        return None
+    if spec["maps"] == "cam":
+        return final_feature_layer(model, image_size)
+    return auto_target_layer(model, image_size) if spec["layer"] == "auto" else spec["layer"]
+
+
+def write_record(path, record: dict | None, spec: dict | None, source, *, seed, epoch: int, augment: dict) -> None:
+    """``training_pass.npz``: the record of the original training images (prepared rows in
+    ``index``), with each image's crop offsets and flip in the recorded epoch (``plan``, so a map
+    can be brought back to the original image); ``recorded`` False when this job recorded nothing."""
+    from ..data.batches import epoch_plan
+    from ..data.streams import stream_key
+
+    arrays = {"recorded": np.array(record is not None)}
+    if record is not None:
+        n = source.n_original
+        arrays.update({"index": source.parts[0][1], "label": source.parts[0][2]})
+        plan = epoch_plan(stream_key(seed), epoch, len(source), n, augment["hflip"], augment["crop_padding"])[:n]
+        arrays.update({k: v for k, v in record.items() if k != "layer"})
+        arrays.update({
+            "plan": plan, "crop_padding": np.array(int(augment["crop_padding"])), "epoch": np.array(epoch),
+            "method": np.array(spec["maps"] or ""), "layer": np.array(record.get("layer") or ""),
+            "target": np.array(spec["target"]),
+        })
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)

@@ -29,8 +29,11 @@ CHECK_EVERY = 100  # steps between the host's looks at the device-side finitenes
 
 
 def train_one_epoch(model, batches, optimizer, scheduler, scaler, runtime, epoch: int = 0,
-                    model_name: str = "<model>", batch_size: int | None = None):
+                    model_name: str = "<model>", batch_size: int | None = None, recorder=None):
     """One pass over ``batches``; returns (summed loss, correct predictions, images seen).
+
+    With a ``recorder`` (training/record.py) the batches carry their images' indices and the
+    recorder keeps each image's prediction, loss and map from this pass, on the device.
 
     Stops with NonFiniteLossError on a NaN or infinite loss, naming its step: the device
     records the first such step and the host reads that record every CHECK_EVERY steps and
@@ -53,17 +56,24 @@ def train_one_epoch(model, batches, optimizer, scheduler, scaler, runtime, epoch
                 f"diverged and no checkpoint was written. Lower models.{model_name}.lr or use precision: fp32."
             )
 
-    for step, (x, y) in enumerate(batches):
+    for step, batch in enumerate(batches):
+        x, y = batch[0], batch[1]
         try:
+            if recorder is not None:
+                recorder.batch(batch[2])
             with runtime.autocast():
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), y)
+            if recorder is not None:
+                recorder.forward(logits, y)
             bad = ~torch.isfinite(loss) & (first_bad[0] < 0)
             first_bad.copy_(torch.where(bad, torch.stack([counter, loss.detach().double()]), first_bad))
             counter += 1
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
+            if recorder is not None:
+                recorder.stepped(optimizer, scaler)
             scaler.update()
         except torch.cuda.OutOfMemoryError:
             raise RuntimeError(
