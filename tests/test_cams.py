@@ -64,7 +64,7 @@ def test_every_method_runs_on_a_cnn(method):
     assert maps.min() >= 0 and maps.max() <= 1 + 1e-6
 
 
-@pytest.mark.parametrize("method", sorted(set(CAM_METHODS) - {"fullgrad"}))
+@pytest.mark.parametrize("method", sorted(set(CAM_METHODS) - {"fullgrad", "cam"}))
 def test_every_method_runs_on_a_vit(method):
     """The token reshape makes every method work on a ViT (the thesis code lost these silently)."""
     model, x = model_and_input("vit_tiny_patch16_224", size=32, batch=2)
@@ -73,6 +73,12 @@ def test_every_method_runs_on_a_vit(method):
     with build_cam(model, method, layer, 32, batch_size=16) as cam:
         maps = compute_maps(cam, model, x, [1, 2])
     assert maps.shape == (2, 32, 32) and np.isfinite(maps).all()
+
+
+def test_cam_is_refused_on_a_vit_by_name():
+    model, _ = model_and_input("vit_tiny_patch16_224", size=32, batch=2)
+    with pytest.raises(CamError, match="no global-average-pool \\+ linear head"):
+        build_cam(model, "cam", "blocks.11.norm1", 32)
 
 
 def test_vit_gradcam_maps_follow_the_patch_grid():

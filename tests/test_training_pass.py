@@ -347,3 +347,17 @@ def test_a_dag_with_a_training_pass_arm_runs_without_its_separate_passes(tmp_pat
     tp_rows = summary[(summary.arm == "tp") & (summary.cycle > 0)]
     assert len(tp_rows) == 2 and tp_rows.proxy_seconds.notna().all()
     assert len(met) == 500
+    # by hand, as README says: the record's stages rewrite what the workflow wrote, byte for byte;
+    # the separate pass's stage is refused for this arm, naming the one to run
+    from test_workflow import by_hand
+
+    cell = ["--dataset", "fm", "--model", "lite0", "--seed", "0", "--arm", "tp", "--cycle", "2"]
+    tp2 = run_dir(tmp_path, "tp", 0, 2)
+    for stage, name in (("select-from-record", "selected.csv"), ("maps-from-record", "cams.npz")):
+        kept = (tp2 / name).read_bytes()
+        (tp2 / name).unlink()
+        proc = by_hand(tmp_path, stage, *cell)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert (tp2 / name).read_bytes() == kept, name
+    proc = by_hand(tmp_path, "find-misclassified", *cell)
+    assert proc.returncode == 2 and "rerun select-from-record" in proc.stderr, proc.stderr

@@ -10,7 +10,8 @@ and a cycle the stop rule skipped stays skipped. Names that the config does not
 have, a stage that the workflow never runs for that arm or cycle, and inputs that
 are not there yet are refused in one line (naming the stage that makes them)
 before any model is loaded. Stages: prepare, prepare-masks, finetune, retrain,
-find-misclassified, compute-cams, mask-and-save, evaluate, faithfulness.
+find-misclassified, compute-cams, select-from-record, maps-from-record, mask-and-save, evaluate,
+faithfulness.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import sys
 from pathlib import Path
 
 from .files import layout
-from .settings.arms import ADDING_KINDS, names_of_kind
+from .settings.arms import ADDING_KINDS, maps_from_record, names_of_kind, selects_from_record
 from .settings.stage_settings import owner
 
 SNAKEFILE = Path(__file__).resolve().parents[2] / "Snakefile"
@@ -36,6 +37,8 @@ STAGES = {
     "retrain": ("retrain", "model.safetensors"),
     "find-misclassified": ("find_misclassified", "selected.csv"),
     "compute-cams": ("compute_cams", "cams.npz"),
+    "select-from-record": ("select_from_record", "selected.csv"),
+    "maps-from-record": ("maps_from_record", "cams.npz"),
     "mask-and-save": ("mask_and_save", "erased.npz"),
     "evaluate": ("evaluate", "metrics.json"),
     "faithfulness": ("faithfulness", "faithfulness.json"),
@@ -44,7 +47,7 @@ STAGES = {
 MADE_BY = {
     "images.npy": "prepare", "index.csv": "prepare", "classes.json": "prepare", "masks.npy": "prepare_masks",
     "model.safetensors": "finetune (cycle 0) or retrain", "model.json": "finetune (cycle 0) or retrain",
-    "train_stats.json": "finetune (cycle 0) or retrain", "optimizer.safetensors": "finetune (cycle 0) or retrain", "decision.json": "the workflow's stop rule (decide_cycle)",
+    "train_stats.json": "finetune (cycle 0) or retrain", "training_pass.npz": "finetune (cycle 0) or retrain", "optimizer.safetensors": "finetune (cycle 0) or retrain", "decision.json": "the workflow's stop rule (decide_cycle)",
     "selected.csv": "find-misclassified", "cams.npz": "compute-cams", "erased.npz": "mask-and-save",
     "metrics.json": "evaluate", "faithfulness.json": "faithfulness",
 }
@@ -92,14 +95,25 @@ def check_cell(config: dict, args: argparse.Namespace) -> None:
         raise UsageError(f"{args.stage} runs in cycles 1 to {config['cycles']}, not --cycle {args.cycle} "
                          "(cycle 0 is the shared finetune)")
     adding = names_of_kind(config, *ADDING_KINDS)
-    if args.stage in ("find-misclassified", "compute-cams", "mask-and-save") and args.arm not in adding:
+    record_stages = {"find-misclassified": ("select-from-record", selects_from_record),
+                     "compute-cams": ("maps-from-record", maps_from_record)}
+    for separate, (recorded, reads) in record_stages.items():
+        if args.stage in (separate, recorded) and args.arm in adding:
+            wanted = recorded if reads(config, args.arm) else separate
+            if args.stage != wanted:
+                source = "the previous training job's record" if wanted == recorded else "a separate pass"
+                raise UsageError(f"the {args.arm} arm's {'selection' if separate == 'find-misclassified' else 'maps'}"
+                                 f" come from {source}: rerun {wanted}")
+    if args.stage in ("find-misclassified", "compute-cams", "select-from-record", "maps-from-record",
+                      "mask-and-save") and args.arm not in adding:
         raise UsageError(f"the {args.arm} arm adds no images: {args.stage} runs only for the arms "
                          f"{', '.join(adding)}")
     proxies = names_of_kind(config, "proxy")
     if args.stage == "faithfulness" and args.arm not in proxies:
         raise UsageError(f"faithfulness scores the maps of the proxy-kind arms only: {', '.join(proxies) or 'none'}")
-    if args.stage in ("find-misclassified", "compute-cams"):
-        stage = args.stage.replace("-", "_")
+    if args.stage in ("find-misclassified", "compute-cams", "select-from-record", "maps-from-record"):
+        stage = {"select-from-record": "find_misclassified", "maps-from-record": "compute_cams"}.get(
+            args.stage, args.stage.replace("-", "_"))
         shared = owner(config, args.dataset, args.model, args.arm, args.cycle, stage)
         if shared != args.arm:
             raise UsageError(f"in cycle {args.cycle} the {args.arm} arm uses the {args.stage} job of the {shared} arm "

@@ -213,7 +213,10 @@ def build_cam(model: torch.nn.Module, method: str, layer_name: str, image_size: 
     """The CAM object for ``method`` on ``model`` at ``layer_name``: the fast path where it is exact."""
     if method not in CAM_METHODS:
         raise CamError(f"unknown CAM method '{method}'; allowed: {', '.join(CAM_METHODS)}")
-    if method == "cam":  # the class activation map exists only at the pooled layer
+    if method == "cam":  # the class activation map exists only at the pooled layer of a GAP + linear head
+        if _pool_and_linear(model) is None:
+            raise CamError(f"{type(model).__name__} has no global-average-pool + linear head, so no class "
+                           "activation map (cam); use gradcam or gradcam_loss")
         layer_name = final_feature_layer(model, image_size)
     if fast_path and fast_path_applies(model, method, layer_name, image_size):
         return GapLinearCAM(model)

@@ -55,7 +55,7 @@ def skip_training(init_weights, init_meta, out_weights, out_meta, out_epochs, ou
     write_csv(out_epochs, pd.DataFrame(columns=["epoch", "run_epoch", "lr_start", "lr_end", "train_loss", "train_accuracy",
                                                  "val_loss", "val_accuracy", "seconds", "images_per_s"]))
     if out_record:
-        from .train import write_record
+        from ..training.record import write_record
 
         write_record(out_record, None, None, None, seed=0, epoch=0, augment={})
     write_json(out_stats, {"skipped": True, "reason": reason, "epochs": 0, "images_seen": 0, "train_seconds": 0.0,

@@ -81,7 +81,9 @@ def faithfulness(settings: dict, images_path, index_path, weights, meta, cams_pa
     size = images.shape[1]
     maps, rows, targets = cams_memmap(cams_path)  # memory-mapped: only the sampled maps are read whole
     labels_of = index.set_index("index")["label"]
-    constant = np.concatenate([fa.constant_maps(maps[s:s + 256]) for s in range(0, len(maps), 256)]) \
+    # a training-pass map's uncovered pixels (NaN) count as its lowest level: least relevant in ROAD
+    constant = np.concatenate([fa.constant_maps(np.nan_to_num(np.asarray(maps[s:s + 256], np.float32), nan=0.0))
+                               for s in range(0, len(maps), 256)]) \
         if len(maps) else np.zeros(0, bool)
     candidates = np.flatnonzero(~constant)
     rng = generator((seed, cycle), FAITHFULNESS)
@@ -89,7 +91,7 @@ def faithfulness(settings: dict, images_path, index_path, weights, meta, cams_pa
         if len(candidates) else np.zeros(0, np.int64)
     sample_rows, sample_targets = rows[chosen], targets[chosen].astype(np.int64)
     sample_labels = labels_of.loc[sample_rows].to_numpy(dtype=np.int64) if len(chosen) else np.zeros(0, np.int64)
-    own = maps[chosen].astype(np.float32)
+    own = np.nan_to_num(maps[chosen].astype(np.float32), nan=0.0)
     offsets = control_offsets(control_csv, sample_rows)
     from_control = (offsets >= 0).all(1)
     drawn = fa.draw_offsets(len(chosen), size, size, generator((seed, cycle), FAITHFULNESS, 1))

@@ -34,9 +34,13 @@ class RecordMissing(RuntimeError):
     """The record holds nothing this stage needs (the job that wrote it did not record)."""
 
 
-def load_record(path) -> dict:
+SELECTION_KEYS = ("recorded", "index", "label", "prediction", "confidence", "true_probability", "loss", "met")
+
+
+def load_record(path, keys=None) -> dict:
+    """The record's arrays (only ``keys`` when given: the selection never reads the maps)."""
     with np.load(path, allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
+        return {key: data[key] for key in data.files if keys is None or key in keys}
 
 
 def record_table(record: dict, index: pd.DataFrame) -> pd.DataFrame:
@@ -61,7 +65,7 @@ def select_from_record(settings: dict, index_path, record_path, out_predictions,
         for out in (out_predictions, out_selected):
             write_csv(out, pd.DataFrame(columns=columns))
         return
-    record = load_record(record_path)
+    record = load_record(record_path, SELECTION_KEYS)
     if not bool(record["recorded"]):
         raise RecordMissing(f"{record_path} holds no record: the training job that wrote it did not record "
                             "(its settings had no 'record'); rerun it with the config that has this arm")
@@ -128,31 +132,36 @@ def maps_from_record(settings: dict, classes_path, record_path, selected_csv, ou
     position = pd.Series(np.arange(len(record["index"])), index=record["index"])
     rows = selected["index"].to_numpy(dtype=np.int64) if len(selected) else np.zeros(0, np.int64)
     where = position.loc[rows].to_numpy() if len(rows) else np.zeros(0, np.int64)
-    maps = np.zeros((len(rows), size, size), dtype=np.float16)
     valid = record["map_valid"][where]
     padding = int(record["crop_padding"])
-    for start in range(0, len(rows), batch_size):
-        part = slice(start, start + batch_size)
-        pos = where[part]
-        view = upsample(record["maps"][pos], size)
-        back = view_to_original(view, record["plan"][pos], padding)
-        back[~valid[part]] = 0.0
-        maps[part] = back.astype(np.float16)
     target = str(record["target"])
-    targets = selected["label" if target == "label" else "prediction"].to_numpy(dtype=np.int64) if len(rows) \
-        else np.zeros(0, np.int64)
+    targets = selected["label" if target == "label" else "prediction"].to_numpy(dtype=np.int64)
+    empty = np.zeros(len(rows), dtype=bool)
+    covered = np.zeros(len(rows))
     from ..data.erasing import covered_fraction
-    from ..files.artifacts import empty_maps
+    from ..files.artifacts import NpzWriter, empty_maps
 
-    with atomic_path(out_cams) as tmp:
-        np.savez(tmp, maps=maps, index=rows, target=targets)
+    def batches():
+        """The maps a batch at a time: memory does not grow with the selection."""
+        for start in range(0, len(rows), batch_size):
+            part = slice(start, start + batch_size)
+            pos = where[part]
+            back = view_to_original(upsample(record["maps"][pos], size), record["plan"][pos], padding)
+            back[~valid[part]] = 0.0
+            back = back.astype(np.float16)
+            empty[part], covered[part] = empty_maps(back.astype(np.float32)), covered_fraction(back)
+            yield back
+
+    with atomic_path(out_cams) as tmp, NpzWriter(tmp) as npz:  # the bytes np.savez writes
+        npz.stream("maps", (len(rows), size, size), np.float16, batches())
+        npz.write("index", rows)
+        npz.write("target", targets)
     seconds = time.perf_counter() - t0
     method, layer = str(record["method"]), str(record["layer"])
-    empty = empty_maps(maps.astype(np.float32))
     write_csv(out_table, pd.DataFrame({
         "position": np.arange(len(rows)), "index": rows, "target": targets, "explains": target,
         "empty": empty, "method": method, "implementation": "training_pass", "layer": layer,
-        "seconds_total": seconds, "valid": valid, "covered_fraction": covered_fraction(maps),
+        "seconds_total": seconds, "valid": valid, "covered_fraction": covered,
     }))
     log.info("%d maps (%s at %s) from the training pass in %.2f s; %d invalid, %d empty", len(rows), method, layer,
              seconds, int((~valid).sum()), int(empty.sum()))

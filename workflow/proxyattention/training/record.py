@@ -184,3 +184,27 @@ class TrainingPassRecorder:
             out["maps"] = maps
             out["map_valid"] = self.valid[keep].cpu().numpy() & (out["met"] >= 0)
         return out
+
+
+def write_record(path, record: dict | None, spec: dict | None, source, *, seed, epoch: int, augment: dict) -> None:
+    """``training_pass.npz``: the record of the original training images (prepared rows in
+    ``index``), with each image's crop offsets and flip in the recorded epoch (``plan``, so a map
+    can be brought back to the original image); ``recorded`` False when this job recorded nothing."""
+    from ..data.batches import epoch_plan
+    from ..data.streams import stream_key
+    from ..files.atomic import atomic_path
+
+    arrays = {"recorded": np.array(record is not None)}
+    if record is not None:
+        n = source.n_original
+        arrays.update({"index": source.parts[0][1], "label": source.parts[0][2]})
+        plan = epoch_plan(stream_key(seed), epoch, len(source), n, augment["hflip"], augment["crop_padding"])[:n]
+        arrays.update({k: v for k, v in record.items() if k != "layer"})
+        arrays.update({
+            "plan": plan, "crop_padding": np.array(int(augment["crop_padding"])), "epoch": np.array(epoch),
+            "method": np.array(spec["maps"] or ""), "layer": np.array(record.get("layer") or ""),
+            "target": np.array(spec["target"]),
+        })
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
