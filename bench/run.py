@@ -32,6 +32,7 @@ from prepare_threads import bench_prepare
 from prepared_arrays import bench_data
 from stage_imports import bench_imports
 from training_loop import bench_training
+from training_pass import bench_cycle_saving, bench_recording
 from warm_start import bench_workflow, quick_config
 
 from measure import ROOT
@@ -96,6 +97,8 @@ def main(argv=None) -> int:
             "channels_last": bench_channels_last(["resnet18"], 32, 8, repeats),
             "masking": [bench_masking(16, 32, repeats)],
             "imports": bench_imports(1)[:2],
+            "recording": bench_recording("resnet18", 32, 16, 32, repeats, methods=("gradcam_loss",)),
+            "record_saving": [bench_cycle_saving(64, 32, 8, 2, repeats, batch=16)],
         }
     else:
         report = {
@@ -112,6 +115,11 @@ def main(argv=None) -> int:
             "masking": [bench_masking(256, 64, repeats), bench_masking(64, 224, repeats)],
             "imports": bench_imports(3),
             "precision": bench_precision(["resnet18", "efficientnet_lite0", "vit_tiny_patch16_224"], 224, 64, repeats),
+            # the recorder in the last epoch: lite0 at 64 px (the demo's and study 2's), resnet18 at 224 px
+            "recording": bench_recording("tf_efficientnet_lite0", 64, 50, 1000, repeats)
+            + bench_recording("resnet18", 224, 32, 256, repeats),
+            # study 2's size: 5,000 images at 64 px, about 150 selected per cycle, 2 epochs a cycle
+            "record_saving": [bench_cycle_saving(5000, 64, 150, 2, repeats)],
         }
     if not args.gpu:
         report["workflow"] = bench_workflow(quick_config(Path(args.workflow_config), Path(args.out)) if args.quick
@@ -130,7 +138,9 @@ def main(argv=None) -> int:
               "data_path": "Data path at the device: per-worker images/s, numpy path vs uint8 + plan; device side vs a training step",
               "loader": "Loader end to end: uint8 batches the loop receives (gather threads; the DataLoader worker processes they replaced) vs the plain gather",
               "channels_last": "Training step: NCHW vs channels-last memory on this device",
-              "precision": "GPU: fp32 vs mixed precision (training step)"}
+              "precision": "GPU: fp32 vs mixed precision (training step)",
+              "recording": "Training-pass record: an epoch with the recorder vs the same epoch without it",
+              "record_saving": "A cycle's separate passes (find + CAM) vs the record's stages, beside a training epoch"}
     md = [f"# Benchmarks\n\nMachine: {report['machine']}. Median of {repeats} repeat(s).\n"]
     for key, title in titles.items():
         if key in report:

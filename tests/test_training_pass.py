@@ -3,6 +3,7 @@ geometry, its cost in device waits, and the checkpoint it must leave untouched."
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -313,13 +314,14 @@ TP_ARMS = {"baseline": {"kind": "baseline"}, "tp": {**TP, "selection": {"source"
 def test_a_dag_with_a_training_pass_arm_runs_without_its_separate_passes(tmp_path):
     from conftest import run_dir, snakemake, tiny_config
 
-    tiny_config(tmp_path, arms=TP_ARMS, seeds=[0], cycles=2)
+    tiny_config(tmp_path, arms=TP_ARMS, seeds=[0], cycles=2, report={"comparisons": [["tp", "proxy"]]})
     plan = snakemake(tmp_path, "-n", "--quiet", "rules").stdout
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", plan, re.M))
     # find/CAM only for the separate-pass arm (proxy) in its 2 cycles; the record's stages for tp and
     # tp_random (cycle 1 shared: 1 + 2 selections; maps: tp's own, tp_random's shared in cycle 1)
     assert jobs["find_misclassified"] == "2" and jobs["compute_cams"] == "2", plan
     assert jobs["select_from_record"] == "3" and jobs["maps_from_record"] == "3", plan
+    assert jobs["agreement"] == "2", plan  # the proxy-kind training-pass arm's two cycles
     snakemake(tmp_path)
     tp1 = run_dir(tmp_path, "tp", 0, 1)
     for arm in ("tp", "tp_random"):
@@ -346,6 +348,19 @@ def test_a_dag_with_a_training_pass_arm_runs_without_its_separate_passes(tmp_pat
     summary = pd.read_csv(tmp_path / "results" / "summary.csv")
     tp_rows = summary[(summary.arm == "tp") & (summary.cycle > 0)]
     assert len(tp_rows) == 2 and tp_rows.proxy_seconds.notna().all()
+    # the agreement with the separate passes, in the summary of the arm it was measured for
+    agreed = json.loads((tp1 / "agreement.json").read_text())
+    assert agreed["n_selected_record"] == len(selected) and 0 < agreed["n_maps"] <= 200
+    assert 0 <= agreed["jaccard_rule"] <= 1 and 0 <= agreed["jaccard_selected"] <= 1
+    assert -1 <= agreed["map_spearman"] <= 1 and 0 <= agreed["map_iou_top10"] <= 1
+    assert tp_rows.agree_jaccard_rule.notna().all() and tp_rows.agree_map_iou_top10.notna().all()
+    assert summary[summary.arm == "proxy"].agree_jaccard_rule.isna().all()
+    assert not (tmp_path / "results/logs/agreement/fm/lite0/seed0/tp/cycle1.log").read_text().count("Traceback")
+    # the arm-to-arm comparison asked for by name, with its MDE, in the verdicts and the answer
+    verdict = pd.read_csv(tmp_path / "results" / "tables" / "fm_verdicts.csv")
+    assert {"tp - proxy", "tp - baseline", "tp - tp_random", "proxy - baseline"} <= set(verdict.comparison)
+    assert (verdict[verdict.comparison == "tp - proxy"].n_pairs == 1).all()  # one seed: a row, no MDE yet
+    assert "tp minus proxy" in (tmp_path / "results" / "tables" / "fm_answer.md").read_text()
     assert len(met) == 500
     # by hand, as README says: the record's stages rewrite what the workflow wrote, byte for byte;
     # the separate pass's stage is refused for this arm, naming the one to run

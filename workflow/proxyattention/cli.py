@@ -11,7 +11,7 @@ have, a stage that the workflow never runs for that arm or cycle, and inputs tha
 are not there yet are refused in one line (naming the stage that makes them)
 before any model is loaded. Stages: prepare, prepare-masks, finetune, retrain,
 find-misclassified, compute-cams, select-from-record, maps-from-record, mask-and-save, evaluate,
-faithfulness.
+faithfulness, agreement.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ STAGES = {
     "mask-and-save": ("mask_and_save", "erased.npz"),
     "evaluate": ("evaluate", "metrics.json"),
     "faithfulness": ("faithfulness", "faithfulness.json"),
+    "agreement": ("agreement", "agreement.json"),
 }
 # The stage whose job writes a file of this name (for "missing input" messages).
 MADE_BY = {
@@ -49,7 +50,7 @@ MADE_BY = {
     "model.safetensors": "finetune (cycle 0) or retrain", "model.json": "finetune (cycle 0) or retrain",
     "train_stats.json": "finetune (cycle 0) or retrain", "training_pass.npz": "finetune (cycle 0) or retrain", "optimizer.safetensors": "finetune (cycle 0) or retrain", "decision.json": "the workflow's stop rule (decide_cycle)",
     "selected.csv": "find-misclassified", "cams.npz": "compute-cams", "erased.npz": "mask-and-save",
-    "metrics.json": "evaluate", "faithfulness.json": "faithfulness",
+    "metrics.json": "evaluate", "faithfulness.json": "faithfulness", "agreement.json": "agreement",
 }
 
 
@@ -111,6 +112,10 @@ def check_cell(config: dict, args: argparse.Namespace) -> None:
     proxies = names_of_kind(config, "proxy")
     if args.stage == "faithfulness" and args.arm not in proxies:
         raise UsageError(f"faithfulness scores the maps of the proxy-kind arms only: {', '.join(proxies) or 'none'}")
+    readers = [a for a in proxies if selects_from_record(config, a) or maps_from_record(config, a)]
+    if args.stage == "agreement" and args.arm not in readers:
+        raise UsageError(f"agreement compares the training-pass proxy arms with the separate passes: "
+                         f"{', '.join(readers) or 'this config has none'}")
     if args.stage in ("find-misclassified", "compute-cams", "select-from-record", "maps-from-record"):
         stage = {"select-from-record": "find_misclassified", "maps-from-record": "compute_cams"}.get(
             args.stage, args.stage.replace("-", "_"))

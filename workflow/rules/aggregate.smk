@@ -5,6 +5,7 @@ rule aggregate:
         erased=all_erased_tables(),
         infos=expand(prepared("classes.json"), dataset=config["datasets"]),
         faithfulness=all_faithfulness(),
+        agreement=all_agreement(),
     output:
         summary=report(
             f"{RESULTS}/summary.csv",
@@ -35,6 +36,7 @@ rule aggregate:
         cells=grid(),
         erased_cells=erased_cells(),
         faithfulness_cells=faithfulness_cells(),
+        agreement_cells=agreement_cells(),
         stage_logs=stage_logs(),
         datasets=list(config["datasets"]),
         arms=list(config["arms"]),

@@ -328,6 +328,20 @@ def all_faithfulness():
     return [f"{run_dir_of(*cell)}/faithfulness.json" for cell in faithfulness_cells()]
 
 
+RECORD_PROXY_ARMS = [a for a in PROXY_ARMS if a in RECORD_SELECT_ARMS or a in RECORD_MAPS_ARMS]
+
+
+def agreement_cells():
+    """Every cycle of each proxy-kind arm that reads the training pass, when the agreement is on."""
+    if not config["agreement"]["enabled"]:
+        return []
+    return [cell for cell in grid() if cell[3] in RECORD_PROXY_ARMS and int(cell[4]) > 0]
+
+
+def all_agreement():
+    return [f"{run_dir_of(*cell)}/agreement.json" for cell in agreement_cells()]
+
+
 def faithfulness_control(wc):
     """The erased.csv of the random_erase arm that matches this proxy arm (its offsets), if any;
     and the metrics.json of the cycle whose cluster job it joins (faithfulness_group), which it does

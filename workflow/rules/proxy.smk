@@ -159,3 +159,34 @@ rule faithfulness:
         "../../envs/proxyattention.yaml"
     script:
         "../scripts/faithfulness.py"
+
+
+rule agreement:
+    input:
+        unpack(prepared_inputs),
+        unpack(previous_checkpoint),
+        record=previous_record,
+        selected=shared_run_file("find_misclassified", "selected.csv"),
+        cams=shared_run_file("compute_cams", "cams.npz"),
+        decision=run_file("decision.json"),
+        after=run_file("metrics.json"),  # not read: orders it last in the cycle's cluster job (one GPU at a time)
+    output:
+        run_file("agreement.json"),
+    wildcard_constraints:
+        arm=arm_pattern(RECORD_PROXY_ARMS),
+    params:
+        settings=settings_for("agreement"),
+        maps_from_record=lambda wc: wc.arm in RECORD_MAPS_ARMS,
+    log:
+        log_file("agreement"),
+    benchmark:
+        bench_file("agreement")
+    threads: 1
+    group:
+        cycle_group
+    resources:
+        gpu=1,  # a local GPU slot (profiles/default); GPUs per SLURM job: profiles/slurm
+    conda:
+        "../../envs/proxyattention.yaml"
+    script:
+        "../scripts/agreement.py"

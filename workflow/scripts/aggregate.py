@@ -20,5 +20,7 @@ aggregate(
     per_image_paths=list(snakemake.input.per_image),
     faithfulness_paths={tuple(cell): path for cell, path in zip(snakemake.params.faithfulness_cells,
                                                                  snakemake.input.faithfulness)},
+    agreement_paths={tuple(cell): path for cell, path in zip(snakemake.params.agreement_cells,
+                                                             snakemake.input.agreement)},
     stage_logs={tuple(cell): logs for cell, logs in zip(snakemake.params.erased_cells, snakemake.params.stage_logs)},
 )

@@ -18,6 +18,7 @@ MASK = 5  # mask_and_save's draws (random places, noise fills), per control
 OCCLUSION = 6  # the patches an evaluation image loses, per prepared row (attention_measures.py)
 SAMPLE = 7  # the fixed evaluation samples of the occlusion and map measures
 FAITHFULNESS = 8  # the faithfulness sample, its drawn offsets, tie-breaking keys and fills, per (seed, cycle)
+AGREEMENT = 9  # the sample of maps the agreement stage computes again, per (seed, cycle)
 
 
 def stream_key(seed) -> tuple[int, ...]:

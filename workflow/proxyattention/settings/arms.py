@@ -84,6 +84,9 @@ def comparisons(config: dict) -> list[tuple[str, str]]:
     for p in names_of_kind(config, "proxy"):
         for kind in ("duplicate", "random_erase"):
             pairs += [(p, c) for c in names_of_kind(config, kind) if arms[c].get("matches") in (p, None)]
+    for arm, other in config.get("report", {}).get("comparisons", []):  # report.comparisons: asked for by name
+        if (arm, other) not in pairs:
+            pairs.append((arm, other))
     return pairs
 
 
@@ -199,6 +202,13 @@ def check(config: dict) -> None:
         if error is not None:
             raise ConfigError(f"arms.{name}: {explain(error).replace('invalid config at ', 'setting ')}")
     check_training_pass(config)
+    for i, pair in enumerate(config.get("report", {}).get("comparisons", [])):
+        for name in pair:
+            if name not in config["arms"]:
+                raise ConfigError(f"report.comparisons[{i}]: '{name}' is not an arm of this config (its arms: "
+                                  f"{', '.join(config['arms'])})")
+        if pair[0] == pair[1]:
+            raise ConfigError(f"report.comparisons[{i}]: compares {pair[0]} with itself; name two arms")
 
 
 def _merge(base: dict, extra: dict) -> dict:

@@ -50,6 +50,8 @@ STAGE_SECTIONS = {
     "mask_and_save": ("proxy.threshold", "proxy.fill", "proxy.random_erase", "proxy.empty_maps"),
     "evaluate": ("model.batch_size", "model.target_layer", "training.precision", "training.channels_last",
                  "training.deterministic", "evaluation", "maps"),
+    "agreement": ("model.batch_size", "model.target_layer", "proxy.cam_method", "proxy.fast_path", "proxy.selection",
+                  "training.precision", "training.channels_last", "training.deterministic", "agreement"),
     "faithfulness": ("model.batch_size", "model.target_layer", "proxy.cam_method", "proxy.fast_path",
                      "proxy.threshold", "proxy.fill", "proxy.random_erase", "training.deterministic",
                      "faithfulness"),
@@ -87,6 +89,7 @@ def stage_settings(config: dict, dataset: str, model: str, cycle: int = 0, stage
     full["proxy"]["cam_method"] = cam_method(config, model, arm)
     full["evaluation"] = copy.deepcopy(config.get("evaluation", {}))
     full["faithfulness"] = copy.deepcopy(config.get("faithfulness", {}))
+    full["agreement"] = copy.deepcopy(config.get("agreement", {}))
     # every arm's maps measured alike in evaluate: the model's CAM method, not an arm's
     full["maps"] = {"cam_method": cam_method(config, model), "fast_path": config["proxy"]["fast_path"],
                     "target_layer": config["models"][model]["target_layer"]}

@@ -37,7 +37,7 @@ CELL = ["dataset", "model", "seed", "arm", "cycle"]  # order of a grid cell (lay
 def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = None,
               dataset_infos: dict | None = None, arms: list | None = None,
               stage_logs: dict | None = None, arm_specs: dict | None = None,
-              faithfulness_paths: dict | None = None) -> pd.DataFrame:
+              faithfulness_paths: dict | None = None, agreement_paths: dict | None = None) -> pd.DataFrame:
     """One row per (dataset, model, arm, seed, cycle) with every metric, time and memory.
 
     ``cells`` and ``metrics_paths`` are parallel. Cumulative time and images add
@@ -53,6 +53,8 @@ def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = Non
     gives each row its arm's ``kind`` and ``matches``, so the summary alone says what to compare.
     ``faithfulness_paths`` maps a proxy-kind arm's cell to its ``faithfulness.json``: those rows get
     the faithfulness columns (analysis/faithfulness.py, SUMMARY_KEYS and the mean curves).
+    ``agreement_paths`` maps a training-pass arm's cell to its ``agreement.json``: those rows get the
+    ``agree_`` columns (stages/agreement.py).
     """
     infos = {d: read_json(p) for d, p in (dataset_infos or {}).items()}
     rows = []
@@ -80,6 +82,11 @@ def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = Non
         measured = (faithfulness_paths or {}).get(tuple(cell))
         if measured is not None:
             row.update(faithfulness_columns(read_json(measured)))
+        agreed = (agreement_paths or {}).get(tuple(cell))
+        if agreed is not None:
+            from .agreement import summary_columns as agreement_columns
+
+            row.update(agreement_columns(read_json(agreed)))
         rows.append(row)
     columns = list(dict.fromkeys(k for row in rows for k in row))  # faithfulness columns: proxy rows only
     frame = pd.DataFrame(rows, columns=columns)[KEYS + [k for k in columns if k not in KEYS]]
@@ -154,7 +161,8 @@ def aggregate(cells: list, metrics_paths: list, erased_tables: dict, out_summary
               dataset_infos: dict | None = None, arms: list | None = None, comparisons: list | None = None,
               out_verdicts: dict | None = None, stop_rule: bool = False, stage_logs: dict | None = None,
               config: dict | None = None, effect_of_interest: float = EFFECT_OF_INTEREST,
-              per_image_paths: list | None = None, faithfulness_paths: dict | None = None) -> None:
+              per_image_paths: list | None = None, faithfulness_paths: dict | None = None,
+              agreement_paths: dict | None = None) -> None:
     """Write ``summary.csv``, ``provenance.json`` and ``provenance.html`` beside it (``config``:
     the validated config), and per dataset a comparison table (``out_tables``: dataset -> path)
     and a verdict table (``out_verdicts``: dataset -> path)."""
@@ -162,7 +170,7 @@ def aggregate(cells: list, metrics_paths: list, erased_tables: dict, out_summary
 
     arm_specs = (config or {}).get("arms") if isinstance((config or {}).get("arms"), dict) else None
     frame = summarise(cells, metrics_paths, erased_tables, dataset_infos, arms, stage_logs, arm_specs,
-                      faithfulness_paths)
+                      faithfulness_paths, agreement_paths)
     comparisons = COMPARISONS if comparisons is None else comparisons
     made = provenance.gather(config or {}, [read_json(p).get("versions") for p in metrics_paths], comparisons,
                              stop_rule)

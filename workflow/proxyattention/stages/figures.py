@@ -554,6 +554,9 @@ def redraw(summary_csv, out_dir, target_accuracy: float | None = None,
     else:  # an older summary: a stop rule shows where it stopped a cycle
         stop_rule = bool("stop_reason" in frame and frame.stop_reason.dropna().astype(str).str.len().gt(0).any())
     comparisons = comparisons_in(frame)
+    for pair in (made or {}).get("comparisons", []):  # the run's own list (report.comparisons included)
+        if tuple(pair) not in comparisons and set(pair) <= set(frame.arm):
+            comparisons.append(tuple(pair))
     if effect_of_interest is None:
         effect_of_interest = ((made or {}).get("config", {}).get("report", {})
                               .get("effect_of_interest", EFFECT_OF_INTEREST))
