@@ -67,7 +67,9 @@ def expected_counts(config: dict) -> dict:
               "select_from_record": runs * jobs([a for a in adding if from_record(a, "selection")]),
               "compute_cams": runs * jobs([a for a in adding if not from_record(a, "maps")]),
               "maps_from_record": runs * jobs([a for a in adding if from_record(a, "maps")]),
-              "mask_and_save": runs * len(adding) * cycles, "faithfulness": runs * proxies * cycles}
+              "mask_and_save": runs * len(adding) * cycles, "faithfulness": runs * proxies * cycles,
+              "agreement": runs * cycles * len([a for a, spec in arms.items() if spec["kind"] == "proxy"
+                                                and (from_record(a, "selection") or from_record(a, "maps"))])}
     return counts  # zero where the grid has no such job: the plan must then have none
 
 
@@ -110,6 +112,18 @@ def test_the_by_hand_command_refuses_before_the_run_naming_the_stage_to_run(clon
     assert proc.returncode == 2, out[-3000:]
     assert "made by find-misclassified" in proc.stderr and "Traceback" not in out
     assert not (clone / "results" / "runs").exists()
+
+
+def test_the_training_pass_command_plans_both_forms_without_the_separate_passes_for_one(clone):
+    """README's training-pass config, as a dry-run: proxy_tp and its control plan no find/CAM jobs."""
+    proc, out = typed(clone, "snakemake --cores all --configfile config.training_pass.yaml -n")
+    assert proc.returncode == 0, out[-3000:]
+    config = yaml.safe_load((ROOT / "config.training_pass.yaml").read_text())
+    counts = job_counts(out)
+    want = expected_counts(config)
+    assert {k: counts.get(k, 0) for k in want} == want
+    assert want["select_from_record"] == want["find_misclassified"] == 6 and want["agreement"] == 4
+    assert "config.training_pass.yaml" in (ROOT / "README.md").read_text()
 
 
 def test_the_study_command_plans_the_study_grid(clone):

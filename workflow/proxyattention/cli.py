@@ -21,6 +21,7 @@ import os
 import re
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from .files import layout
@@ -203,7 +204,92 @@ def main(argv=None) -> int:
         else:
             print((plan.stdout + plan.stderr)[-4000:], file=sys.stderr)
         return 2
-    return subprocess.run(snakemake_command(args.config, target, rule, args.cores), env=env).returncode
+    outputs = job_outputs(plan.stdout, rule)
+    with kept_if_unchanged(outputs) as kept:
+        returncode = subprocess.run(snakemake_command(args.config, target, rule, args.cores), env=env).returncode
+        kept.succeeded = returncode == 0
+    if kept.unchanged:
+        print(f"{len(kept.unchanged)} output(s) came out byte for byte as before and keep their old files "
+              f"(so nothing after them reruns): {', '.join(kept.unchanged)}", file=sys.stderr)
+    return returncode
+
+
+def job_outputs(plan: str, rule: str) -> list[str]:
+    """The output paths of the one ``rule`` job of a dry run's plan."""
+    lines = plan.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip() == f"rule {rule}:":
+            for follow in lines[i + 1:i + 8]:
+                if follow.strip().startswith("output:"):
+                    return [p.strip() for p in follow.split("output:", 1)[1].split(",") if p.strip()]
+    return []
+
+
+def _same(a: Path, b: Path) -> bool:
+    """Files with the same bytes, or folders holding the same files with the same bytes."""
+    import filecmp
+
+    if a.is_dir() and b.is_dir():
+        files = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file()
+                                 and p.name != ".snakemake_timestamp")
+        return files(a) == files(b) and all(filecmp.cmp(a / f, b / f, shallow=False) for f in files(a))
+    return a.is_file() and b.is_file() and filecmp.cmp(a, b, shallow=False)
+
+
+class _Kept:
+    def __init__(self):
+        self.succeeded, self.unchanged = False, []
+
+
+@contextmanager
+def kept_if_unchanged(outputs: list[str]):
+    """Around a by-hand rerun: the outputs as they were (hard links, so no copy of the bytes) are set
+    aside; each output the rerun writes byte for byte as before gets its old file back, with its old
+    modification time, so the next ``snakemake`` plans nothing after it (Snakemake deletes a job's
+    outputs before running it). If the rerun fails, every old output comes back."""
+    import shutil
+    import tempfile
+
+    kept = _Kept()
+    existing = [Path(o) for o in outputs if Path(o).exists()]
+    if not existing:
+        yield kept
+        return
+    backup = Path(tempfile.mkdtemp(prefix=".byhand-", dir=existing[0].parent))
+    saved = {}
+    try:
+        for i, path in enumerate(existing):
+            copy = backup / f"{i}_{path.name}"
+            if path.is_dir():
+                shutil.copytree(path, copy, copy_function=os.link)
+                stat = path.stat()
+                os.utime(copy, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+            else:
+                os.link(path, copy)
+            saved[path] = copy
+        try:
+            yield kept
+        except BaseException:  # Ctrl-C, or any error: the old outputs come back
+            kept.succeeded = False
+            raise
+        finally:
+            _restore(saved, kept)
+    finally:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def _restore(saved: dict, kept: _Kept) -> None:
+    import shutil
+
+    for path, copy in saved.items():
+        if not kept.succeeded or _same(path, copy):
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+            os.replace(copy, path)
+            if kept.succeeded:
+                kept.unchanged.append(str(path))
 
 
 if __name__ == "__main__":
