@@ -276,8 +276,8 @@ PROXY_STAGES = ("find_misclassified", "compute_cams", "mask_and_save")
 
 
 def stage_rule(arm, stage):
-    """The rule that does ``stage``'s work for ``arm``: a record-reading arm's select_from_record /
-    maps_from_record in place of find_misclassified / compute_cams."""
+    """Which job does ``stage``'s work for ``arm`` (its name): a record-reading arm's
+    select_from_record / maps_from_record in place of find_misclassified / compute_cams."""
     if stage == "find_misclassified" and arm in RECORD_SELECT_ARMS:
         return "select_from_record"
     if stage == "compute_cams" and arm in RECORD_MAPS_ARMS:
@@ -287,7 +287,7 @@ def stage_rule(arm, stage):
 
 def stage_logs():
     """Per erased cell, the log of each Proxy Attention stage job it used (a shared cycle-1 job's
-    is its owner's), by the rule (the stage name its log's time line carries): aggregate reads
+    is its owner's), keyed by the job's name (the stage name its log's time line carries); aggregate reads
     each stage's own time from them."""
     out = []
     for dataset, model, seed, arm, cycle in erased_cells():
