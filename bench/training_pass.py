@@ -31,7 +31,8 @@ def _data(n: int, size: int, classes: int = 10):
 def bench_recording(model_name: str, size: int, batch: int, n_images: int, repeats: int,
                     methods=(None, "cam", "gradcam_loss")) -> list[dict]:
     """One epoch of the stage's loop with the recorder (selection only, ``cam``, ``gradcam_loss`` at
-    the model's auto layer) against the same epoch without it."""
+    the model's auto layer) against the same epoch without it: the median of ``repeats`` in each
+    order (with first, without first), averaged."""
     import timm
 
     from proxyattention.data.batches import ArraySource, make_loader
@@ -73,7 +74,10 @@ def bench_recording(model_name: str, size: int, batch: int, n_images: int, repea
                 recorder.close()
             recorder.result(n_images)  # the one read of the device, after the epoch
 
-        t_plain, t_record = median_times([without, with_record], repeats)
+        # both orders, so neither path is always the first of a repeat
+        first = median_times([without, with_record], repeats)
+        second = median_times([with_record, without], repeats)[::-1]
+        t_plain, t_record = (first[0] + second[0]) / 2, (first[1] + second[1]) / 2
         rows.append({"model": model_name, "size": size, "images": n_images, "batch": batch,
                      "record": method or "selection only", "layer": layer if method == "gradcam_loss" else
                      ("pooled" if method == "cam" else "-"), "device": str(runtime.device),

@@ -342,6 +342,16 @@ def all_agreement():
     return [f"{run_dir_of(*cell)}/agreement.json" for cell in agreement_cells()]
 
 
+def agreement_after(wc):
+    """Files the agreement job waits for and does not read, so that it comes last in its arm's
+    cycle job (one GPU at a time): that cycle's metrics.json, and the arm's own faithfulness.json
+    when that job joins the same cluster job (an arm without a random_erase control)."""
+    inputs = {"after": run_file("metrics.json").format(**wc)}
+    if config["faithfulness"]["enabled"] and arms.random_control(config, wc.arm) is None:
+        inputs["after_faithfulness"] = run_file("faithfulness.json").format(**wc)
+    return inputs
+
+
 def faithfulness_control(wc):
     """The erased.csv of the random_erase arm that matches this proxy arm (its offsets), if any;
     and the metrics.json of the cycle whose cluster job it joins (faithfulness_group), which it does

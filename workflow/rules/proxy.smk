@@ -165,11 +165,11 @@ rule agreement:
     input:
         unpack(prepared_inputs),
         unpack(previous_checkpoint),
+        unpack(agreement_after),  # not read: orders it last in the cycle's cluster job (one GPU at a time)
         record=previous_record,
         selected=shared_run_file("find_misclassified", "selected.csv"),
         cams=shared_run_file("compute_cams", "cams.npz"),
         decision=run_file("decision.json"),
-        after=run_file("metrics.json"),  # not read: orders it last in the cycle's cluster job (one GPU at a time)
     output:
         run_file("agreement.json"),
     wildcard_constraints:
