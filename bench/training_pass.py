@@ -55,6 +55,9 @@ def bench_recording(model_name: str, size: int, batch: int, n_images: int, repea
         return model, opt, loader, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0), runtime.grad_scaler()
 
     layer = auto_target_layer(timm.create_model(model_name, num_classes=10), size)
+    model, opt, loader, sched, scaler = setup()  # the process's first epochs are slower (allocator, kernel
+    for _ in range(2):                           # caches): paid here, before anything is timed
+        train_one_epoch(model, loader, opt, sched, scaler, runtime)
     rows = []
     for method in methods:
         plain, recorded = setup(), setup()
