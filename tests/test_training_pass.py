@@ -376,3 +376,25 @@ def test_a_dag_with_a_training_pass_arm_runs_without_its_separate_passes(tmp_pat
         assert (tp2 / name).read_bytes() == kept, name
     proc = by_hand(tmp_path, "find-misclassified", *cell)
     assert proc.returncode == 2 and "rerun select-from-record" in proc.stderr, proc.stderr
+
+
+def test_a_step_the_grad_scaler_skips_marks_its_maps_invalid(trained, prepared64):
+    """The cam maps come from the forward and stay finite; only the scaler's own record of inf
+    gradients (its scale overflows float32 here, so it skips every step) can mark them invalid."""
+    model, info = load_checkpoint(trained["weights"], trained["meta"])
+    images, index = load_prepared(prepared64["images"], prepared64["index"])
+    rows = index[index.split == "train"].head(100)
+    source = ArraySource([(images, rows["index"].to_numpy(), rows["label"].to_numpy())])
+    runtime = select_runtime("fp32", False, "cpu", False)
+    valid = {}
+    for name, scale in (("overflowing", 3e38), ("plain", 1.0)):
+        loader, sampler = make_loader(source, info["mean"], info["std"], 50, seed=(0, 1), train=True, with_rows=True)
+        scaler = torch.amp.GradScaler("cpu", init_scale=scale, growth_interval=1000)
+        recorder = TrainingPassRecorder(model, len(source), "cpu", "cam")
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        train_one_epoch(model, loader, optimizer, Constant(), scaler, runtime, recorder=recorder)
+        recorder.close()
+        result = recorder.result(len(source))
+        assert np.isfinite(result["maps"].astype(np.float32)).all()
+        valid[name] = result["map_valid"]
+    assert not valid["overflowing"].any() and valid["plain"].all()
