@@ -97,4 +97,4 @@ def test_helpers_never_import_a_stage_and_the_bottom_of_settings_imports_nothing
     stages = {m.rpartition(".")[2] for m in graph if m.startswith("proxyattention.stages.")}
     assert stages == {"prepare", "prepare_masks", "train", "find_misclassified", "compute_cams", "mask_and_save",
                       "evaluate", "decide_cycle", "aggregate", "figures", "faithfulness", "layer_pilot",
-                      "from_record"}
+                      "from_record", "agreement"}

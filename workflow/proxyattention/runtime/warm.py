@@ -34,7 +34,7 @@ PRELOAD = (
     "numpy", "pandas", "cv2", "torch", "timm", "pytorch_grad_cam", "snakemake.script",
     *(f"proxyattention.stages.{stage}" for stage in (
         "prepare", "prepare_masks", "train", "find_misclassified", "compute_cams", "mask_and_save", "evaluate",
-        "decide_cycle", "aggregate", "figures")),
+        "decide_cycle", "aggregate", "figures", "from_record", "agreement")),
 )
 
 log = logging.getLogger(__name__)
