@@ -125,7 +125,12 @@ def maps_from_record(settings: dict, classes_path, record_path, selected_csv, ou
                                                    "implementation", "layer", "seconds_total", "valid",
                                                    "covered_fraction"]))
         return
-    record = load_record(record_path)
+    record = load_record(record_path, ("recorded", "index", "map_valid", "crop_padding", "plan", "target", "method",
+                                       "layer"))
+    if bool(record["recorded"]) and "map_valid" in record:
+        from ..files.artifacts import npz_array
+
+        record["maps"] = npz_array(record_path, "maps")  # memory-mapped: only the selected rows are read
     if not bool(record["recorded"]) or "maps" not in record or record["maps"].ndim != 3 or not record["maps"].shape[1]:
         raise RecordMissing(f"{record_path} holds no maps: the training job that wrote it recorded none; rerun it "
                             "with the config that has this arm")
@@ -146,7 +151,7 @@ def maps_from_record(settings: dict, classes_path, record_path, selected_csv, ou
         for start in range(0, len(rows), batch_size):
             part = slice(start, start + batch_size)
             pos = where[part]
-            back = view_to_original(upsample(record["maps"][pos], size), record["plan"][pos], padding)
+            back = view_to_original(upsample(np.asarray(record["maps"][pos]), size), record["plan"][pos], padding)
             back[~valid[part]] = 0.0
             back = back.astype(np.float16)
             empty[part], covered[part] = empty_maps(back.astype(np.float32)), covered_fraction(back)
