@@ -97,7 +97,6 @@ def bench_cycle_saving(n_images: int, size: int, n_selected: int, epochs: int, r
     import timm
 
     from proxyattention.data.batches import ArraySource, make_loader
-    from proxyattention.data.batches import epoch_plan
     from proxyattention.models.cams import build_cam, explain, release
     from proxyattention.models.inference import predict_logits
     from proxyattention.runtime.device import select_runtime
