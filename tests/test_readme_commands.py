@@ -39,7 +39,9 @@ def expected_counts(config: dict) -> dict:
     settings) share one find_misclassified and one compute_cams job (arms.owner); from cycle 2 on
     each arm selects and explains on its own model. Every proxy-kind arm's cycle has a
     faithfulness job."""
-    runs = len(config["datasets"]) * len(config["models"]) * len(config["seeds"])
+    from proxyattention.settings.sizes import run_datasets
+
+    runs = len(run_datasets(config)) * len(config["models"]) * len(config["seeds"])  # each training size a run
     cycles = config["cycles"]
     arms = config["arms"] if isinstance(config["arms"], dict) else {a: {"kind": a} for a in config["arms"]}
     adding = [a for a, spec in arms.items() if spec["kind"] != "baseline"]
@@ -114,16 +116,28 @@ def test_the_by_hand_command_refuses_before_the_run_naming_the_stage_to_run(clon
     assert not (clone / "results" / "runs").exists()
 
 
+def planned_as_expected(clone, config_file: str):
+    """`snakemake --cores all --configfile CONFIG -n` as typed: its job counts are the grid's."""
+    proc, out = typed(clone, f"snakemake --cores all --configfile {config_file} -n")
+    assert proc.returncode == 0, out[-3000:]
+    want = expected_counts(yaml.safe_load((ROOT / config_file).read_text()))
+    assert {k: job_counts(out).get(k, 0) for k in want} == want
+    return out, want
+
+
 def test_the_training_pass_command_plans_both_forms_without_the_separate_passes_for_one(clone):
     """README's training-pass config, as a dry-run: proxy_tp and its control plan no find/CAM jobs."""
-    proc, out = typed(clone, "snakemake --cores all --configfile config.training_pass.yaml -n")
-    assert proc.returncode == 0, out[-3000:]
-    config = yaml.safe_load((ROOT / "config.training_pass.yaml").read_text())
-    counts = job_counts(out)
-    want = expected_counts(config)
-    assert {k: counts.get(k, 0) for k in want} == want
+    out, want = planned_as_expected(clone, "config.training_pass.yaml")
     assert want["select_from_record"] == want["find_misclassified"] == 6 and want["agreement"] == 4
     assert "config.training_pass.yaml" in (ROOT / "README.md").read_text()
+
+
+def test_the_sizes_command_plans_every_size_from_one_preparation(clone):
+    """README's less-data config, as a dry-run: three sizes of one dataset, one prepare job."""
+    out, want = planned_as_expected(clone, "config.sizes.yaml")
+    assert want["prepare"] == 1 and want["finetune"] == 3 * 2
+    assert "1 dataset (fashion_demo) x 3 training sizes (fashion_demo/n5pc, fashion_demo/n15pc, fashion_demo/n50pc)" in out
+    assert "snakemake --cores all --configfile config.sizes.yaml" in (ROOT / "README.md").read_text()
 
 
 def test_the_study_command_plans_the_study_grid(clone):

@@ -12,6 +12,7 @@ import torch
 from conftest import make_config
 from safetensors.torch import load_file
 
+from proxyattention.analysis.curves import EPOCH_COLUMNS, epoch_curve
 from proxyattention.settings.stage_settings import stage_settings
 from proxyattention.stages.evaluate import evaluate
 from proxyattention.stages.train import train
@@ -31,23 +32,26 @@ def run(prepared, folder, config, seed=0, **kw):
 def test_outputs_and_checkpoint_reproduce_logged_accuracy(prepared, trained, tmp_path):
     epochs = pd.read_csv(trained["epochs"])
     stats = json.loads(trained["stats"].read_text())
-    assert list(epochs.columns) == ["epoch", "run_epoch", "lr_start", "lr_end", "train_loss", "train_accuracy", "val_loss",
-                                    "val_accuracy", "seconds", "images_per_s"]
+    assert list(epochs.columns) == EPOCH_COLUMNS
+    assert np.isnan(epochs.curve_accuracy.iloc[-1])  # the last epoch's point is the evaluation's: no pass of its own
     assert stats["images_seen"] == 500 and stats["device"] == "cpu" and stats["precision"] == "fp32"
     assert stats["peak_memory_kind"] == "cpu_peak_rss" and stats["peak_memory_mib"] > 0
     assert not (trained["weights"].parent / ".train_state").exists()
     evaluate(stage_settings(trained["config"], "fm", "lite0", 0), prepared["images"], prepared["index"],
-             trained["weights"], trained["meta"], trained["stats"], tmp_path / "metrics.json")
+             trained["weights"], trained["meta"], trained["stats"], tmp_path / "metrics.json",
+             out_per_image=tmp_path / "per_image.npz")
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["accuracy"] == pytest.approx(epochs.val_accuracy.iloc[-1], abs=1e-12)
-    assert metrics["val_loss"] == pytest.approx(epochs.val_loss.iloc[-1], rel=1e-5)
+    curve = epoch_curve(trained["epochs"], tmp_path / "per_image.npz", prepared["index"])
+    assert curve.curve_split.iloc[-1] == "val" and curve.curve_images.iloc[-1] == metrics["n_val"] == 200
+    assert metrics["accuracy"] == pytest.approx(curve.curve_accuracy.iloc[-1], abs=1e-12)
+    assert metrics["val_loss"] == pytest.approx(curve.curve_loss.iloc[-1], rel=1e-5)
 
 
 def test_same_seed_same_numbers_other_seed_differs(prepared, trained, tmp_path):
     config = trained["config"]
     again = pd.read_csv(outputs(run(prepared, tmp_path / "a", config))[2])
     first = pd.read_csv(trained["epochs"])
-    cols = ["train_loss", "train_accuracy", "val_loss", "val_accuracy"]
+    cols = ["train_loss", "train_accuracy", "curve_loss", "curve_accuracy"]
     pd.testing.assert_frame_equal(again[cols], first[cols])
     other = pd.read_csv(outputs(run(prepared, tmp_path / "b", config, seed=1))[2])
     assert not np.isclose(other.train_loss.iloc[0], first.train_loss.iloc[0])
@@ -79,6 +83,7 @@ def test_resume_after_kill_gives_the_same_weights(prepared, tmp_path):
 import json, os, signal, sys
 import proxyattention.stages.train as t
 from proxyattention.settings.validate import validate
+from proxyattention.analysis.curves import EPOCH_COLUMNS, epoch_curve
 from proxyattention.settings.stage_settings import stage_settings
 config = validate(json.loads({json.dumps(config)!r}))
 real = t.predict_logits

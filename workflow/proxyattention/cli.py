@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .files import layout
 from .settings.arms import ADDING_KINDS, maps_from_record, names_of_kind, selects_from_record
+from .settings.sizes import run_datasets
 from .settings.stage_settings import owner
 
 SNAKEFILE = Path(__file__).resolve().parents[2] / "Snakefile"
@@ -80,9 +81,10 @@ def check_cell(config: dict, args: argparse.Namespace) -> None:
         if name not in names:
             raise UsageError(f"--{kind} {name} is not in the config's {kind}s (it has: {', '.join(map(str, names))})")
 
-    known("dataset", args.dataset, list(config["datasets"]))
-    if args.stage in ("prepare", "prepare-masks"):
+    if args.stage in ("prepare", "prepare-masks"):  # one preparation serves every training size
+        known("dataset", args.dataset, list(config["datasets"]))
         return
+    known("dataset", args.dataset, run_datasets(config))  # a training size's: name/n20pc
     if args.model is None:
         raise UsageError(f"{args.stage} needs --model (the config has: {', '.join(config['models'])})")
     known("model", args.model, list(config["models"]))

@@ -3,7 +3,8 @@ rule aggregate:
         metrics=all_metrics(),
         per_image=all_per_image(),
         erased=all_erased_tables(),
-        infos=expand(prepared("classes.json"), dataset=config["datasets"]),
+        infos=[prepared("classes.json").format(dataset=sizes.base_of(d)) for d in RUN_DATASETS],
+        indexes=[prepared("index.csv").format(dataset=sizes.base_of(d)) for d in RUN_DATASETS],
         faithfulness=all_faithfulness(),
         agreement=all_agreement(),
     output:
@@ -13,9 +14,9 @@ rule aggregate:
             category="Tables",
         ),
         tables=expand(
-            f"{RESULTS}/tables/{{dataset}}_comparison.csv", dataset=config["datasets"]
+            f"{RESULTS}/tables/{{dataset}}_comparison.csv", dataset=RUN_DATASETS
         ),
-        verdicts=expand(f"{RESULTS}/tables/{{dataset}}_verdicts.csv", dataset=config["datasets"]),
+        verdicts=expand(f"{RESULTS}/tables/{{dataset}}_verdicts.csv", dataset=RUN_DATASETS),
         provenance=f"{RESULTS}/provenance.json",
         provenance_html=report(
             f"{RESULTS}/provenance.html",
@@ -23,12 +24,12 @@ rule aggregate:
             category="Provenance",
         ),
         answers=report(
-            expand(f"{RESULTS}/tables/{{dataset}}_answer.md", dataset=config["datasets"]),
+            expand(f"{RESULTS}/tables/{{dataset}}_answer.md", dataset=RUN_DATASETS),
             caption="../report/answer.rst",
             category="1. Verdicts",
         ),
         verdicts_html=report(
-            expand(f"{RESULTS}/tables/{{dataset}}_verdicts.html", dataset=config["datasets"]),
+            expand(f"{RESULTS}/tables/{{dataset}}_verdicts.html", dataset=RUN_DATASETS),
             caption="../report/verdicts.rst",
             category="1. Verdicts",
         ),
@@ -38,7 +39,7 @@ rule aggregate:
         faithfulness_cells=faithfulness_cells(),
         agreement_cells=agreement_cells(),
         stage_logs=stage_logs(),
-        datasets=list(config["datasets"]),
+        datasets=RUN_DATASETS,
         arms=list(config["arms"]),
         comparisons=arms.comparisons(config),
         stop_rule=stop_rule_on(),

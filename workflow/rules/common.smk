@@ -11,8 +11,8 @@ from proxyattention.settings.schema import ConfigError
 from proxyattention.settings.validate import check_config, validate as validate_config
 from proxyattention.settings.stage_settings import owner as owning_arm, stage_settings
 from proxyattention.settings.model_checks import ModelCheckError, check_models, hub_problem
-from proxyattention.files.report import FIGURE_NAMES as FIGURES
-from proxyattention.settings import arms
+from proxyattention.files.report import figure_names
+from proxyattention.settings import arms, sizes
 from proxyattention.files import layout
 from proxyattention.runtime import warm
 from snakemake.logging import logger
@@ -31,6 +31,12 @@ if workflow.is_main_process:
             logger.warning(f"warning: {message}")
     except ModelCheckError as err:
         raise WorkflowError(f"{err}\n(config file: {', '.join(map(str, workflow.configfiles)) or 'none'})")
+    size_errors, size_warnings = sizes.size_messages(config)  # datasets with train_sizes: listed, not decoded
+    for message in size_warnings:
+        logger.warning(f"warning: {message}")
+    if size_errors:
+        raise WorkflowError("\n".join(size_errors)
+                            + f"\n(config file: {', '.join(map(str, workflow.configfiles)) or 'none'})")
 
 
 def check_hub_weights():
@@ -83,8 +89,13 @@ def one_of(names):
     return "|".join(re.escape(str(n)) for n in names)
 
 
+# Every dataset of the grid: a configured dataset, or one per training size (name/n20pc: settings/sizes.py).
+RUN_DATASETS = sizes.run_datasets(config)
+FIGURES = figure_names(config)
+
+
 wildcard_constraints:
-    dataset=one_of(config["datasets"]),
+    dataset=one_of(dict.fromkeys([*config["datasets"], *RUN_DATASETS])),
     model=one_of(config["models"]),
     arm=f"finetune|{one_of(config['arms'])}",
     seed=r"\d+",
@@ -93,6 +104,11 @@ wildcard_constraints:
 
 def prepared(name):
     return f"{PREPARED}/{name}"
+
+
+def prepared_file(name):
+    """Input function: a prepared file of the job's dataset (the dataset a training size is of)."""
+    return lambda wc: prepared(name).format(dataset=sizes.base_of(wc.dataset))
 
 
 def run_file(name):
@@ -217,8 +233,8 @@ def all_per_image():
 
 def all_targets():
     targets = [f"{RESULTS}/summary.csv"]
-    targets += expand(f"{RESULTS}/tables/{{dataset}}_comparison.csv", dataset=config["datasets"])
-    targets += expand(f"{RESULTS}/tables/{{dataset}}_verdicts.csv", dataset=config["datasets"])
+    targets += expand(f"{RESULTS}/tables/{{dataset}}_comparison.csv", dataset=RUN_DATASETS)
+    targets += expand(f"{RESULTS}/tables/{{dataset}}_verdicts.csv", dataset=RUN_DATASETS)
     targets += expand(f"{RESULTS}/figures/{{figure}}.png", figure=FIGURES)
     targets += example_figures()
     return targets
@@ -231,15 +247,22 @@ def stop_rule_on():
 
 def dataset_spec(wc):
     """The dataset's settings in key order, so that reordering keys in a config file (or
-    writing it with sorted keys) is not a change of params that would prepare it again."""
-    return dict(sorted(config["datasets"][wc.dataset].items()))
+    writing it with sorted keys) is not a change of params that would prepare it again; of its
+    training sizes only the largest, the one that chooses the images: adding a smaller size
+    prepares nothing again."""
+    spec = dict(sorted(config["datasets"][wc.dataset].items()))
+    if spec.get("train_sizes"):
+        kind, values = next(iter(spec["train_sizes"].items()))
+        spec["train_sizes"] = {kind: [max(values)]}
+    return spec
 
 
 def prepared_inputs(wc):
+    base = sizes.base_of(wc.dataset)
     return {
-        "images": prepared("images.npy").format(dataset=wc.dataset),
-        "index": prepared("index.csv").format(dataset=wc.dataset),
-        "classes": prepared("classes.json").format(dataset=wc.dataset),
+        "images": prepared("images.npy").format(dataset=base),
+        "index": prepared("index.csv").format(dataset=base),
+        "classes": prepared("classes.json").format(dataset=base),
     }
 
 
@@ -370,7 +393,7 @@ def example_figures():
         return []
     return expand(
         f"{RESULTS}/figures/examples/{{dataset}}/{{model}}/{{arm}}.png",
-        dataset=config["datasets"],
+        dataset=RUN_DATASETS,
         model=config["models"],
         arm=PROXY_ARMS,
     )

@@ -2,7 +2,7 @@ rule evaluate:
     input:
         unpack(prepared_inputs),
         unpack(cycle_decision),
-        masks=prepared("masks.npy"),
+        masks=prepared_file("masks.npy"),
         weights=run_file("model.safetensors"),
         meta=run_file("model.json"),
         stats=run_file("train_stats.json"),

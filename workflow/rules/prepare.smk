@@ -4,6 +4,8 @@ rule prepare:
         index=prepared("index.csv"),
         classes=prepared("classes.json"),
         skipped=prepared("skipped.csv"),
+    wildcard_constraints:
+        dataset=one_of(config["datasets"]),
     params:
         dataset=dataset_spec,
     log:
@@ -24,6 +26,8 @@ rule prepare_masks:
         index=prepared("index.csv"),
     output:
         masks=prepared("masks.npy"),
+    wildcard_constraints:
+        dataset=one_of(config["datasets"]),
     params:
         dataset=dataset_spec,
     log:

@@ -57,7 +57,7 @@ rule compute_cams:
 
 rule select_from_record:
     input:
-        index=prepared("index.csv"),
+        index=prepared_file("index.csv"),
         record=previous_record,
         decision=run_file("decision.json"),
     output:
@@ -82,7 +82,7 @@ rule select_from_record:
 
 rule maps_from_record:
     input:
-        classes=prepared("classes.json"),
+        classes=prepared_file("classes.json"),
         record=previous_record,
         selected=shared_run_file("find_misclassified", "selected.csv"),
     output:

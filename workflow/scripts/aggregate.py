@@ -11,6 +11,7 @@ aggregate(
     snakemake.output.summary,
     dict(zip(snakemake.params.datasets, snakemake.output.tables)),
     dict(zip(snakemake.params.datasets, snakemake.input.infos)),
+    index_paths=dict(zip(snakemake.params.datasets, snakemake.input.indexes)),
     arms=snakemake.params.arms,
     comparisons=[tuple(pair) for pair in snakemake.params.comparisons],
     out_verdicts=dict(zip(snakemake.params.datasets, snakemake.output.verdicts)),

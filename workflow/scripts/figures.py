@@ -2,14 +2,14 @@ import stage_package  # noqa: F401  (the stage package of this checkout, install
 from proxyattention.runtime.scripting import setup
 
 setup(snakemake)
-from proxyattention.files.report import FIGURE_NAMES
+from proxyattention.files.report import figure_names
 from proxyattention.stages.figures import figures
 
 figures(
     snakemake.input.summary,
     snakemake.params.cells,
     list(snakemake.input.metrics),
-    {name: snakemake.output[name] for name in FIGURE_NAMES},
+    {name: snakemake.output[name] for name in figure_names(snakemake.config)},
     comparisons=[tuple(pair) for pair in snakemake.params.comparisons],
     target_accuracy=snakemake.params.target_accuracy,
     stop_rule=snakemake.params.stop_rule,

@@ -70,6 +70,105 @@ def draw_subset(labels: np.ndarray, splits: np.ndarray, subset: dict, seed: int,
     return keep
 
 
+def train_ranks(labels: np.ndarray, splits: np.ndarray, seed: int) -> np.ndarray:
+    """Each training item's place in its class's seeded permutation (-1 for other splits): the
+    permutation draw_subset takes a prefix of, so ``rank < n`` is the ``{per_class: n}`` subset."""
+    ranks = np.full(len(labels), -1, dtype=np.int64)
+    train = np.asarray(splits) == "train"
+    rng = np.random.default_rng([seed, SUBSET_STREAMS["train"]])
+    for label in np.unique(labels[train]):
+        members = np.flatnonzero(train & (labels == label))
+        ranks[rng.permutation(members)] = np.arange(len(members))
+    return ranks
+
+
+def seat_order(counts: np.ndarray) -> np.ndarray:
+    """The classes in the order they receive images as a ``{total: n}`` size grows, one image at a
+    time (Sainte-Lague's divisor rule: next the class with the largest count / (2 q + 1), ties to the
+    lower label; a class whose images are all taken drops out). A size of n images takes the first n
+    seats, so every class's count never decreases as n grows, and tracks the classes' proportions."""
+    import heapq
+
+    counts = np.asarray(counts, dtype=np.int64)
+    heap = [(-float(n), label) for label, n in enumerate(counts) if n > 0]  # (-count / (2 q + 1), label)
+    heapq.heapify(heap)
+    taken = np.zeros(len(counts), dtype=np.int64)
+    order = np.empty(int(counts.sum()), dtype=np.int64)
+    for seat in range(len(order)):
+        _, label = heapq.heappop(heap)
+        order[seat] = label
+        taken[label] += 1
+        if taken[label] < counts[label]:
+            heapq.heappush(heap, (-counts[label] / (2 * taken[label] + 1), label))
+    return order
+
+
+def train_orders(labels: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+    """Each training item's seat (seat_order) among every training item (-1 for other splits):
+    the ``{total: n}`` size is the items with ``order < n``; within a class, seats follow ``ranks``,
+    so every total size is nested in the larger ones and agrees with the per-class prefixes."""
+    train = ranks >= 0
+    classes = np.unique(labels[train])
+    counts = np.array([int((train & (labels == c)).sum()) for c in classes], dtype=np.int64)
+    seats = seat_order(counts)
+    orders = np.full(len(labels), -1, dtype=np.int64)
+    for i, c in enumerate(classes):
+        members = np.flatnonzero(train & (labels == c))
+        orders[members[np.argsort(ranks[members])]] = np.flatnonzero(seats == i)
+    return orders
+
+
+def size_members(ranks: np.ndarray, orders: np.ndarray, size: dict) -> np.ndarray:
+    """Which items a training size (``{"per_class": n}`` or ``{"total": n}``) trains on."""
+    if size.get("per_class") is not None:
+        return (ranks >= 0) & (ranks < int(size["per_class"]))
+    return (orders >= 0) & (orders < int(size["total"]))
+
+
+def size_of_name(name: str) -> dict:
+    """``n20pc`` -> {"per_class": 20}; ``n200`` -> {"total": 200} (settings/sizes.py names them)."""
+    if name.endswith("pc"):
+        return {"per_class": int(name[1:-2])}
+    return {"total": int(name[1:])}
+
+
+def restrict_to_size(index: pd.DataFrame, size: str | None, where: str = "index.csv") -> pd.DataFrame:
+    """The index with the training rows outside training size ``size`` (a name such as ``n20pc``)
+    moved to split ``unused``: trained on by no job of that size. None: the index as it is."""
+    if not size:
+        return index
+    if "train_rank" not in index or "train_order" not in index:
+        raise ValueError(f"{where} has no train_rank/train_order columns: it was prepared without "
+                         f"train_sizes; prepare the dataset again (delete its prepared folder)")
+    members = size_members(index["train_rank"].to_numpy(), index["train_order"].to_numpy(), size_of_name(size))
+    index = index.copy()
+    index.loc[(index.split == "train").to_numpy() & ~members, "split"] = "unused"
+    return index
+
+
+def verdict_split(index: pd.DataFrame) -> str:
+    """The split the verdicts use: the held-out test split when the dataset has one, else validation."""
+    return "test" if (index.split == "test").any() else "val"
+
+
+CURVE_STREAM = 5  # the epoch sample's own stream (of a fixed seed: the same rows for every run)
+
+
+def curve_sample(index: pd.DataFrame, n) -> np.ndarray:
+    """Prepared rows (sorted) of the fixed sample of the verdicts' split that every epoch's curve
+    point uses (``training.epoch_sample``): ``n`` images, stratified (each class its share,
+    largest remainders) and drawn from a fixed stream, so the same rows for every epoch, arm, seed,
+    model and training size; the whole split for ``"all"`` or an ``n`` at least its size; none for 0."""
+    members = index[index.split == verdict_split(index)]
+    rows, labels = members["index"].to_numpy(np.int64), members["label"].to_numpy()
+    if n == "all" or int(n) >= len(rows):
+        return np.sort(rows)
+    if int(n) == 0:
+        return np.zeros(0, np.int64)
+    keep = draw_subset(labels, np.full(len(rows), "train"), {"total": int(n)}, CURVE_STREAM)
+    return np.sort(rows[keep])
+
+
 SPLIT_ORDER = ("train", "val", "test")  # a duplicate stays in the first of these and leaves the later ones
 
 

@@ -22,8 +22,9 @@ def run_dir(results: str, dataset: str, model: str, seed, arm: str, cycle) -> st
 
 def group_name(dataset: str, model: str, seed, arm: str, cycle) -> str:
     """The cluster job (Snakemake group) of one cycle of one arm: ``dataset.model.seedS.arm.cycleC``
-    (the finetune and its evaluation: ``arm`` finetune, cycle 0)."""
-    return f"{dataset}.{model}.seed{seed}.{arm}.cycle{cycle}"
+    (the finetune and its evaluation: ``arm`` finetune, cycle 0); a training size's dataset
+    ``name/n20pc`` as ``name+n20pc`` (no ``/`` in a job name, no ``+`` in a dataset's)."""
+    return f"{dataset.replace('/', '+')}.{model}.seed{seed}.{arm}.cycle{cycle}"
 
 
 def previous_run_dir(results: str, dataset: str, model: str, seed, arm: str, cycle) -> str:
@@ -51,9 +52,12 @@ def erased_for_training(results: str, accumulate: bool, adds: bool, dataset: str
 
 
 def grid(config: dict) -> list[tuple]:
-    """Every (dataset, model, seed, arm, cycle) cell; cycle 0 under the shared finetune."""
+    """Every (dataset, model, seed, arm, cycle) cell; cycle 0 under the shared finetune. A dataset
+    with training sizes is one dataset per size, ``name/size`` (settings/sizes.py)."""
+    from ..settings.sizes import run_datasets
+
     cells = []
-    for dataset in config["datasets"]:
+    for dataset in run_datasets(config):
         for model in config["models"]:
             for seed in config["seeds"]:
                 cells.append((dataset, model, seed, FINETUNE, 0))
@@ -63,9 +67,14 @@ def grid(config: dict) -> list[tuple]:
 
 def describe_grid(config: dict, configfiles=()) -> str:
     """One line saying what a run will compute: datasets x models x arms x seeds x cycles."""
+    from ..settings.sizes import run_datasets, size_names
+
     parts = [(key, list(config[key])) for key in ("datasets", "models", "arms", "seeds")]
+    sizes = [f"{name}/{s}" for name, spec in config["datasets"].items() for s in size_names(spec)]
+    if sizes:
+        parts.insert(1, ("training sizes", sizes))
     text = " x ".join(f"{len(v)} {k if len(v) != 1 else k[:-1]} ({', '.join(map(str, v))})" for k, v in parts)
-    n = len(config["datasets"]) * len(config["models"]) * len(config["seeds"])
+    n = len(run_datasets(config)) * len(config["models"]) * len(config["seeds"])
     import os
 
     source = f" from {', '.join(os.path.relpath(f) for f in configfiles)}" if configfiles else ""

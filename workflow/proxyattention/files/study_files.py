@@ -107,8 +107,12 @@ def unpack(pack_npz, out_dir) -> dict:
 
 def epochs(summary_csv, out_csv, results: str | None = None) -> int:
     """Every training job's ``epochs.csv`` of the cells of ``summary_csv`` in one table, led by
-    the cell's dataset, model, arm, seed and cycle; returns its number of rows."""
+    the cell's dataset, model, arm, seed and cycle, each job's last curve point from its evaluation
+    (stages/train.py epoch_curve); returns its number of rows."""
+    from ..settings.sizes import base_of
+    from ..analysis.curves import epoch_curve
     from .atomic import write_csv
+    from .layout import prepared_dir
 
     results = str(Path(summary_csv).parent if results is None else results)
     parts = []
@@ -116,7 +120,8 @@ def epochs(summary_csv, out_csv, results: str | None = None) -> int:
         path = Path(run_dir(results, dataset, model, seed, arm, cycle)) / "epochs.csv"
         if not path.exists():
             raise FileNotFoundError(f"{path}: no epochs file for {(dataset, model, seed, arm, cycle)}")
-        table = pd.read_csv(path)
+        table = epoch_curve(path, path.with_name("per_image.npz"),
+                            Path(prepared_dir(results, base_of(dataset))) / "index.csv")
         for i, (key, value) in enumerate({"dataset": dataset, "model": model, "arm": arm, "seed": seed,
                                           "cycle": cycle}.items()):
             table.insert(i, key, value)

@@ -7,17 +7,24 @@ from __future__ import annotations
 import copy
 
 from .arms import ADDING_KINDS, cam_method, names_of_kind, proxy_settings, record_spec
+from .sizes import epoch_scale, scaled_epochs, size_of
 
 
-def epochs_for(config: dict, cycle: int) -> int:
-    """Epochs of a cycle: the finetune's for cycle 0, else the number or the list's entry."""
+def epochs_for(config: dict, cycle: int, dataset: str | None = None) -> int:
+    """Epochs of a cycle: the finetune's for cycle 0, else the number or the list's entry; at a
+    training size of ``dataset`` (a run dataset, settings/sizes.py) scaled by
+    ``training.size_schedule``."""
     if cycle == 0:
-        return config["training"]["epochs_finetune"]
-    epochs = config["training"]["epochs"]
-    return epochs[cycle - 1] if isinstance(epochs, list) else epochs
+        epochs = config["training"]["epochs_finetune"]
+    else:
+        epochs = config["training"]["epochs"]
+        epochs = epochs[cycle - 1] if isinstance(epochs, list) else epochs
+    if dataset is None:
+        return epochs
+    return scaled_epochs(epochs, epoch_scale(config, dataset))
 
 
-def schedule_span(config: dict, cycle: int) -> dict:
+def schedule_span(config: dict, cycle: int, dataset: str | None = None) -> dict:
     """The slice of the learning-rate schedule a training job trains, in epochs.
 
     ``cycle_mode: continue``: one schedule over the whole run (the finetune and every cycle up
@@ -27,9 +34,9 @@ def schedule_span(config: dict, cycle: int) -> dict:
     """
     mode = config["training"]["cycle_mode"]
     if mode == "restart":
-        return {"mode": mode, "start_epoch": 0, "total_epochs": epochs_for(config, cycle)}
-    return {"mode": mode, "start_epoch": sum(epochs_for(config, c) for c in range(cycle)),
-            "total_epochs": sum(epochs_for(config, c) for c in range(config["cycles"] + 1))}
+        return {"mode": mode, "start_epoch": 0, "total_epochs": epochs_for(config, cycle, dataset)}
+    return {"mode": mode, "start_epoch": sum(epochs_for(config, c, dataset) for c in range(cycle)),
+            "total_epochs": sum(epochs_for(config, c, dataset) for c in range(config["cycles"] + 1))}
 
 
 # What each stage reads from the config. Snakemake reruns a job when its params
@@ -56,10 +63,14 @@ STAGE_SECTIONS = {
                      "proxy.threshold", "proxy.fill", "proxy.random_erase", "training.deterministic",
                      "faithfulness"),
 }
-SPEED_ONLY = {"training": ("threads", "num_workers")}
+# Stages that read the training split, and so a training size's rows (absent without sizes).
+SIZED_STAGES = (None, "train", "find_misclassified", "agreement")
+# ... and epoch_sample, which changes only the curve points epochs.csv names (stages/train.py).
+SPEED_ONLY = {"training": ("threads", "num_workers", "epoch_sample")}
 # Keys added after runs existed, left out of a stage's settings at their defaults, so that a run made
 # before them is not rerun (Snakemake reruns a job whose params change).
-LATER_DEFAULTS = {("proxy", "maps_source"): "separate_pass", ("proxy", "selection", "source"): "separate_pass",
+LATER_DEFAULTS = {("proxy", "maps_source"): "separate_pass", ("training", "size_schedule"): "epochs",
+                  ("evaluation", "full_split"): "every_cycle", ("proxy", "selection", "source"): "separate_pass",
                   ("proxy", "selection", "order"): "loss"}
 
 
@@ -94,15 +105,20 @@ def stage_settings(config: dict, dataset: str, model: str, cycle: int = 0, stage
     full["maps"] = {"cam_method": cam_method(config, model), "fast_path": config["proxy"]["fast_path"],
                     "target_layer": config["models"][model]["target_layer"]}
     if stage in ("train", None):
-        full["epochs"] = epochs_for(config, cycle)
-        full["schedule_span"] = schedule_span(config, cycle)
+        full["epochs"] = epochs_for(config, cycle, dataset)
+        full["schedule_span"] = schedule_span(config, cycle, dataset)
     settings = {"names": {"dataset": dataset, "model": model}, "cycle": cycle}
+    if (size := size_of(dataset)) is not None and stage in SIZED_STAGES:
+        settings["train_size"] = size  # the training rows a size keeps (data/splits.py restrict_to_size)
     if "epochs" in full:
         settings["epochs"] = full.pop("epochs")
         settings["schedule_span"] = full.pop("schedule_span")
         # what its last epoch records for the arms that read it (training/record.py); absent when nothing
         if arm is not None and (spec := record_spec(config, model, arm, cycle)) is not None:
             settings["record"] = spec
+    if (stage in ("evaluate", None) and config.get("evaluation", {}).get("full_split") == "final"
+            and cycle < config["cycles"]):  # an intermediate cycle: on the epoch sample of the verdicts' split
+        settings["verdict_sample"] = config["training"].get("epoch_sample", 1000)
     if stage is None:
         settings.update(full)
         return _drop_later_defaults(settings)

@@ -74,6 +74,9 @@ def check_config(config: dict, base: str | os.PathLike = ".") -> None:
             raise ConfigError(
                 f"datasets.{name}.path: {ds['path']} does not exist; point it at the {ds['source']} source"
             )
+        if ds.get("train_sizes") and ds.get("train_subset"):
+            raise ConfigError(f"datasets.{name}: train_sizes and train_subset both choose the training images; "
+                              "keep train_sizes (its largest size is the subset) and remove train_subset")
         if ds.get("masks") is not None and ds["source"] in ("idx", "csv"):
             fix = "give the CSV a 'mask' column instead" if ds["source"] == "csv" else "an idx source has no masks"
             raise ConfigError(f"datasets.{name}.masks: a {ds['source']} source takes no masks key; {fix}")

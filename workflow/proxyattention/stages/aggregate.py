@@ -37,7 +37,8 @@ CELL = ["dataset", "model", "seed", "arm", "cycle"]  # order of a grid cell (lay
 def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = None,
               dataset_infos: dict | None = None, arms: list | None = None,
               stage_logs: dict | None = None, arm_specs: dict | None = None,
-              faithfulness_paths: dict | None = None, agreement_paths: dict | None = None) -> pd.DataFrame:
+              faithfulness_paths: dict | None = None, agreement_paths: dict | None = None,
+              curve: dict | None = None) -> pd.DataFrame:
     """One row per (dataset, model, arm, seed, cycle) with every metric, time and memory.
 
     ``cells`` and ``metrics_paths`` are parallel. Cumulative time and images add
@@ -55,8 +56,20 @@ def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = Non
     the faithfulness columns (analysis/faithfulness.py, SUMMARY_KEYS and the mean curves).
     ``agreement_paths`` maps a training-pass arm's cell to its ``agreement.json``: those rows get the
     ``agree_`` columns (stages/agreement.py).
+
+    ``size`` (a training size, ``n20pc``; empty without one), ``train_per_class`` (the size's images
+    per class as written, or the training images over the classes) and ``n_train`` (the original
+    training images of the run's finetune) say how much data a row trained on. ``curve`` ({"epoch_sample":
+    n, "indexes": {dataset: its prepared index.csv}, "per_image": {cell: per_image.npz}}) adds
+    ``curve_accuracy``: each row's accuracy on the epoch sample of the verdicts' split (the images
+    every epoch's curve point uses, data/splits.py curve_sample), and ``curve_images``; time to target
+    reads it at every cycle, whatever split each cycle was evaluated on (``verdict_sample``: the
+    sample's size when ``evaluation.full_split: final`` cut that cycle's evaluation to it, else empty).
     """
+    from ..settings.sizes import nominal, size_of
+
     infos = {d: read_json(p) for d, p in (dataset_infos or {}).items()}
+    samples = _curve_samples(curve)
     rows = []
     for cell, path in zip(cells, metrics_paths):
         m = read_json(path)
@@ -74,6 +87,15 @@ def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = Non
                                           "stop_reason", "n_val", "pretrained")})
         row["run_dir_mib"] = _folder_mib(Path(path).parent)
         info = infos.get(row["dataset"], {})
+        row["size"] = size_of(row["dataset"]) or ""
+        row["n_train_original"] = m.get("n_train_original", np.nan)
+        row["verdict_sample"] = m.get("verdict_sample") if m.get("verdict_sample") is not None else np.nan
+        if row["size"]:
+            kind, value = nominal(row["size"])
+            row["train_per_class"] = value if kind == "per_class" else value / max(len(info.get("classes", [])), 1)
+        elif info.get("classes"):
+            row["train_per_class"] = info.get("n_train", np.nan) / len(info["classes"])
+        row.update(_curve_point(samples, row["dataset"], (curve or {}).get("per_image", {}).get(tuple(cell))))
         row["n_skipped_images"] = info.get("n_skipped", 0)
         origins = info.get("split_origins") or {}  # older prepared folders: not recorded
         row["val_origin"], row["test_origin"] = origins.get("val") or "", origins.get("test") or ""
@@ -91,6 +113,9 @@ def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = Non
     columns = list(dict.fromkeys(k for row in rows for k in row))  # faithfulness columns: proxy rows only
     frame = pd.DataFrame(rows, columns=columns)[KEYS + [k for k in columns if k not in KEYS]]
     finetune = frame[frame.cycle == 0].set_index(["dataset", "model", "seed"])
+    # the run's original training images: its finetune's (a cycle the stop rule skipped trained none)
+    frame["n_train"] = [finetune.loc[(r.dataset, r.model, r.seed), "n_train_original"] for r in frame.itertuples()]
+    frame = frame.drop(columns="n_train_original")
     cum_seconds, cum_all, cum_images = [], [], []
     for _, r in frame.iterrows():
         base = finetune.loc[(r.dataset, r.model, r.seed)]
@@ -104,7 +129,40 @@ def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = Non
     frame["cumulative_images_seen"] = cum_images
     order = ["finetune", *(arms or DEFAULT_ARMS)]
     order += sorted(set(frame.arm) - set(order))
-    return frame.sort_values(KEYS, key=lambda s: s.map(order.index) if s.name == "arm" else s).reset_index(drop=True)
+    datasets = list(dict.fromkeys(str(c[0]) for c in cells))  # the grid's order: training sizes smallest first
+
+    def rank(column: pd.Series) -> pd.Series:
+        if column.name == "arm":
+            return column.map(order.index)
+        return column.map(datasets.index) if column.name == "dataset" else column
+
+    return frame.sort_values(KEYS, key=rank).reset_index(drop=True)
+
+
+def _curve_samples(curve: dict | None) -> dict:
+    """{dataset: (split, sample rows)} of the epoch sample (data/splits.py curve_sample)."""
+    from ..data.splits import curve_sample, verdict_split
+
+    out = {}
+    for dataset, index_path in ((curve or {}).get("indexes") or {}).items():
+        index = pd.read_csv(index_path, keep_default_na=False)
+        out[dataset] = (verdict_split(index), curve_sample(index, curve["epoch_sample"]))
+    return out
+
+
+def _curve_point(samples: dict, dataset: str, per_image_path) -> dict:
+    """A cell's accuracy on the epoch sample, from its per-image results (NaN when not known)."""
+    if dataset not in samples or per_image_path is None or not Path(per_image_path).exists():
+        return {}
+    split, wanted = samples[dataset]
+    with np.load(per_image_path, allow_pickle=False) as data:
+        if f"{split}_index" not in data:
+            return {}
+        at = np.isin(data[f"{split}_index"], wanted)
+        right = data[f"{split}_prediction"][at] == data[f"{split}_label"][at]
+    if int(at.sum()) != len(wanted) or not len(wanted):
+        return {"curve_accuracy": np.nan, "curve_images": int(at.sum())}
+    return {"curve_accuracy": float(right.mean()), "curve_images": len(wanted)}
 
 
 def proxy_seconds(logs: dict) -> float:
@@ -162,15 +220,18 @@ def aggregate(cells: list, metrics_paths: list, erased_tables: dict, out_summary
               out_verdicts: dict | None = None, stop_rule: bool = False, stage_logs: dict | None = None,
               config: dict | None = None, effect_of_interest: float = EFFECT_OF_INTEREST,
               per_image_paths: list | None = None, faithfulness_paths: dict | None = None,
-              agreement_paths: dict | None = None) -> None:
+              agreement_paths: dict | None = None, index_paths: dict | None = None) -> None:
     """Write ``summary.csv``, ``provenance.json`` and ``provenance.html`` beside it (``config``:
     the validated config), and per dataset a comparison table (``out_tables``: dataset -> path)
     and a verdict table (``out_verdicts``: dataset -> path)."""
     from ..files import provenance
 
     arm_specs = (config or {}).get("arms") if isinstance((config or {}).get("arms"), dict) else None
+    images = {(c[0], c[1], int(c[2]), c[3], int(c[4])): p for c, p in zip(cells, per_image_paths or [])}
+    curve = {"epoch_sample": (config or {}).get("training", {}).get("epoch_sample", 1000),
+             "indexes": index_paths or {}, "per_image": {tuple(c): p for c, p in zip(cells, per_image_paths or [])}}
     frame = summarise(cells, metrics_paths, erased_tables, dataset_infos, arms, stage_logs, arm_specs,
-                      faithfulness_paths, agreement_paths)
+                      faithfulness_paths, agreement_paths, curve)
     comparisons = COMPARISONS if comparisons is None else comparisons
     made = provenance.gather(config or {}, [read_json(p).get("versions") for p in metrics_paths], comparisons,
                              stop_rule)
@@ -188,12 +249,11 @@ def aggregate(cells: list, metrics_paths: list, erased_tables: dict, out_summary
         metric, _ = verdict_split(frame[frame.dataset == dataset], stop_rule)
         write_csv(path, comparison(frame, dataset, metric, comparisons=comparisons))
     for dataset, path in (out_verdicts or {}).items():
-        images = {(c[0], c[1], int(c[2]), c[3], int(c[4])): p for c, p in zip(cells, per_image_paths or [])}
         table = verdicts(frame, dataset, comparisons, stop_rule=stop_rule, effect_of_interest=effect_of_interest,
                          per_image=images)
         write_csv(path, table)
         proxy_arms = sorted(set(frame.loc[frame.kind == "proxy", "arm"]))
-        with atomic_path(Path(path).with_name(f"{dataset}_answer.md")) as tmp:
+        with atomic_path(Path(path).with_name(Path(path).name.replace("_verdicts.csv", "_answer.md"))) as tmp:
             tmp.write_text(answers(table, proxy_arms))
         with atomic_path(Path(path).with_suffix(".html")) as tmp:
             tmp.write_text(verdicts_html(table, dataset, provenance.summary_line(made)))

@@ -27,6 +27,7 @@ import pandas as pd
 from ..data.batches import ArraySource
 from ..data.erasing import threshold_masks
 from ..data.streams import AGREEMENT, generator
+from ..data.splits import restrict_to_size
 from ..files.artifacts import cams_memmap, empty_maps, load_prepared
 from ..files.atomic import write_json
 from ..models.build import load_checkpoint
@@ -85,6 +86,7 @@ def agreement(settings: dict, images_path, index_path, weights, meta, record_pat
         write_json(out_json, {"ran": False, "reason": "the stop rule held before this cycle"})
         return
     images, index = load_prepared(images_path, index_path)
+    index = restrict_to_size(index, settings.get("train_size"), str(index_path))
     size = images.shape[1]
     train = index[index.split == "train"].reset_index(drop=True)
     runtime = select_runtime(settings["training"]["precision"], settings["training"]["channels_last"], device,

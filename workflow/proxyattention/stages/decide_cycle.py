@@ -52,8 +52,9 @@ def skip_training(init_weights, init_meta, out_weights, out_meta, out_epochs, ou
     for src, dst in pairs:
         with atomic_path(dst) as tmp:
             shutil.copyfile(src, tmp)
-    write_csv(out_epochs, pd.DataFrame(columns=["epoch", "run_epoch", "lr_start", "lr_end", "train_loss", "train_accuracy",
-                                                 "val_loss", "val_accuracy", "seconds", "images_per_s"]))
+    from ..analysis.curves import EPOCH_COLUMNS
+
+    write_csv(out_epochs, pd.DataFrame(columns=EPOCH_COLUMNS))
     if out_record:
         from ..training.record import write_record
 

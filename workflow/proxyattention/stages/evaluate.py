@@ -135,9 +135,18 @@ def attention(settings: dict, model, info: dict, images, index, runtime, logits:
 def evaluate(settings: dict, images_path, index_path, weights, meta, train_stats, out_metrics,
              decision=None, device: str | None = None, out_per_image=None, masks_path=None) -> None:
     """Evaluate the checkpoint on the validation split, and on the test split when the dataset
-    has one (under ``test``); add the training cost from its stats. ``out_per_image`` receives
+    has one (under ``test``); add the training cost from its stats. With ``settings['verdict_sample']``
+    (``evaluation.full_split: final``, a cycle before the last) the verdicts' split is cut to the
+    epoch sample (data/splits.py curve_sample), and so are the measures on it. ``out_per_image`` receives
     every evaluated image's result (``val_*`` and ``test_*`` arrays of per_image) as .npz."""
     images, index = load_prepared(images_path, index_path)
+    if (sample := settings.get("verdict_sample")) is not None:  # evaluation.full_split: final, before the last cycle
+        from ..data.splits import curve_sample, verdict_split
+
+        split = verdict_split(index)
+        kept = np.isin(index["index"].to_numpy(), curve_sample(index, sample))
+        index = index.copy()
+        index.loc[(index.split == split).to_numpy() & ~kept, "split"] = "unsampled"
     runtime = select_runtime(settings["training"]["precision"], settings["training"]["channels_last"], device,
                              settings["training"]["deterministic"])
     model, info = load_checkpoint(weights, meta)
@@ -163,6 +172,7 @@ def evaluate(settings: dict, images_path, index_path, weights, meta, train_stats
                                          test_logits if len(test) else logits, masks)
         metrics["attention_seconds"] = metrics["attention"].pop("seconds")  # wall clock, beside the numbers
     stats = read_json(train_stats)
+    metrics["verdict_sample"] = settings.get("verdict_sample")  # None: the whole verdicts' split
     metrics.update({
         "classes": info["classes"],
         "cycle": settings["cycle"],
@@ -173,6 +183,7 @@ def evaluate(settings: dict, images_path, index_path, weights, meta, train_stats
         "epochs": stats["epochs"],
         "images_seen": stats["images_seen"],
         "n_train_extra": stats["n_train_extra"],
+        "n_train_original": stats.get("n_train_original"),  # the original training images (0: skipped)
         "peak_memory_mib": stats.get("peak_memory_mib"),
         "peak_memory_kind": stats.get("peak_memory_kind"),
         "device": stats.get("device"),

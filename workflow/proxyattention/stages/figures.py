@@ -57,6 +57,25 @@ def split_of(frame: pd.DataFrame, dataset: str) -> tuple[str, str]:
     return metric, f"accuracy on\n{name}"
 
 
+def curve_of(frame: pd.DataFrame, dataset: str) -> tuple[str, str]:
+    """(column, axis label) of the accuracy on the epoch sample (``curve_accuracy``: the same images
+    at every cycle, data/splits.py curve_sample) when the summary has it for every row of ``dataset``,
+    else split_of's."""
+    part = frame[frame.dataset == dataset]
+    if "curve_accuracy" in part and len(part) and part.curve_accuracy.notna().all():
+        _, label = split_of(frame, dataset)
+        n = int(part.curve_images.max())
+        return "curve_accuracy", f"{label.replace(chr(10), ' ')}\n(its epoch sample: {n} images)"
+    return split_of(frame, dataset)
+
+
+def sampled(frame: pd.DataFrame, dataset: str) -> bool:
+    """Whether some cycle of ``dataset`` was evaluated on the epoch sample only
+    (``evaluation.full_split: final``): its per-cycle curves then read the sample at every cycle."""
+    part = frame[frame.dataset == dataset]
+    return "verdict_sample" in part and bool(part.verdict_sample.notna().any())
+
+
 def cost_of(frame: pd.DataFrame) -> tuple[str, str]:
     """(column, axis label) of an arm's cost: training plus its Proxy Attention stages where the
     summary has them (older summaries: training alone, and the label says so)."""
@@ -99,7 +118,7 @@ def accuracy_by(frame: pd.DataFrame, x: str, out_png, xlabel: str, stamp: str = 
     fig, panels = _panels(data)
     for (dataset, model), ax in panels:
         part = data[(data.dataset == dataset) & (data.model == model)]
-        metric, ylabel = split_of(frame, dataset)
+        metric, ylabel = curve_of(frame, dataset) if sampled(frame, dataset) else split_of(frame, dataset)
         for arm, arm_part in part.groupby("arm", sort=False):
             _curve(ax, arm_part, x, metric, arm, list(frame.arm.unique()))
         ax.set(title=f"{dataset} / {model}", xlabel=xlabel, ylabel=ylabel)
@@ -288,9 +307,11 @@ def peak_memory(frame: pd.DataFrame, out_png, stamp: str = "") -> None:
 
 
 def reach_target(frame: pd.DataFrame, target_accuracy: float | None = None) -> pd.DataFrame:
-    """Per (dataset, model, arm, seed): the first cycle whose accuracy (on the verdicts' split)
-    reaches the target, with the cumulative cost (cost_of) and images seen until then (NaN: not
-    reached).
+    """Per (dataset, model, arm, seed): the first cycle whose accuracy reaches the target, with the
+    cumulative cost (cost_of) and images seen until then (NaN: not reached). The accuracy, and the
+    target computed from it, are on the epoch sample of the verdicts' split (``curve_accuracy``,
+    the same images at every cycle and the ones each epoch's curve point uses) when the summary
+    has it, else on the whole verdicts' split.
 
     The target is ``target_accuracy`` (the stop rule's) when given, else per (dataset, model) the
     baseline arm's mean accuracy at its last cycle (what plain training gets to: the question is
@@ -301,7 +322,7 @@ def reach_target(frame: pd.DataFrame, target_accuracy: float | None = None) -> p
     cost, _ = cost_of(frame)
     rows = []
     for (dataset, model), part in data.groupby(["dataset", "model"], sort=False):
-        metric, _ = split_of(frame, dataset)
+        metric, _ = curve_of(frame, dataset)
         target = target_accuracy
         baselines = part[part.kind == "baseline"] if "kind" in part else part[part.arm == "baseline"]
         if target is None and len(baselines):
@@ -359,11 +380,124 @@ def time_to_target(frame: pd.DataFrame, out_png, target_accuracy: float | None =
             ax.set_yticks(range(len(names)), names[::-1], fontsize=8)
             ax.set_xlim(0, edge * 1.45)
             ax.locator_params(axis="x", nbins=5)  # tick labels of large counts must not run together
-            _, accuracy_label = split_of(frame, dataset)
-            ax.set(xlabel=label, title=f"{dataset} / {model}: to {accuracy_label.replace(chr(10), ' ')} {part.target.iloc[0]:.3f}\n"
+            _, accuracy_label = curve_of(frame, dataset)
+            ax.set(xlabel=label, title=f"{dataset} / {model}: to {part.target.iloc[0]:.3f},\n{accuracy_label}\n"
                                        "(bar: median over all seeds, a seed not reaching it counted last)")
-            ax.title.set_fontsize(9)
+            ax.title.set_fontsize(8)
             ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    _save(fig, out_png, stamp)
+
+
+def _sized(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of datasets with training sizes, with ``base`` (the dataset a size is of)."""
+    if "size" not in frame:
+        return frame.iloc[0:0].assign(base="")
+    sized = frame[frame["size"].fillna("").astype(str) != ""].copy()
+    sized["base"] = sized.dataset.str.partition("/")[0]
+    return sized
+
+
+def _size_axis(ax, part: pd.DataFrame) -> None:
+    """A log axis of training images per class, ticked at the sizes, each named."""
+    ticks = part.drop_duplicates("size").sort_values("train_per_class")
+    ax.set_xscale("log")
+    ax.set_xticks(ticks.train_per_class, [f"{v:g}\n{s}" for v, s in zip(ticks.train_per_class, ticks["size"])],
+                  fontsize=7)
+    ax.minorticks_off()
+    ax.set_xlabel("training images per class (log)")
+    ax.grid(alpha=0.3)
+
+
+def _size_panels(frame: pd.DataFrame):
+    """A figure with a panel per (dataset with sizes, model): (figure, [((base, model), rows, axis)])."""
+    sized = _sized(frame)
+    pairs = list(sized.groupby(["base", "model"], sort=False).groups)
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5.2 * len(pairs), 3.8), squeeze=False)
+    return fig, [((base, model), sized[(sized.base == base) & (sized.model == model)], ax)
+                 for (base, model), ax in zip(pairs, axes[0])]
+
+
+def effect_by_size(frame: pd.DataFrame, comparisons: list, out_png, stamp: str = "", stop_rule: bool = False,
+                   effect_of_interest: float = EFFECT_OF_INTEREST) -> None:
+    """Less data: per (dataset, model), each comparison's mean paired difference in accuracy (points,
+    on the verdicts' split, at the last cycle) with its 95% t-interval against the training images
+    per class of each size (log axis); each size is its own Holm family, and the word beside a
+    point is that size's Holm verdict (n.e.: no evidence at this n)."""
+    fig, panels = _size_panels(frame)
+    arms = list(frame.arm.unique())
+    for (base, model), part, ax in panels:
+        rows = []
+        for dataset in part.dataset.unique():
+            metric, _ = verdict_split(frame[frame.dataset == dataset], stop_rule)
+            table = verdicts(frame[frame.model == model], dataset, comparisons, stop_rule, effect_of_interest)
+            table = table[table.metric == metric].assign(train_per_class=part[part.dataset == dataset]
+                                                         .train_per_class.iloc[0])
+            rows.append(table)
+        table = pd.concat(rows, ignore_index=True)
+        names = list(dict.fromkeys(table.comparison))
+        markers = {}
+        means = 100 * table.mean_difference.abs()
+        # the axis follows the differences, not intervals a handful of seeds leaves wide: an interval
+        # past the edge is cut there, with an arrow, and the clipped note says so
+        edge = max(1.0, 4 * float(means.max()) if means.notna().any() else 1.0)
+        bounds = 100 * pd.concat([table.ci_low, table.ci_high]).abs()
+        edge = min(max(edge, float(bounds[np.isfinite(bounds)].max()) * 1.1 if np.isfinite(bounds).any() else edge),
+                   max(edge, 10.0))
+        clipped = False
+        for k, name in enumerate(names):
+            t = table[table.comparison == name].sort_values("train_per_class")
+            x = t.train_per_class * 1.06 ** (k - (len(names) - 1) / 2)  # side by side at each size
+            y, lo, hi = 100 * t.mean_difference, 100 * t.ci_low, 100 * t.ci_high
+            c = colour(t.control.iloc[0], arms)  # colour: the control; marker: the arm
+            m = markers.setdefault(t.arm.iloc[0], "os^Dvp*"[len(markers) % 7])
+            lo_c, hi_c = np.clip(lo.fillna(y), -edge, edge), np.clip(hi.fillna(y), -edge, edge)
+            clipped |= bool(((lo < -edge) | (hi > edge)).any())
+            ax.errorbar(x, y, yerr=[y - lo_c, hi_c - y], fmt=f"{m}-", color=c, ms=4, lw=1, capsize=2, label=name)
+            for xi, yi, word in zip(x, y, t.verdict_holm):
+                if word != "no evidence at this n":
+                    ax.annotate(word, (xi, yi), xytext=(4, 3), textcoords="offset points", fontsize=6, color=c)
+        ax.axhline(0, color="0.3", lw=0.8)
+        ax.set_ylim(-edge * 1.05, edge * 1.05)
+        _size_axis(ax, part)
+        _, split = split_of(frame, part.dataset.iloc[0])
+        note = "; intervals cut at the axis" if clipped else ""
+        ax.text(0.01, 0.01, f"no word: no evidence at this n (Holm){note}", transform=ax.transAxes, fontsize=6,
+                color="0.3")
+        ax.set(ylabel=f"difference in accuracy (points)\n{split.replace(chr(10), ' ')}",
+               title=f"{base} / {model}: paired differences by training size\n"
+                     f"(95% t-interval over seeds, last cycle)")
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    _save(fig, out_png, stamp)
+
+
+def learning_curves(frame: pd.DataFrame, out_png, stamp: str = "") -> None:
+    """Less data: per (dataset, model), each arm's accuracy on the verdicts' split at the last
+    cycle against the training images per class (log axis), seeds as dots, the mean as a line, a
+    95% t-band from three seeds on; the shared finetune (cycle 0) dashed."""
+    fig, panels = _size_panels(frame)
+    arms = list(frame.arm.unique())
+    for (base, model), part, ax in panels:
+        metric, label = split_of(frame, part.dataset.iloc[0])
+        last = part.groupby("dataset").cycle.transform("max")
+        shown = pd.concat([part[(part.cycle == last) & (part.arm != "finetune")], part[part.cycle == 0]])
+        for arm, g in shown.groupby("arm", sort=False):
+            c = colour(arm, arms)
+            ax.scatter(g.train_per_class, 100 * g[metric], color=c, s=8, alpha=0.4)
+            stats = [(x, *mean_ci(100 * gg[metric])) for x, gg in g.groupby("train_per_class")]
+            xs, mean, lo, hi, n = map(np.array, zip(*stats))
+            name = "finetune (cycle 0)" if arm == "finetune" else arm
+            ax.plot(xs, mean, marker="o", color=c, lw=1.5 if arm != "finetune" else 1.0,
+                    ls="--" if arm == "finetune" else "-", label=name)
+            if (n >= 3).all() and np.isfinite(lo).any():
+                ax.fill_between(xs, lo, hi, alpha=0.12, color=c)
+        _size_axis(ax, part)
+        ax.set(ylabel=f"{label.replace(chr(10), ' ')} (%)", title=f"{base} / {model}: accuracy by training size\n"
+                                                             f"(last cycle; finetune dashed)")
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     _save(fig, out_png, stamp)
 
@@ -513,6 +647,9 @@ def figures(summary_csv, cells: list, metrics_paths: list, outputs: dict, compar
                  for c, p in zip(cells, metrics_paths) if Path(p).with_name("per_image.npz").exists()}
     attention_measures(frame, outputs["attention_measures"], stamp, per_image)
     faithfulness(frame, outputs["faithfulness"], stamp)
+    if "effect_by_size" in outputs:
+        effect_by_size(frame, comparisons, outputs["effect_by_size"], stamp, stop_rule, effect_of_interest)
+        learning_curves(frame, outputs["learning_curves"], stamp)
 
 
 def comparisons_in(frame: pd.DataFrame) -> list:
@@ -587,8 +724,13 @@ def redraw(summary_csv, out_dir, target_accuracy: float | None = None,
     time_to_target(frame, written[5], target_accuracy, stamp)
     attention_measures(frame, written[6], stamp, per_image)
     faithfulness(frame, written[7], stamp)
+    if len(_sized(frame)):
+        written += [out_dir / "effect_by_size.png", out_dir / "learning_curves.png"]
+        effect_by_size(frame, comparisons, written[-2], stamp, stop_rule, effect_of_interest)
+        learning_curves(frame, written[-1], stamp)
     for dataset in frame.dataset.unique():
-        path = out_dir / f"{dataset}_verdicts.csv"
+        path = out_dir / f"{dataset}_verdicts.csv"  # a training size's: in a folder of its dataset
+        path.parent.mkdir(parents=True, exist_ok=True)
         table = verdicts(frame, dataset, comparisons, stop_rule, effect_of_interest, per_image=per_image)
         write_csv(path, table)
         answer = out_dir / f"{dataset}_answer.md"

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.batches import ArraySource
+from ..data.splits import restrict_to_size
 from ..files.artifacts import load_prepared
 from ..files.atomic import write_csv
 from ..models.build import load_checkpoint
@@ -71,6 +72,7 @@ def find_misclassified(settings: dict, images_path, index_path, weights, meta, o
             write_csv(out, pd.DataFrame(columns=COLUMNS))
         return
     images, index = load_prepared(images_path, index_path)
+    index = restrict_to_size(index, settings.get("train_size"), str(index_path))
     train = index[index.split == "train"].reset_index(drop=True)
     runtime = select_runtime(settings["training"]["precision"], settings["training"]["channels_last"], device,
                              settings["training"]["deterministic"])

@@ -69,7 +69,10 @@ def select_from_record(settings: dict, index_path, record_path, out_predictions,
     if not bool(record["recorded"]):
         raise RecordMissing(f"{record_path} holds no record: the training job that wrote it did not record "
                             "(its settings had no 'record'); rerun it with the config that has this arm")
-    index = pd.read_csv(index_path, keep_default_na=False)
+    from ..data.splits import restrict_to_size
+
+    index = restrict_to_size(pd.read_csv(index_path, keep_default_na=False), settings.get("train_size"),
+                             str(index_path))
     table = record_table(record, index)
     met = table[table.met >= 0]
     if len(met) < len(table):

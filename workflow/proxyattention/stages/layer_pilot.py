@@ -29,7 +29,9 @@ import pandas as pd
 from ..analysis import faithfulness as fa
 from ..data.streams import FAITHFULNESS, generator
 from ..files import layout
+from ..data.splits import restrict_to_size
 from ..files.artifacts import load_prepared
+from ..settings.sizes import base_of, run_datasets, size_of
 from ..files.atomic import atomic_path, read_json, write_csv
 from ..models.cams import build_cam, candidate_layers, compute_maps, explained_grid, release
 
@@ -48,8 +50,9 @@ def pilot(config: dict, dataset: str, model_name: str, seed: int = 0, layers: li
     if not weights.exists():
         raise FileNotFoundError(f"{weights}: no finetuned checkpoint; run the workflow (or proxyattention finetune "
                                 f"--dataset {dataset} --model {model_name} --seed {seed}) first")
-    prepared = Path(layout.prepared_dir(results, dataset))
+    prepared = Path(layout.prepared_dir(results, base_of(dataset)))
     images, index = load_prepared(prepared / "images.npy", prepared / "index.csv")
+    index = restrict_to_size(index, size_of(dataset), str(prepared / "index.csv"))
     size = images.shape[1]
     settings = stage_settings(config, dataset, model_name, 1, "faithfulness", "proxy")
     method, batch = settings["proxy"]["cam_method"], settings["model"]["batch_size"]
@@ -161,10 +164,11 @@ def main(argv=None) -> None:
     parser.add_argument("--list", action="store_true", help="only list the candidate layers and their map sizes")
     args = parser.parse_args(argv)
     config = validate(yaml.safe_load(Path(args.config).read_text()))
+    names = {"dataset": run_datasets(config), "model": list(config["models"])}
     for kind, name in (("dataset", args.dataset), ("model", args.model)):
-        if name not in config[f"{kind}s"]:
-            sys.exit(f"--{kind} {name} is not in {args.config}'s {kind}s ({', '.join(config[f'{kind}s'])})")
-    spec, size = config["models"][args.model], config["datasets"][args.dataset]["image_size"]
+        if name not in names[kind]:
+            sys.exit(f"--{kind} {name} is not in {args.config}'s {kind}s ({', '.join(names[kind])})")
+    spec, size = config["models"][args.model], config["datasets"][base_of(args.dataset)]["image_size"]
     if args.list:
         from ..models.build import create_model
 

@@ -2,7 +2,8 @@
 
 Splits and subsets are drawn by data/splits.py. Outputs, in the dataset's prepared folder:
 - ``images.npy``: uint8 array (N, S, S, 3), memory-mapped by every later stage;
-- ``index.csv``: index, source, label, class, split (train/val/test), sha1 of the pixels;
+- ``index.csv``: index, source, label, class, split (train/val/test), sha1 of the pixels; with
+  ``train_sizes`` also train_rank and train_order (each training size's rows, data/splits.py);
 - ``classes.json``: class names in label order, and the image size;
 - ``skipped.csv``: the files left out under ``on_bad_image: skip`` (empty otherwise).
 """
@@ -25,6 +26,9 @@ from ..data.splits import (
     draw_split,
     draw_subset,
     drop_cross_split_duplicates,
+    size_members,
+    train_orders,
+    train_ranks,
 )
 from ..files.atomic import atomic_path, live, write_csv, write_json
 from ..runtime.timing import timed_stage
@@ -76,9 +80,17 @@ def prepare(dataset: dict, images_path, index_path, classes_path, skipped_path, 
     keep = np.ones(len(items), dtype=bool)
     for split in SUBSET_STREAMS:
         keep &= draw_subset(labels, splits, dataset.get(f"{split}_subset") or {}, dataset["split_seed"], split)
+    sized = bool(dataset.get("train_sizes"))
+    if sized:  # every size is a prefix of these orders; the largest size's images are decoded
+        ranks = train_ranks(labels, splits, dataset["split_seed"])
+        orders = train_orders(labels, ranks)
+        kind, values = next(iter(dataset["train_sizes"].items()))
+        keep &= (splits != "train") | size_members(ranks, orders, {kind: max(values)})
     if not keep.all():  # the images left out are never decoded
         chosen = np.flatnonzero(keep)
         items, labels, splits = [items[i] for i in chosen], labels[chosen], splits[chosen]
+        if sized:
+            ranks, orders = ranks[chosen], orders[chosen]
         log.info("subsets: %d of %d training images, %d of %d validation images", int((splits == "train").sum()),
                  n_train_available, int((splits == "val").sum()), n_val_available)
 
@@ -122,6 +134,8 @@ def prepare(dataset: dict, images_path, index_path, classes_path, skipped_path, 
             "sha1": hashes,
         }
     )
+    if sized:  # a training size's rows: data/splits.py restrict_to_size
+        index["train_rank"], index["train_order"] = ranks[kept], orders[kept]
     duplicates = drop_cross_split_duplicates(index)
     if len(duplicates):
         log.warning("%d held-out image(s) have the same pixels as an image of an earlier split and leave their "
@@ -145,7 +159,7 @@ def prepare(dataset: dict, images_path, index_path, classes_path, skipped_path, 
             "classes": classes,
             "image_size": size,
             "n_train": int((index.split == "train").sum()),
-            "n_train_available": n_train_available,  # before train_subset
+            "n_train_available": n_train_available,  # before train_subset or train_sizes
             "n_val": int((index.split == "val").sum()),
             "n_val_available": n_val_available,  # before val_subset
             "n_test": int((index.split == "test").sum()),

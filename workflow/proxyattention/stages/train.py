@@ -23,7 +23,9 @@ import pandas as pd
 import torch
 
 from ..data.batches import make_loader
-from ..data.splits import training_source, validation_source
+from ..data.batches import ArraySource
+from ..analysis.curves import EPOCH_COLUMNS
+from ..data.splits import curve_sample, restrict_to_size, training_source, verdict_split
 from ..files.artifacts import load_prepared
 from ..files.atomic import atomic_path, read_json, write_csv, write_json
 from ..models.build import (
@@ -63,7 +65,8 @@ def content_digest(path) -> str:
 @timed_stage
 def train(settings: dict, images_path, index_path, classes_path, out_weights, out_meta, out_epochs, out_stats,
           *, seed: int, init_weights=None, init_meta=None, extra=(), num_workers: int = 0,
-          device: str | None = None, init_optimizer=None, out_optimizer=None, out_record=None) -> None:
+          device: str | None = None, init_optimizer=None, out_optimizer=None, out_record=None,
+          epoch_sample=1000) -> None:
     """Train for ``settings['epochs']`` epochs and write the checkpoint, epoch log and stats.
 
     Starts from ``init_weights``/``init_meta`` (a previous checkpoint) when given,
@@ -74,7 +77,13 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
     the original training images. With ``settings['record']`` the last epoch records what it saw
     of each original training image (training/record.py) into ``out_record``; without it
     ``out_record`` (when given) says that nothing was recorded. ``num_workers`` gather threads prepare batches; results
-    do not depend on it.
+    do not depend on it. With ``settings['train_size']`` only that size's training rows are trained on.
+
+    Each epoch but the last gets a curve point (``curve_accuracy``, ``curve_loss`` in epochs.csv) on
+    ``epoch_sample`` images of the verdicts' split (data/splits.py curve_sample: the same rows for
+    every epoch, arm and seed); the last epoch's point is the evaluation's, on the same checkpoint,
+    read from its per-image file (epoch_curve), so no pass is paid twice. ``epoch_sample`` changes
+    no weight: it is read from the config, not the settings, and epochs.csv names what it used.
     """
     wall_start = time.perf_counter()
     out_weights = Path(out_weights)
@@ -88,9 +97,13 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
     seed_everything(int(np.random.SeedSequence(stream).generate_state(1)[0]))
 
     images, index = load_prepared(images_path, index_path)
+    index = restrict_to_size(index, settings.get("train_size"), str(index_path))
     info = read_json(classes_path)
     source, n_extra = training_source(images, index, extra)
-    val_source = validation_source(images, index)
+    curve_rows = curve_sample(index, epoch_sample)
+    curve_labels = index.set_index("index").loc[curve_rows, "label"].to_numpy(np.int64)
+    curve_source = ArraySource([(images, curve_rows, curve_labels)])
+    curve_split = verdict_split(index)
 
     if init_weights:
         model, meta = load_checkpoint(init_weights, init_meta)
@@ -121,7 +134,7 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
     # index.csv holds each prepared image's sha1, so its digest stands for images.npy's pixels.
     fingerprint = _fingerprint(settings, seed, runtime.precision, str(runtime.device.type), content_digest(index_path),
                                [content_digest(p) for p in extra], init_weights and content_digest(init_weights),
-                               init_optimizer and content_digest(init_optimizer), len(source))
+                               init_optimizer and content_digest(init_optimizer), len(source), epoch_sample)
     rows, start_epoch, train_seconds, images_seen = [], 0, 0.0, 0
     state_file = state_dir / "state.pt"
     state = None
@@ -181,8 +194,9 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
         seconds = time.perf_counter() - t0
         train_seconds += seconds
         images_seen += seen
-        val_logits = predict_logits(model, val_source, mean, std, mset["batch_size"], runtime)
-        val_labels = val_source.labels
+        last = epoch == epochs - 1  # its point is the evaluation's (epoch_curve)
+        curve = not last and len(curve_labels) > 0
+        logits = predict_logits(model, curve_source, mean, std, mset["batch_size"], runtime) if curve else None
         rows.append({
             "epoch": epoch + 1,
             "run_epoch": run_start + epoch + 1,  # the epoch's place in the whole run (cycle_mode: continue)
@@ -190,14 +204,17 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
             "lr_end": optimizer.param_groups[0]["lr"],
             "train_loss": loss_sum / max(seen, 1),
             "train_accuracy": correct / max(seen, 1),
-            "val_loss": float(cross_entropy(val_logits, val_labels).mean()) if len(val_labels) else math.nan,
-            "val_accuracy": float((val_logits.argmax(1) == val_labels).mean()) if len(val_labels) else math.nan,
+            "curve_split": curve_split,
+            "curve_images": len(curve_labels),
+            "curve_loss": float(cross_entropy(logits, curve_labels).mean()) if curve else math.nan,
+            "curve_accuracy": float((logits.argmax(1) == curve_labels).mean()) if curve else math.nan,
             "seconds": seconds,
             "images_per_s": seen / seconds if seconds > 0 else math.nan,
         })
         r = rows[-1]
-        log.info("epoch %d/%d loss %.4f train acc %.4f val acc %.4f %.1f s %.1f img/s", epoch + 1, epochs,
-                 r["train_loss"], r["train_accuracy"], r["val_accuracy"], seconds, r["images_per_s"])
+        log.info("epoch %d/%d loss %.4f train acc %.4f %s acc %.4f (%d images) %.1f s %.1f img/s", epoch + 1,
+                 epochs, r["train_loss"], r["train_accuracy"], curve_split, r["curve_accuracy"], len(curve_labels),
+                 seconds, r["images_per_s"])
         state_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(state_file) as tmp:
             torch.save({
@@ -218,7 +235,7 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
     save_checkpoint(model, out_weights, out_meta, meta)
     if out_optimizer:
         optimizer_state.save(out_optimizer, optimizer, scaler, scheduler)
-    write_csv(out_epochs, pd.DataFrame(rows))
+    write_csv(out_epochs, pd.DataFrame(rows, columns=EPOCH_COLUMNS))
     write_json(out_stats, {
         "epochs": epochs,
         "resumed_from_epoch": start_epoch,
@@ -228,7 +245,6 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
         "train_seconds": train_seconds,
         "wall_seconds": time.perf_counter() - wall_start,
         "images_per_s": images_seen / train_seconds if train_seconds > 0 else None,
-        "final_val_accuracy": rows[-1]["val_accuracy"] if rows else None,
         "device": str(runtime.device),
         "device_warning": runtime.warning,  # e.g. GPUs this torch cannot see (it ran on the CPU)
         "precision": runtime.precision,
