@@ -30,7 +30,4 @@ else:
         # Read from the config, not params: the worker count changes speed, not results,
         # and a params change would make Snakemake retrain everything.
         num_workers=snakemake.config["training"]["num_workers"],
-        # Also from the config: the curve sample changes no weight, only epochs.csv's curve points
-        # (which name the split and count they used), so changing it must retrain nothing.
-        epoch_sample=snakemake.config["training"]["epoch_sample"],
     )

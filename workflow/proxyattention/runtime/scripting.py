@@ -8,9 +8,28 @@ import sys
 from .warm import run_in_server
 
 
+JOB_CONFIG: dict = {}  # the running job's config (setup), for what a stage reads outside its settings
+
+
+def job_setting(*keys, default=None):
+    """A value of the running job's config that changes no output a later job reads, so it is kept
+    out of the stage's settings (params; a change would rerun every such job) and out of the
+    scripts (Snakemake reruns a script rule's jobs when its script file is newer): e.g.
+    ``training.epoch_sample``. ``default`` outside a Snakemake job (a test, a bench)."""
+    node = JOB_CONFIG
+    for key in keys:
+        if not isinstance(node, dict) or key not in node:
+            return default
+        node = node[key]
+    return node
+
+
 def setup(snakemake) -> None:
     """Send stderr and logging to the rule's log file, pin a local GPU, hand the job to a warm-start
-    server if one runs (this process then exits with the job's status), use the rule's threads."""
+    server if one runs (this process then exits with the job's status), use the rule's threads;
+    keep the job's config for job_setting."""
+    JOB_CONFIG.clear()
+    JOB_CONFIG.update(snakemake.config)
     if snakemake.log:
         stream = open(snakemake.log[0], "a", buffering=1)
         sys.stderr = stream

@@ -66,7 +66,7 @@ def content_digest(path) -> str:
 def train(settings: dict, images_path, index_path, classes_path, out_weights, out_meta, out_epochs, out_stats,
           *, seed: int, init_weights=None, init_meta=None, extra=(), num_workers: int = 0,
           device: str | None = None, init_optimizer=None, out_optimizer=None, out_record=None,
-          epoch_sample=1000) -> None:
+          epoch_sample=None) -> None:
     """Train for ``settings['epochs']`` epochs and write the checkpoint, epoch log and stats.
 
     Starts from ``init_weights``/``init_meta`` (a previous checkpoint) when given,
@@ -83,7 +83,8 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
     ``epoch_sample`` images of the verdicts' split (data/splits.py curve_sample: the same rows for
     every epoch, arm and seed); the last epoch's point is the evaluation's, on the same checkpoint,
     read from its per-image file (epoch_curve), so no pass is paid twice. ``epoch_sample`` changes
-    no weight: it is read from the config, not the settings, and epochs.csv names what it used.
+    no weight: None reads the job's ``training.epoch_sample`` (runtime/scripting.py job_setting; 1000
+    outside a job), not the settings, and epochs.csv names what it used.
     """
     wall_start = time.perf_counter()
     out_weights = Path(out_weights)
@@ -94,6 +95,10 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
     runtime = select_runtime(tset["precision"], tset["channels_last"], device, tset["deterministic"])
     # One random stream per (seed, cycle): fresh each cycle, shared by every arm of a cycle.
     stream = (int(seed), int(settings.get("cycle", 0)))
+    if epoch_sample is None:
+        from ..runtime.scripting import job_setting
+
+        epoch_sample = job_setting("training", "epoch_sample", default=1000)
     seed_everything(int(np.random.SeedSequence(stream).generate_state(1)[0]))
 
     images, index = load_prepared(images_path, index_path)
