@@ -29,7 +29,7 @@ onstart:
 onsuccess:
     stop_warm_server()
     print(f"\nDone. Summary table: {RESULTS}/summary.csv")
-    print(f"Build the report with: snakemake --report {RESULTS}/report.html\n")
+    print(f"Build the report with: {report_command()}\n")
 
 
 onerror:

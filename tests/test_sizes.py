@@ -131,8 +131,11 @@ def sizes_run(tmp_path_factory):
     config["datasets"]["fashion_demo"]["image_size"] = 32
     config["results"] = "results"
     config["arms"] = ["baseline", "proxy", "random_erase"]
+    config["faithfulness"] = {"enabled": False}  # what is tested here is per size, not the maps' measures
+    config["evaluation"] = {**config["evaluation"], "occlusion": False, "maps": False}
     (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    snakemake(workdir)
+    proc = snakemake(workdir)
+    (workdir / "run.log").write_text(proc.stdout + proc.stderr)
     return workdir
 
 
@@ -188,3 +191,24 @@ def test_every_epoch_curve_uses_the_same_sample_and_its_last_point_is_the_evalua
         if metrics["verdict_sample"] == 100:  # evaluated on the sample: the same number
             assert curve.curve_accuracy.iloc[-1] == pytest.approx(metrics["accuracy"], abs=1e-12)
     assert seen == {("val", 100)}  # one sample for every epoch, arm, seed and size
+
+
+def test_the_run_prints_the_report_command_of_its_own_config_and_it_builds(sizes_run):
+    """#42.4: a run made with --configfile prints the report command with it (a bare
+    `snakemake --report` reads the demo's config, another run's results)."""
+    printed = "Build the report with: snakemake --report results/report.html --configfile config.yaml"
+    assert printed in (sizes_run / "run.log").read_text()
+    snakemake(sizes_run, "--report", "results/report.html")  # those words (the helper adds --configfile)
+    page = (sizes_run / "results" / "report.html").read_text(errors="replace")
+    assert "effect_by_size" in page and "learning_curves" in page
+
+
+def test_the_reports_front_page_says_what_sizes_ran():
+    import yaml
+    from test_report_text import front_page
+
+    from proxyattention.settings.validate import validate
+
+    page = front_page(validate(yaml.safe_load((ROOT / "config.sizes.yaml").read_text())))
+    assert ("fashion_demo</strong> is trained at 3 sizes, 5, 15, 50 training images per class" in page
+            and "the same optimizer steps at every size" in page), page

@@ -68,6 +68,20 @@ RUN_ID = "{dataset}/{model}/seed{seed}/{arm}/cycle{cycle}"
 WARM_SERVER = []
 
 
+def report_command():
+    """The command that builds this run's report: its own config files and --config values (a bare
+    `snakemake --report` reads the demo's config.yaml, and so another run's results)."""
+    import shlex
+
+    words = ["snakemake", "--report", f"{RESULTS}/report.html"]
+    files = [os.path.relpath(f) for f in workflow.config_settings.configfiles]
+    if files:
+        words += ["--configfile", *files]
+    if workflow.config_settings.config_args:
+        words += ["--config", *workflow.config_settings.config_args]
+    return " ".join(shlex.quote(str(w)) for w in words)
+
+
 def start_warm_server():
     """Local runs: one process imports torch once and forks a child per script job (proxyattention/warm.py)."""
     if not config["warm_start"] or not workflow.local_exec or workflow.deployment_settings.deployment_method:
