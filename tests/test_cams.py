@@ -1,6 +1,7 @@
 """CAM methods against pytorch-grad-cam, the fast path's exactness, and ViTs end to end."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import timm
 import torch
@@ -233,3 +234,53 @@ def test_running_out_of_gpu_memory_predicting_says_what_to_lower():
     source = ArraySource([(images, np.arange(4), np.zeros(4, np.int64))])
     with pytest.raises(RuntimeError, match=r"batches of 2 images; lower models\.<name>\.batch_size"):
         predict_logits(Exhausted(), source, (0.5,) * 3, (0.5,) * 3, 2, Runtime(torch.device("cpu"), "fp32", False))
+
+
+@pytest.mark.parametrize("empty", ["skip", "explain_prediction"])
+def test_cams_made_and_written_a_chunk_at_a_time_are_the_whole_passes_bytes(prepared, trained, tmp_path, monkeypatch,
+                                                                           empty):
+    """#40: compute_cams streams its maps a chunk of whole batches at a time (memory: one chunk, not
+    every map); the file and table are those of one chunk holding every map, byte for byte."""
+    from proxyattention.stages import compute_cams as cc
+
+    selected_table(prepared, tmp_path, n=120)
+    settings = stage_settings_for(trained, empty_maps=empty)
+    settings["model"]["batch_size"] = 16
+    files = {}
+    for chunk in (10_000, 40):  # one chunk; then 40 -> 32 rows, two whole batches: four chunks
+        monkeypatch.setattr(cc, "CAM_CHUNK", chunk)
+        table, npz = run_compute_cams(settings, prepared, trained, tmp_path)
+        files[chunk] = ((tmp_path / "cams.npz").read_bytes(), table.drop(columns="seconds_total"),
+                        {k: npz[k] for k in npz.files})
+    pd.testing.assert_frame_equal(files[40][1], files[10_000][1])
+    if empty == "skip":
+        assert files[40][0] == files[10_000][0]
+    else:  # the maps explained again are batched within their chunk, so other images share their batch
+        assert (files[40][1].explains == "prediction").any()  # the redo ran, inside the chunks
+        for key in ("index", "target"):
+            np.testing.assert_array_equal(files[40][2][key], files[10_000][2][key])
+        diff = np.abs(files[40][2]["maps"].astype(np.float32) - files[10_000][2]["maps"].astype(np.float32))
+        assert diff.max() <= 1e-3  # float16 rounding of the same map (2.4e-4 here)
+
+
+def test_predictions_made_a_chunk_at_a_time_are_the_whole_passes_table(prepared, trained, monkeypatch):
+    """#40: find_misclassified reduces the logits a chunk at a time (never all N x K of them); its
+    table equals prediction_table of every logit at once, value for value."""
+    import pandas as pd
+
+    from proxyattention.data.batches import ArraySource
+    from proxyattention.models.build import load_checkpoint
+    from proxyattention.models.inference import predict_logits
+    from proxyattention.runtime.device import select_runtime
+    from proxyattention.stages import find_misclassified as fm
+
+    index = pd.read_csv(prepared["index"], keep_default_na=False)
+    train = index[index.split == "train"].reset_index(drop=True)
+    images = np.load(prepared["images"], mmap_mode="r")
+    model, info = load_checkpoint(trained["weights"], trained["meta"])
+    runtime = select_runtime("fp32", False, "cpu")
+    source = ArraySource([(images, train["index"].to_numpy(), train["label"].to_numpy())])
+    whole = fm.prediction_table(predict_logits(model, source, info["mean"], info["std"], 50, runtime), train)
+    monkeypatch.setattr(fm, "PREDICT_CHUNK", 120)  # 500 images: chunks of 100, 100, ..., whole batches of 50
+    chunked = fm.predicted_table(model, source, train, info, 50, runtime)
+    pd.testing.assert_frame_equal(chunked, whole, check_exact=True)

@@ -28,6 +28,32 @@ def predict_logits(model: torch.nn.Module, source: ArraySource, mean, std, batch
     return torch.cat(out).cpu().numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 
+@torch.inference_mode()
+def logits_in_chunks(model: torch.nn.Module, source: ArraySource, mean, std, batch_size: int, runtime: Runtime,
+                     chunk: int = 8192):
+    """Yield the float32 logits of ``source``'s images in order, ``chunk`` images (a whole number of
+    batches) at a time: what predict_logits returns, cut in pieces, so that a caller keeping a few
+    numbers per image never holds all N x K logits. The device holds one chunk; it is copied to the
+    host once per chunk, not once per batch."""
+    model.eval()
+    per_chunk = max(1, chunk // batch_size)
+    loader, _ = make_loader(source, mean, std, batch_size, train=False, pin_memory=runtime.device.type == "cuda",
+                            device=runtime.device, channels_last=runtime.channels_last)
+    pending = []
+    try:
+        for x, _ in loader:
+            with runtime.autocast():
+                pending.append(model(x).float())
+            if len(pending) == per_chunk:
+                yield torch.cat(pending).cpu().numpy()
+                pending = []
+    except torch.cuda.OutOfMemoryError:
+        raise RuntimeError(f"CUDA out of memory predicting batches of {batch_size} images; lower "
+                           "models.<name>.batch_size in the config") from None
+    if pending:
+        yield torch.cat(pending).cpu().numpy()
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from ..files.artifacts import empty_maps, load_prepared
+from ..files.artifacts import NpzWriter, empty_maps, load_prepared
 from ..files.atomic import atomic_path, write_csv
 from ..models.build import load_checkpoint
 from ..models.cams import auto_target_layer, build_cam, explain, release
@@ -31,6 +31,9 @@ def _empty(maps: np.ndarray, proxy: dict) -> np.ndarray:
 
         return empty_masks(maps.astype(np.float32), proxy["threshold"])
     return empty_maps(maps)
+
+
+CAM_CHUNK = 2048  # maps made and written at a time (rounded to whole batches)
 
 
 @timed_stage
@@ -58,33 +61,49 @@ def compute_cams(settings: dict, images_path, index_path, weights, meta, selecte
     layer = mset["target_layer"]
     if layer == "auto":
         layer = auto_target_layer(model, size)
-    maps = np.zeros((len(rows), size, size), dtype=np.float16)
+    empty = np.zeros(len(rows), dtype=bool)
+    batch = mset["batch_size"]
+    chunk = batch * max(1, CAM_CHUNK // batch)  # whole batches: each map as the unchunked pass makes it
     t0 = time.perf_counter()
-    name = "none"
-    if len(rows):
-        cam = build_cam(model, proxy["cam_method"], layer, size, proxy["fast_path"], mset["batch_size"])
-        name = type(cam).__name__
-        try:
-            explain(cam, model, runtime, images, rows, targets, info["mean"], info["std"], mset["batch_size"], maps)
-            redo = np.flatnonzero(_empty(maps, proxy) & (targets != predictions))
+    cam = build_cam(model, proxy["cam_method"], layer, size, proxy["fast_path"], batch) if len(rows) else None
+    name = type(cam).__name__ if cam is not None else "none"
+
+    def chunks():
+        """The maps, ``chunk`` rows at a time, each written before the next is made; ``targets``,
+        ``explained`` and ``empty`` are filled as they go (written after the maps)."""
+        redone = 0
+        for start in range(0, len(rows), chunk):
+            part = slice(start, start + chunk)
+            maps = np.zeros((len(rows[part]), size, size), dtype=np.float16)
+            explain(cam, model, runtime, images, rows[part], targets[part], info["mean"], info["std"], batch, maps)
+            redo = np.flatnonzero(_empty(maps, proxy) & (targets[part] != predictions[part]))
             if proxy["empty_maps"] == "explain_prediction" and len(redo):
                 again = np.zeros((len(redo), size, size), dtype=np.float16)
-                explain(cam, model, runtime, images, rows[redo], predictions[redo], info["mean"], info["std"],
-                        mset["batch_size"], again)
-                maps[redo], targets[redo], explained[redo] = again, predictions[redo], "prediction"
-                log.info("%d empty maps of the %s explained again for the predicted class", len(redo), target_column)
-        finally:
+                explain(cam, model, runtime, images, rows[part][redo], predictions[part][redo], info["mean"],
+                        info["std"], batch, again)
+                maps[redo] = again
+                targets[start + redo], explained[start + redo] = predictions[start + redo], "prediction"
+                redone += len(redo)
+            empty[part] = _empty(maps, proxy)
+            yield maps
+        if redone:
+            log.info("%d empty maps of the %s explained again for the predicted class", redone, target_column)
+
+    try:  # np.savez's bytes, the maps streamed: memory holds one chunk of maps, not all of them
+        with atomic_path(out_cams) as tmp, NpzWriter(tmp) as npz:
+            npz.stream("maps", (len(rows), size, size), np.float16, chunks())
+            npz.write("index", rows)
+            npz.write("target", targets)
+    finally:
+        if cam is not None:
             release(cam)
     seconds = time.perf_counter() - t0
-    empty = _empty(maps, proxy)
     log.info("%d maps with %s at %s in %.2f s; %d empty", len(rows), name, layer, seconds, int(empty.sum()))
     if len(rows) and empty.mean() > 0.5:
         log.warning("%d of %d maps are empty (constant): nothing to erase in them (proxy.empty_maps: %s). "
                     "A target layer whose map is tiny at this image size, or explaining the true class of wrong "
                     "predictions, does this; see target_layer, proxy.target and proxy.empty_maps",
                     int(empty.sum()), len(rows), proxy["empty_maps"])
-    with atomic_path(out_cams) as tmp:
-        np.savez(tmp, maps=maps, index=rows, target=targets)
     write_csv(out_table, pd.DataFrame({
         "position": np.arange(len(rows)), "index": rows, "target": targets, "explains": explained,
         "empty": empty, "method": proxy["cam_method"], "implementation": name, "layer": layer,

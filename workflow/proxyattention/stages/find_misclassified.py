@@ -13,7 +13,7 @@ from ..data.splits import restrict_to_size
 from ..files.artifacts import load_prepared
 from ..files.atomic import write_csv
 from ..models.build import load_checkpoint
-from ..models.inference import cross_entropy, predict_logits, softmax
+from ..models.inference import cross_entropy, logits_in_chunks, softmax
 from ..runtime.device import select_runtime
 from ..runtime.timing import timed_stage
 
@@ -32,6 +32,22 @@ def prediction_table(logits: np.ndarray, index: pd.DataFrame) -> pd.DataFrame:
         "true_probability": probs[np.arange(len(pred)), labels],
         "loss": cross_entropy(logits, labels),
     })
+
+
+PREDICT_CHUNK = 8192  # images whose logits are held at once (a whole number of batches)
+
+
+def predicted_table(model, source, rows: pd.DataFrame, info: dict, batch_size: int, runtime) -> pd.DataFrame:
+    """prediction_table of ``source``'s images (``rows``: their index rows, in order), built a chunk
+    of logits at a time: the same table, row for row, without all N x K logits in memory (at
+    ImageNet's 1.28 M images and 1,000 classes those are 5 GB)."""
+    parts, start = [], 0
+    for logits in logits_in_chunks(model, source, info["mean"], info["std"], batch_size, runtime, PREDICT_CHUNK):
+        parts.append(prediction_table(logits, rows.iloc[start:start + len(logits)]))
+        start += len(logits)
+    if not parts:
+        return prediction_table(np.zeros((0, len(info["classes"])), np.float32), rows.iloc[0:0])
+    return pd.concat(parts, ignore_index=True)
 
 
 def select(table: pd.DataFrame, rule: str, confidence_below: float = 0.5, max_count: int | None = None,
@@ -79,8 +95,7 @@ def find_misclassified(settings: dict, images_path, index_path, weights, meta, o
     model, info = load_checkpoint(weights, meta)
     model = runtime.prepare_model(model)
     source = ArraySource([(images, train["index"].to_numpy(), train["label"].to_numpy())])
-    logits = predict_logits(model, source, info["mean"], info["std"], settings["model"]["batch_size"], runtime)
-    table = prediction_table(logits, train)
+    table = predicted_table(model, source, train, info, settings["model"]["batch_size"], runtime)
     sel = settings["proxy"]["selection"]
     write_csv(out_predictions, table)
     write_csv(out_selected, select(table, sel["rule"], sel["confidence_below"], sel["max_count"], sel["max_fraction"]))
