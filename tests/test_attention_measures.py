@@ -157,3 +157,31 @@ def test_evaluate_plays_the_pointing_game_on_the_images_that_have_masks(prepared
     evaluate(settings, prepared["images"], prepared["index"], trained["weights"], trained["meta"], trained["stats"],
              tmp_path / "plain.json")  # no masks: no game
     assert "pointing_game" not in json.loads((tmp_path / "plain.json").read_text())["attention"]
+
+
+def test_question_two_measured_a_chunk_at_a_time_equals_one_pass(prepared, trained, tmp_path, monkeypatch):
+    """#40: the map sample is explained and measured a chunk of whole batches at a time, and the
+    occlusion masks made a batch at a time (memory of one chunk, not of the sample); every measure
+    equals the one-pass value exactly."""
+    import json
+
+    from proxyattention.settings.stage_settings import stage_settings
+    from proxyattention.stages import evaluate as ev
+    from proxyattention.files.artifacts import NO_MASK
+
+    images = np.load(prepared["images"])
+    masks = (images.max(3) > 0).astype(np.uint8)
+    masks[1::2] = NO_MASK
+    np.save(tmp_path / "masks.npy", masks)
+    settings = stage_settings(trained["config"], "fm", "lite0", 0)
+    settings["model"]["batch_size"] = 16
+    settings["evaluation"].update(map_sample=60, occlusion_sample=50)
+    measured = {}
+    for chunk in (10_000, 20):  # one chunk; then 16 maps (one batch) at a time
+        monkeypatch.setattr(ev, "MAP_CHUNK", chunk)
+        ev.evaluate(settings, prepared["images"], prepared["index"], trained["weights"], trained["meta"],
+                    trained["stats"], tmp_path / f"{chunk}.json", masks_path=tmp_path / "masks.npy")
+        measured[chunk] = json.loads((tmp_path / f"{chunk}.json").read_text())["attention"]
+        measured[chunk].pop("seconds", None)
+    assert measured[20] == measured[10_000]
+    assert measured[20]["n_maps"] == 60 and measured[20]["n_localised"] > 0 and measured[20]["n_occlusion"] == 50

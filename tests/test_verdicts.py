@@ -295,3 +295,23 @@ def test_the_bootstrap_resamples_seeds_and_images_and_repeats():
     low, high = paired_bootstrap(shares, 40)
     assert high - low > narrow
     assert np.isnan(paired_bootstrap(shares[:1], 400)[0])
+
+
+def test_example_order_is_the_quadratic_orders_in_one_pass_over_the_table():
+    """#40: the examples' order groups the table once (it filtered it once per confusion pair: at a
+    1,000-class dataset, pairs x selected); the same order as that reference."""
+    def reference(selected, added):
+        pairs = selected.groupby(["label", "prediction"]).size().sort_values(ascending=False, kind="stable")
+        queues = []
+        for (label, pred), _ in pairs.items():
+            members = list(selected.index[(selected.label == label) & (selected.prediction == pred)])
+            queues.append(sorted(members, key=lambda pos: int(selected.loc[pos, "index"]) not in added))
+        order = [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
+        return sorted(order, key=lambda pos: int(selected.loc[pos, "index"]) not in added)
+
+    rng = np.random.default_rng(0)
+    selected = pd.DataFrame({"index": rng.permutation(5000)[:800], "label": rng.integers(0, 30, 800),
+                             "prediction": rng.integers(0, 30, 800)})
+    added = set(selected["index"].to_numpy()[rng.random(800) < 0.6].tolist())
+    assert example_order(selected, added) == reference(selected, added)
+    assert example_order(selected.iloc[0:0], set()) == []

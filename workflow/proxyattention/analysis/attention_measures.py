@@ -80,13 +80,13 @@ def occlusion_accuracies(model, source, rows: np.ndarray, mean, std, batch_size:
     model.eval()
     size = source.parts[0][0].shape[1]
     levels = LEVELS[1:] if unoccluded is not None else LEVELS
-    masks = {level: occlusion_masks(rows, size, level) for level in levels}
     loader, _ = make_loader(source, mean, std, batch_size, device=runtime.device, channels_last=runtime.channels_last)
     correct = np.zeros(len(levels))
     start = 0
     for x, y in loader:
         b = len(y)
-        stacked = torch.cat([x * torch.from_numpy(masks[level][start : start + b]).to(x.device)[:, None]
+        # each batch's masks only (each image's patches come from its own stream): memory of one batch
+        stacked = torch.cat([x * torch.from_numpy(occlusion_masks(rows[start:start + b], size, level)).to(x.device)[:, None]
                              for level in levels])  # the normalised fill is 0: the dataset's mean colour
         if runtime.channels_last:
             stacked = stacked.contiguous(memory_format=torch.channels_last)
@@ -134,20 +134,31 @@ def brier(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float(brier_terms(probabilities, labels).mean())
 
 
-def map_spread(maps: np.ndarray) -> tuple[float, float]:
-    """Mean over maps (N, H, W, non-negative) of the share of mass in the top 10% of pixels and of
-    the entropy of the map as a distribution over pixels divided by log(H*W); constant maps
-    count as flat (0.1, 1.0), empty (all-zero) maps are left out."""
+def spread_terms(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per map with mass (N, H, W, non-negative; all-zero maps left out): the share of mass in the
+    top 10% of pixels and the entropy over pixels divided by log(H*W). Row by row, so the terms
+    of a set of maps are those of its parts."""
     flat = np.asarray(maps, np.float64).reshape(len(maps), -1)
     mass = flat.sum(1)
     keep = mass > 0
-    if not keep.any():
-        return math.nan, math.nan
     p = flat[keep] / mass[keep, None]
     top = max(1, int(round(0.1 * p.shape[1])))
     top_share = np.sort(p, axis=1)[:, -top:].sum(1)
     with np.errstate(divide="ignore", invalid="ignore"):
         entropy = -np.where(p > 0, p * np.log(p), 0.0).sum(1) / math.log(p.shape[1])
+    return top_share, entropy
+
+
+def map_spread(maps: np.ndarray) -> tuple[float, float]:
+    """Mean over maps (N, H, W, non-negative) of the share of mass in the top 10% of pixels and of
+    the entropy of the map as a distribution over pixels divided by log(H*W); constant maps
+    count as flat (0.1, 1.0), empty (all-zero) maps are left out."""
+    return spread_means(*spread_terms(maps))
+
+
+def spread_means(top_share: np.ndarray, entropy: np.ndarray) -> tuple[float, float]:
+    if not len(top_share):
+        return math.nan, math.nan
     return float(top_share.mean()), float(entropy.mean())
 
 
@@ -161,13 +172,19 @@ def localisation(maps: np.ndarray, masks: np.ndarray) -> dict:
     ``object_share`` (the object's share of the image: what a flat map scores),
     ``pointing_game`` (hit: the map's first maximum lies within the tolerance of the object; a map
     without mass points nowhere and misses), and ``n_localised`` (images with a mask)."""
+    return localisation_means(localisation_terms(maps, masks))
+
+
+def localisation_terms(maps: np.ndarray, masks: np.ndarray) -> dict:
+    """localisation's per-image terms (``in_object`` of the maps with mass, ``object_share``,
+    ``hit``), row by row: those of a set of maps are those of its parts."""
     import cv2
 
     maps = np.asarray(maps, np.float64)
     masks = np.asarray(masks) != 0
-    n, size = len(maps), maps.shape[-1]
+    n, size = len(maps), maps.shape[-1] if len(maps) else 0
     if n == 0:
-        return {"map_in_object": math.nan, "object_share": math.nan, "pointing_game": math.nan, "n_localised": 0}
+        return {"in_object": np.zeros(0), "object_share": np.zeros(0), "hit": np.zeros(0, bool)}
     tolerance = int(round(POINTING_TOLERANCE * size / 224))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * tolerance + 1, 2 * tolerance + 1))
     mass = maps.reshape(n, -1).sum(1)
@@ -178,6 +195,13 @@ def localisation(maps: np.ndarray, masks: np.ndarray) -> dict:
             near = cv2.dilate(masks[i].astype(np.uint8), kernel) if tolerance else masks[i]
             hits[i] = bool(near.reshape(-1)[maps[i].argmax()])
     has_mass = mass > 0
-    return {"map_in_object": float((inside[has_mass] / mass[has_mass]).mean()) if has_mass.any() else math.nan,
-            "object_share": float(masks.reshape(n, -1).mean(1).mean()),
-            "pointing_game": float(hits.mean()), "n_localised": int(n)}
+    return {"in_object": inside[has_mass] / mass[has_mass], "object_share": masks.reshape(n, -1).mean(1), "hit": hits}
+
+
+def localisation_means(terms: dict) -> dict:
+    n = len(terms["hit"])
+    if n == 0:
+        return {"map_in_object": math.nan, "object_share": math.nan, "pointing_game": math.nan, "n_localised": 0}
+    return {"map_in_object": float(terms["in_object"].mean()) if len(terms["in_object"]) else math.nan,
+            "object_share": float(terms["object_share"].mean()), "pointing_game": float(terms["hit"].mean()),
+            "n_localised": int(n)}

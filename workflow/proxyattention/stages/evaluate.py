@@ -67,6 +67,9 @@ def per_image(source, logits: np.ndarray) -> dict:
             "brier": brier_terms(probs, labels).astype(np.float32) if len(labels) else np.zeros(0, np.float32)}
 
 
+MAP_CHUNK = 512  # maps of the question-2 sample made and measured at a time (rounded to whole batches)
+
+
 def attention(settings: dict, model, info: dict, images, index, runtime, logits: np.ndarray | None = None,
               masks: np.ndarray | None = None) -> dict:
     """Question 2's measures (attention_measures.py) on the verdicts' split (test when the dataset
@@ -114,18 +117,29 @@ def attention(settings: dict, model, info: dict, images, index, runtime, logits:
         layer = maps_settings["target_layer"]
         if layer == "auto":
             layer = auto_target_layer(model, images.shape[1])
-        maps = np.zeros((len(chosen), images.shape[1], images.shape[1]), dtype=np.float16)
-        cam = build_cam(model, maps_settings["cam_method"], layer, images.shape[1], maps_settings["fast_path"], batch)
-        try:
-            explain(cam, model, runtime, images, rows[chosen], predicted, info["mean"], info["std"], batch, maps)
+        size = images.shape[1]
+        cam = build_cam(model, maps_settings["cam_method"], layer, size, maps_settings["fast_path"], batch)
+        spread, located = [], []
+        chunk = batch * max(1, MAP_CHUNK // batch)  # whole batches: each map as one pass over all makes it
+        try:  # a chunk of maps at a time: memory holds one chunk, whatever the sample
+            for start in range(0, len(chosen), chunk):
+                part = rows[chosen][start:start + chunk]
+                maps = np.zeros((len(part), size, size), dtype=np.float16)
+                explain(cam, model, runtime, images, part, predicted[start:start + chunk], info["mean"], info["std"],
+                        batch, maps)
+                spread.append(am.spread_terms(maps.astype(np.float32)))
+                if masks is not None and len(masks):
+                    from ..files.artifacts import NO_MASK
+
+                    with_mask = (np.asarray(masks[part]) != NO_MASK).all((1, 2))
+                    located.append(am.localisation_terms(maps[with_mask].astype(np.float32), masks[part[with_mask]]))
         finally:
             release(cam)
-        out["map_top10_mass"], out["map_entropy"] = am.map_spread(maps.astype(np.float32))
+        out["map_top10_mass"], out["map_entropy"] = am.spread_means(
+            *(np.concatenate([t[i] for t in spread]) if spread else np.zeros(0) for i in (0, 1)))
         if masks is not None and len(masks):
-            from ..files.artifacts import NO_MASK
-
-            with_mask = (np.asarray(masks[rows[chosen]]) != NO_MASK).all((1, 2))
-            out.update(am.localisation(maps[with_mask].astype(np.float32), masks[rows[chosen][with_mask]]))
+            out.update(am.localisation_means({key: np.concatenate([t[key] for t in located]) if located
+                                              else np.zeros(0) for key in ("in_object", "object_share", "hit")}))
         out["n_maps"], out["map_layer"], out["map_method"] = int(len(chosen)), layer, maps_settings["cam_method"]
     out["seconds"] = time.perf_counter() - t0
     return out

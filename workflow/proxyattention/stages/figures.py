@@ -524,13 +524,15 @@ def confusion_matrices(cells: list, metrics_paths: list, out_png, stamp: str = "
 @timed_stage
 def examples(images_path, cams_path, erased_npz, selected_csv, classes_path, out_png, n: int = 6) -> None:
     """Original, CAM overlay and erased image for selected images of the most-confused class pairs."""
-    from ..files.artifacts import load_cams, load_erased
+    from ..files.artifacts import cams_memmap, npz_array
 
     images = np.load(images_path, mmap_mode="r")
     classes = read_json(classes_path)["classes"]
-    maps, rows, _ = load_cams(cams_path)
-    erased, _, erased_rows = load_erased(erased_npz)
-    erased_of = {int(r): image for r, image in zip(erased_rows, erased)}  # only images that joined training
+    maps, rows, _ = cams_memmap(cams_path)  # memory-mapped: only the drawn maps and images are read
+    with np.load(erased_npz, allow_pickle=False) as data:
+        erased_rows = data["index"]
+    erased = npz_array(erased_npz, "images")
+    erased_at = {int(r): i for i, r in enumerate(erased_rows)}  # only images that joined training
     selected = pd.read_csv(selected_csv)
     fig, axes = plt.subplots(3, max(1, min(n, len(rows))), figsize=(2.4 * max(1, min(n, len(rows))), 7.6),
                              squeeze=False)
@@ -540,19 +542,20 @@ def examples(images_path, cams_path, erased_npz, selected_csv, classes_path, out
             ax.axis("off")
         _save(fig, out_png)
         return
-    for col, pos in enumerate(example_order(selected, set(erased_of))[:n]):
+    for col, pos in enumerate(example_order(selected, set(erased_at))[:n]):
         row = selected.loc[pos]
         original = np.asarray(images[int(row["index"])])
         show = {"interpolation": "nearest", "cmap": "gray" if original.ndim == 2 else None}
         axes[0, col].imshow(original, **show)
         axes[0, col].set_title(f"{classes[int(row.label)]}\nas {classes[int(row.prediction)]}", fontsize=8)
         axes[1, col].imshow(original, **show)
-        axes[1, col].imshow(maps[pos], cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear",
+        axes[1, col].imshow(np.asarray(maps[pos], dtype=np.float32), cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear",
                             extent=(-0.5, original.shape[1] - 0.5, original.shape[0] - 0.5, -0.5))
-        if int(row["index"]) in erased_of:
-            changed = erased_of[int(row["index"])] != original
+        if int(row["index"]) in erased_at:
+            added = np.asarray(erased[erased_at[int(row["index"])]])
+            changed = added != original
             changed = changed.any(axis=-1) if changed.ndim == 3 else changed
-            axes[2, col].imshow(erased_of[int(row["index"])], **show)
+            axes[2, col].imshow(added, **show)
             if changed.any():  # outline what was erased, so a black fill on a dark image shows
                 axes[2, col].contour(changed, levels=[0.5], colors="red", linewidths=1.0)
             # pixels that differ: a black fill over black background changes none of them
@@ -573,13 +576,14 @@ def example_order(selected: pd.DataFrame, added: set) -> list:
     """Positions of ``selected`` to show: one image of each confusion (true, predicted) in turn,
     most frequent first, so the grid spreads over classes and confusions; images whose map
     erased something come before empty maps, keeping that spread."""
-    pairs = selected.groupby(["label", "prediction"]).size().sort_values(ascending=False, kind="stable")
-    queues = []
-    for (label, pred), _ in pairs.items():
-        members = list(selected.index[(selected.label == label) & (selected.prediction == pred)])
-        queues.append(sorted(members, key=lambda pos: int(selected.loc[pos, "index"]) not in added))
+    if not len(selected):
+        return []
+    left_out = dict(zip(selected.index, ~selected["index"].isin(added)))  # True sorts after False
+    groups = selected.groupby(["label", "prediction"]).groups  # (label, prediction) order, O(N) in all
+    pairs = sorted(groups.items(), key=lambda kv: -len(kv[1]))  # most frequent first, stable
+    queues = [sorted(members, key=left_out.__getitem__) for _, members in pairs]
     order = [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
-    return sorted(order, key=lambda pos: int(selected.loc[pos, "index"]) not in added)  # stable sort
+    return sorted(order, key=left_out.__getitem__)  # stable sort
 
 
 FAITHFUL_STYLE = {"own": ("-", "its own maps"), "moved": ("--", "the same maps moved (random_erase's place)"),

@@ -49,13 +49,18 @@ def prepare_masks(dataset: dict, index_path, out_masks, threads: int = 4) -> Non
     size = dataset["image_size"]
     by_source = {it.source: it for it in items if it.mask is not None}
     index = pd.read_csv(index_path, keep_default_na=False)
-    masks = np.zeros((len(index) if by_source else 0, size, size), np.uint8)
-    if by_source:
-        def work(row: int) -> None:
-            item = by_source.get(index.source.iloc[row])
-            masks[row] = load_mask(item, size, dataset.get("max_pixels", MAX_PIXELS)) if item is not None else NO_MASK
+    with atomic_path(out_masks) as tmp:  # written through a memory map: memory holds the masks in flight
+        masks = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                          shape=(len(index) if by_source else 0, size, size))
+        if by_source:
+            sources = index.source.to_numpy()
 
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            list(pool.map(work, range(len(index))))
-    with atomic_path(out_masks) as tmp:
-        np.save(tmp, masks)
+            def work(row: int) -> None:
+                item = by_source.get(sources[row])
+                masks[row] = (load_mask(item, size, dataset.get("max_pixels", MAX_PIXELS)) if item is not None
+                              else NO_MASK)
+
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                list(pool.map(work, range(len(index))))
+        masks.flush()
+        del masks
