@@ -100,9 +100,13 @@ def prepare(dataset: dict, images_path, index_path, classes_path, skipped_path, 
     with atomic_path(images_path) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(items), size, size, 3))
 
+        hashes = [""] * len(items)
+
         def work(i: int) -> None:
             try:
                 array[i] = _load(items[i], size, dataset.get("max_pixels", MAX_PIXELS))
+                # hashed as written (still in memory), not read back from disk after every image is done
+                hashes[i] = hashlib.sha1(np.ascontiguousarray(array[i]).tobytes()).hexdigest()
             except BadImageError as err:
                 bad.append((items[i].source, str(err)))
                 keep[i] = False
@@ -120,10 +124,9 @@ def prepare(dataset: dict, images_path, index_path, classes_path, skipped_path, 
         if bad:  # the kept rows go straight to a file of the final length, a few at a time
             _write_rows(array, np.flatnonzero(keep), tmp)
         del array
-        array = np.load(tmp, mmap_mode="r")
-        hashes = [hashlib.sha1(np.ascontiguousarray(im).tobytes()).hexdigest() for im in array]
 
     kept = np.flatnonzero(keep)
+    hashes = [hashes[i] for i in kept]
     index = pd.DataFrame(
         {
             "index": np.arange(len(kept)),

@@ -1,0 +1,189 @@
+"""Scale: each stage that handles every image, at several dataset sizes in one run, each stage in
+a process of its own: its time per image after start-up and its peak anonymous memory (RssAnon,
+sampled every 20 ms from /proc). Memory flat in the number of images is the goal (the stage's
+peak at the largest size within 1.25x of the smallest's), and so is the time per image.
+
+Anchor: the same stage at the smallest size. The data: N training and N/4 validation images at
+224 px (smooth random colour fields, written once as PNGs with masks, a CSV source with its split
+column), **1,000 classes** (so per-image and per-logit arrays are not hidden beside the model), a
+small timm model with weights none, one training epoch, half the training images selected.
+Per-image time after start-up: (t(N) - t(smallest)) / (N - smallest), each stage's own time
+(timed inside its process, imports excluded).
+
+    python bench/scaling.py [--sizes 100,1000,8000] [--model mobilenetv3_small_050] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ["prepare", "prepare_masks", "finetune", "find_misclassified", "compute_cams", "mask_and_save", "evaluate",
+          "examples"]
+
+
+def make_source(folder: Path, n_train: int, n_val: int, size: int = 224, classes: int = 1000) -> Path:
+    """PNG images (and masks) of smooth random colour fields, and the CSV source listing them: image
+    i of class i mod ``classes`` (fewer classes when there are fewer training images: every class
+    must have one)."""
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n_train + n_val):
+        image, mask = folder / f"{i}.png", folder / f"{i}_mask.png"
+        if not image.exists():
+            rng = np.random.default_rng(i)  # image i is the same whichever size made it first
+            small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+            cv2.imwrite(str(image), cv2.resize(small, (size, size), interpolation=cv2.INTER_LINEAR))
+            blob = np.zeros((size, size), np.uint8)
+            cv2.circle(blob, tuple(int(v) for v in rng.integers(40, size - 40, 2)), 40, 255, -1)
+            cv2.imwrite(str(mask), blob)
+        rows.append(f"{i}.png,c{i % min(classes, n_train):04d},{'train' if i < n_train else 'val'},{i}_mask.png")
+    table = folder / f"source_{n_train}.csv"
+    table.write_text("path,label,split,mask\n" + "\n".join(rows) + "\n")
+    return table
+
+
+def config_for(source: Path, model: str) -> dict:
+    sys.path.insert(0, str(ROOT / "workflow"))
+    from proxyattention.settings.validate import validate
+
+    return validate({
+        "datasets": {"s": {"source": "csv", "path": str(source), "image_size": 224, "masks": None}},
+        "models": {"m": {"timm_name": model, "weights": "none", "batch_size": 32, "target_layer": "auto"}},
+        "training": {"epochs_finetune": 1, "epochs": 1, "num_workers": 0, "augment": {"hflip": False,
+                                                                                       "crop_padding": 0}},
+        "proxy": {"cam_method": "gradcam", "selection": {"rule": "both", "confidence_below": 0.999,
+                                                          "max_fraction": 0.5}},
+        "evaluation": {"occlusion_sample": "10%", "map_sample": "10%"},
+        "cycles": 1, "seeds": [0],
+    })
+
+
+def stage_call(stage: str, config: dict, work: Path) -> None:
+    """Run one stage on the files of ``work`` (called in the measured process)."""
+    from proxyattention.settings.stage_settings import stage_settings
+
+    spec = config["datasets"]["s"]
+    p = {k: work / v for k, v in [("images", "images.npy"), ("index", "index.csv"), ("classes", "classes.json"),
+                                  ("masks", "masks.npy"), ("weights", "model.safetensors"), ("meta", "model.json"),
+                                  ("stats", "train_stats.json"), ("selected", "selected.csv"), ("cams", "cams.npz")]}
+    if stage == "prepare":
+        from proxyattention.stages.prepare import prepare
+
+        prepare(spec, p["images"], p["index"], p["classes"], work / "skipped.csv", threads=2)
+    elif stage == "prepare_masks":
+        from proxyattention.stages.prepare_masks import prepare_masks
+
+        prepare_masks({**spec, "masks": None}, p["index"], p["masks"], threads=2)
+    elif stage == "finetune":
+        from proxyattention.stages.train import train
+
+        train(stage_settings(config, "s", "m", 0, "train"), p["images"], p["index"], p["classes"], p["weights"],
+              p["meta"], work / "epochs.csv", p["stats"], seed=0, epoch_sample=0)
+    elif stage == "find_misclassified":
+        from proxyattention.stages.find_misclassified import find_misclassified
+
+        find_misclassified(stage_settings(config, "s", "m", 1, "find_misclassified", "proxy"), p["images"],
+                           p["index"], p["weights"], p["meta"], work / "predictions.csv", p["selected"])
+    elif stage == "compute_cams":
+        from proxyattention.stages.compute_cams import compute_cams
+
+        compute_cams(stage_settings(config, "s", "m", 1, "compute_cams", "proxy"), p["images"], p["index"],
+                     p["weights"], p["meta"], p["selected"], p["cams"], work / "cams.csv")
+    elif stage == "mask_and_save":
+        from proxyattention.stages.mask_and_save import mask_and_save
+
+        mask_and_save(stage_settings(config, "s", "m", 1, "mask_and_save", "proxy"), p["images"], p["index"],
+                      p["classes"], p["cams"], work / "erased", work / "erased.npz", work / "erased.csv", seed=[0, 1])
+    elif stage == "evaluate":
+        from proxyattention.stages.evaluate import evaluate
+
+        evaluate(stage_settings(config, "s", "m", 0, "evaluate"), p["images"], p["index"], p["weights"], p["meta"],
+                 p["stats"], work / "metrics.json", out_per_image=work / "per_image.npz", masks_path=p["masks"])
+    elif stage == "examples":
+        from proxyattention.stages.figures import examples
+
+        examples(p["images"], p["cams"], work / "erased.npz", p["selected"], p["classes"], work / "examples.png")
+
+
+def anon_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def measure(stage: str, source: Path, model: str, work: Path) -> dict:
+    """One stage in a process of its own: its own seconds and the peak RssAnon sampled."""
+    timing = work / f"{stage}.seconds"
+    child = subprocess.Popen([sys.executable, __file__, "--stage", stage, "--source", str(source), "--model", model,
+                              "--work", str(work), "--timing", str(timing)],
+                             env={**os.environ, "PYTHONPATH": str(ROOT / "workflow"), "OMP_NUM_THREADS": "2"})
+    peak = 0
+    while child.poll() is None:
+        peak = max(peak, anon_kib(child.pid))
+        time.sleep(0.02)
+    if child.returncode != 0:
+        raise RuntimeError(f"{stage} failed at {source}")
+    return {"seconds": float(timing.read_text()), "peak_anon_mib": peak / 1024}
+
+
+def bench_scaling(sizes=(100, 1000, 8000), model: str = "mobilenetv3_small_050", out: Path | None = None) -> list[dict]:
+    base = Path(out or tempfile.mkdtemp(prefix="bench_scaling_"))
+    results = {}
+    for n in sizes:
+        source = make_source(base / "images", n, n // 4)
+        work = base / f"n{n}"
+        work.mkdir(parents=True, exist_ok=True)
+        results[n] = {stage: measure(stage, source, model, work) for stage in STAGES}
+        print(f"size {n}: " + ", ".join(f"{s} {r['seconds']:.1f} s {r['peak_anon_mib']:.0f} MiB"
+                                        for s, r in results[n].items()), flush=True)
+    small, rows = sizes[0], []
+    for stage in STAGES:
+        row = {"stage": stage}
+        for n in sizes[1:]:
+            row[f"s/img n={n}"] = (results[n][stage]["seconds"] - results[small][stage]["seconds"]) / (n - small)
+        for n in sizes:
+            row[f"MiB n={n}"] = results[n][stage]["peak_anon_mib"]
+        row["memory ratio"] = results[sizes[-1]][stage]["peak_anon_mib"] / results[sizes[1]][stage]["peak_anon_mib"]
+        row["time ratio"] = row[f"s/img n={sizes[-1]}"] / row[f"s/img n={sizes[1]}"]
+        rows.append(row)
+    return rows
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="100,1000,8000")
+    parser.add_argument("--model", default="mobilenetv3_small_050")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--stage")
+    parser.add_argument("--source")
+    parser.add_argument("--work")
+    parser.add_argument("--timing")
+    args = parser.parse_args()
+    if args.stage:  # the measured process
+        config = config_for(Path(args.source), args.model)
+        start = time.perf_counter()
+        stage_call(args.stage, config, Path(args.work))
+        Path(args.timing).write_text(str(time.perf_counter() - start))
+    else:
+        import pandas as pd
+
+        table = pd.DataFrame(bench_scaling(tuple(int(s) for s in args.sizes.split(",")), args.model, args.out))
+        print(table.to_string(index=False, float_format="{:.4g}".format))
