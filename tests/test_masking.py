@@ -114,6 +114,16 @@ def test_stage_writes_pngs_that_decode_to_the_arrays(prepared, tmp_path):
         assert row.erased_fraction == pytest.approx(mask.mean())
         np.testing.assert_array_equal(saved["images"][i][~mask[0]], images[rows[i]][~mask[0]])
     assert len(list((tmp_path / "erased").rglob("*.png"))) == 3
+    # #40: each PNG's size recorded, so aggregate adds them instead of walking the folder: the same total
+    from proxyattention.stages.aggregate import _folder_mib
+
+    pngs = sorted((tmp_path / "erased").rglob("*.png"))
+    assert sorted(table.png_bytes) == sorted(f.stat().st_size for f in pngs)
+    walked = sum(f.stat().st_size for f in tmp_path.rglob("*") if f.is_file()) / 2**20
+    assert _folder_mib(tmp_path) == pytest.approx(walked, abs=1e-12)
+    table.assign(png_bytes=table.png_bytes + 2**20).to_csv(tmp_path / "erased.csv", index=False)
+    grown = sum(f.stat().st_size for f in tmp_path.rglob("*") if f.is_file()) / 2**20 - walked
+    assert _folder_mib(tmp_path) == pytest.approx(walked + grown + 3, abs=1e-9)  # the recorded sizes, not a walk
 
 
 def test_stage_with_nothing_selected_writes_empty_outputs(prepared, tmp_path):

@@ -210,8 +210,22 @@ def added_counts(table) -> dict:
 
 
 def _folder_mib(folder: Path) -> float:
-    """Disk use of a run folder (checkpoint, maps, erased images), in MiB."""
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
+    """Disk use of a run folder (checkpoint, maps, erased images), in MiB: its files, and its erased
+    PNGs by the sizes erased.csv records (``png_bytes``), so no folder of one PNG per added image is
+    walked; an older erased.csv without them: the folder is walked."""
+    table = folder / "erased.csv"
+    recorded = None
+    if table.exists():
+        columns = pd.read_csv(table, nrows=0).columns
+        if "png_bytes" in columns:
+            recorded = int(pd.read_csv(table, usecols=["png_bytes"]).png_bytes.sum())
+    total = 0
+    for entry in folder.iterdir():
+        if entry.is_file():
+            total += entry.stat().st_size
+        elif entry.is_dir() and not (entry.name == "erased" and recorded is not None):
+            total += sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
+    return (total + (recorded or 0)) / 2**20
 
 
 @timed_stage

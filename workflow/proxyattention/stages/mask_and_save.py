@@ -83,6 +83,7 @@ def mask_and_save(settings: dict, images_path, index_path, classes_path, cams_pa
     changed = np.zeros(len(rows))
     covered = np.ones(len(rows))  # training-pass maps: the share of the image their view covered
     files = np.full(len(rows), "", dtype=object)
+    png_bytes = np.zeros(len(rows), dtype=np.int64)  # each PNG's size: aggregate adds these, walking no folder
     offsets = np.full((len(rows), 2), -1, dtype=np.int64)  # cam_shape control: each mask's cyclic shift
     keep = np.flatnonzero(added)
 
@@ -112,6 +113,7 @@ def mask_and_save(settings: dict, images_path, index_path, classes_path, cams_pa
                 if not cv2.imwrite(str(tmp_dir / rel), cv2.cvtColor(erased[j], cv2.COLOR_RGB2BGR)):
                     raise OSError(f"OpenCV could not write {tmp_dir / rel}")
                 files[i] = str(Path(out_dir) / rel)
+                png_bytes[i] = (tmp_dir / rel).stat().st_size
             yield erased[kept]
 
     with atomic_dir(out_dir) as tmp_dir, atomic_path(out_npz) as tmp, NpzWriter(tmp) as npz:
@@ -123,5 +125,5 @@ def mask_and_save(settings: dict, images_path, index_path, classes_path, cams_pa
         "class": [classes[l] for l in labels], "empty_map": empty, "added": added, "png": files,
         "threshold": thresholds, "erased_fraction": fractions, "changed_fraction": changed,
         "control": control or "cam", "offset_y": offsets[:, 0], "offset_x": offsets[:, 1],
-        "covered_fraction": covered,
+        "covered_fraction": covered, "png_bytes": png_bytes,
     }))
