@@ -185,3 +185,43 @@ def test_question_two_measured_a_chunk_at_a_time_equals_one_pass(prepared, train
         measured[chunk].pop("seconds", None)
     assert measured[20] == measured[10_000]
     assert measured[20]["n_maps"] == 60 and measured[20]["n_localised"] > 0 and measured[20]["n_occlusion"] == 50
+
+
+def test_an_evaluation_a_chunk_of_logits_at_a_time_equals_one_over_all_logits(prepared, trained, tmp_path, monkeypatch):
+    """#40: evaluate scores a chunk of logits at a time (never N x K logits, nor their float64
+    probabilities); its metrics, per-image file and calibration equal those computed from every
+    logit at once, value for value."""
+    import json
+
+    from proxyattention.analysis.attention_measures import brier_terms, expected_calibration_error
+    from proxyattention.data.batches import ArraySource
+    from proxyattention.models.build import load_checkpoint
+    from proxyattention.models.inference import predict_logits, softmax
+    from proxyattention.runtime.device import select_runtime
+    from proxyattention.settings.stage_settings import stage_settings
+    from proxyattention.stages import evaluate as ev
+
+    settings = stage_settings(trained["config"], "fm", "lite0", 0)
+    settings["evaluation"].update(occlusion=False, maps=False)
+    monkeypatch.setattr(ev, "EVAL_CHUNK", 60)  # 200 validation images: chunks of 50 (whole batches)
+    ev.evaluate(settings, prepared["images"], prepared["index"], trained["weights"], trained["meta"],
+                trained["stats"], tmp_path / "metrics.json", out_per_image=tmp_path / "per_image.npz")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    index = pd.read_csv(prepared["index"], keep_default_na=False)
+    val = index[index.split == "val"]
+    model, info = load_checkpoint(trained["weights"], trained["meta"])
+    source = ArraySource([(np.load(prepared["images"], mmap_mode="r"), val["index"].to_numpy(), val["label"].to_numpy())])
+    training = settings["training"]  # the evaluation's own runtime
+    runtime = select_runtime(training["precision"], training["channels_last"], None, training["deterministic"])
+    logits = predict_logits(runtime.prepare_model(model), source, info["mean"], info["std"], 50, runtime)
+    labels = val["label"].to_numpy()
+    reference = ev.classification_metrics(logits, labels, 10)
+    assert {k: metrics[k] for k in reference} == reference
+    probs = softmax(logits.astype(np.float64))
+    with np.load(tmp_path / "per_image.npz") as saved:
+        np.testing.assert_array_equal(saved["val_prediction"], probs.argmax(1))
+        np.testing.assert_array_equal(saved["val_p_true"], probs[np.arange(len(labels)), labels].astype(np.float32))
+        np.testing.assert_array_equal(saved["val_p_top"], probs.max(1).astype(np.float32))
+        np.testing.assert_array_equal(saved["val_brier"], brier_terms(probs, labels).astype(np.float32))
+    assert metrics["attention"]["ece"] == expected_calibration_error(probs.max(1), probs.argmax(1) == labels)
+    assert metrics["attention"]["brier"] == float(brier_terms(probs, labels).mean())

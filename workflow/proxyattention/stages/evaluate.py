@@ -13,7 +13,7 @@ from ..data.splits import split_source, validation_source
 from ..files.artifacts import load_prepared
 from ..files.atomic import atomic_path, read_json, write_json
 from ..models.build import load_checkpoint
-from ..models.inference import cross_entropy, predict_logits
+from ..models.inference import cross_entropy
 from ..runtime.device import select_runtime
 from ..runtime.timing import timed_stage
 
@@ -22,6 +22,13 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, n_classes: in
     """Accuracy, balanced accuracy, macro and per-class precision/recall/F1, top-5, loss, confusion."""
     pred = logits.argmax(1)
     cm = np.bincount(labels * n_classes + pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    top5 = (np.argsort(-logits, axis=1, kind="stable")[:, :5] == labels[:, None]).any(1) if n_classes > 5 else None
+    return metrics_from(cm, cross_entropy(logits, labels), top5)
+
+
+def metrics_from(cm: np.ndarray, losses: np.ndarray, top5_hits: np.ndarray | None) -> dict:
+    """classification_metrics from its parts: the confusion matrix (true x predicted), each image's
+    cross-entropy and top-5 hit (None with 5 classes or fewer)."""
     tp = np.diag(cm).astype(np.float64)
     support = cm.sum(1)
     predicted = cm.sum(0)
@@ -31,59 +38,82 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, n_classes: in
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
     present = (support > 0) | (predicted > 0)  # sklearn's macro average uses the labels that occur
     out = {
-        "n_val": int(len(labels)),
-        "accuracy": float((pred == labels).mean()),
+        "n_val": int(cm.sum()),
+        "accuracy": float(tp.sum() / cm.sum()) if cm.sum() else float("nan"),
         "balanced_accuracy": float(recall[support > 0].mean()),
         "precision_macro": float(precision[present].mean()),
         "recall_macro": float(recall[present].mean()),
         "f1_macro": float(f1[present].mean()),
-        "val_loss": float(cross_entropy(logits, labels).mean()),
+        "val_loss": float(losses.mean()),
         "precision_per_class": precision.tolist(),
         "recall_per_class": recall.tolist(),
         "f1_per_class": f1.tolist(),
         "support_per_class": support.tolist(),
         "confusion_matrix": cm.tolist(),
     }
-    if n_classes > 5:
-        top5 = np.argsort(-logits, axis=1, kind="stable")[:, :5]
-        out["top5_accuracy"] = float((top5 == labels[:, None]).any(1).mean())
+    if top5_hits is not None:
+        out["top5_accuracy"] = float(top5_hits.mean())
     return out
 
 
-def per_image(source, logits: np.ndarray) -> dict:
-    """Per evaluated image: its prepared row, true class, predicted class, the true class's
-    probability, the top probability and its Brier term (squared distance of its probabilities
-    to the one-hot label, whose mean is the Brier score), each float32."""
-    from ..analysis.attention_measures import brier_terms
-    from ..models.inference import softmax
+EVAL_CHUNK = 8192  # images whose logits are held at once (a whole number of batches)
 
+
+def scored(model, source, info: dict, batch_size: int, runtime) -> tuple[dict, dict, dict]:
+    """(classification_metrics, per_image, what question 2 reads) of every image of ``source``,
+    built a chunk of logits at a time (models/inference.py logits_in_chunks): the same numbers as
+    from all logits at once, without the N x K logits (or their float64 probabilities) in memory.
+    Question 2 gets each image's float64 top probability, Brier term and predicted class (from the
+    logits, as the metrics)."""
+    from ..analysis.attention_measures import brier_terms
+    from ..models.inference import logits_in_chunks, softmax
+
+    k = len(info["classes"])
     labels = source.labels
-    probs = softmax(logits.astype(np.float64)) if len(labels) else np.zeros((0, 1))
+    cm = np.zeros(k * k, dtype=np.int64)
+    parts = {key: [] for key in ("loss", "top5", "prediction", "p_true", "p_top", "brier", "argmax")}
+    start = 0
+    for logits in logits_in_chunks(model, source, info["mean"], info["std"], batch_size, runtime, EVAL_CHUNK):
+        y = labels[start:start + len(logits)]
+        start += len(logits)
+        argmax = logits.argmax(1)
+        cm += np.bincount(y * k + argmax, minlength=k * k)
+        parts["argmax"].append(argmax)
+        parts["loss"].append(cross_entropy(logits, y))
+        if k > 5:
+            parts["top5"].append((np.argsort(-logits, axis=1, kind="stable")[:, :5] == y[:, None]).any(1))
+        probs = softmax(logits.astype(np.float64))
+        parts["prediction"].append(probs.argmax(1))
+        parts["p_true"].append(probs[np.arange(len(y)), y])
+        parts["p_top"].append(probs.max(1))
+        parts["brier"].append(brier_terms(probs, y))
+    whole = {key: np.concatenate(value) if value else np.zeros(0) for key, value in parts.items()}
+    metrics = metrics_from(cm.reshape(k, k), whole["loss"], whole["top5"] if k > 5 else None)
     rows = np.concatenate([rows for _, rows, _ in source.parts]) if len(labels) else np.zeros(0, np.int64)
-    return {"index": rows.astype(np.int64), "label": labels.astype(np.int64),
-            "prediction": probs.argmax(1).astype(np.int64),
-            "p_true": probs[np.arange(len(labels)), labels].astype(np.float32),
-            "p_top": probs.max(1).astype(np.float32),
-            "brier": brier_terms(probs, labels).astype(np.float32) if len(labels) else np.zeros(0, np.float32)}
+    images = {"index": rows.astype(np.int64), "label": labels.astype(np.int64),
+              "prediction": whole["prediction"].astype(np.int64), "p_true": whole["p_true"].astype(np.float32),
+              "p_top": whole["p_top"].astype(np.float32), "brier": whole["brier"].astype(np.float32)}
+    question2 = {"p_top": whole["p_top"], "prediction": whole["prediction"].astype(np.int64),
+                 "brier": whole["brier"], "argmax": whole["argmax"].astype(np.int64)}
+    return metrics, images, question2
 
 
 MAP_CHUNK = 512  # maps of the question-2 sample made and measured at a time (rounded to whole batches)
 
 
-def attention(settings: dict, model, info: dict, images, index, runtime, logits: np.ndarray | None = None,
+def attention(settings: dict, model, info: dict, images, index, runtime, scores: dict | None = None,
               masks: np.ndarray | None = None) -> dict:
     """Question 2's measures (attention_measures.py) on the verdicts' split (test when the dataset
     has one, else validation): calibration on every image; occlusion accuracies and their area on
     a fixed sample (``evaluation.occlusion_sample``); the spread of the predicted class's map on
-    another (``evaluation.map_sample``), each with the number of images it rests on. ``logits``:
-    the evaluation's own logits on that split, reused rather than predicted again. ``masks``: the
-    prepared object masks (object_masks.py's masks.npy), for the pointing game on the map sample's
-    images that have one."""
+    another (``evaluation.map_sample``), each with the number of images it rests on. ``scores``:
+    the evaluation's own per-image results on that split (scored's third part), reused rather than
+    predicted again. ``masks``: the prepared object masks (object_masks.py's masks.npy), for the
+    pointing game on the map sample's images that have one."""
     import time
 
     from ..analysis import attention_measures as am
     from ..data.batches import ArraySource
-    from ..models.inference import softmax
 
     ev, batch = settings["evaluation"], settings["model"]["batch_size"]
     split = "test" if (index.split == "test").any() else "val"
@@ -91,18 +121,16 @@ def attention(settings: dict, model, info: dict, images, index, runtime, logits:
     labels = index.loc[index.split == split, "label"].to_numpy()
     out = {"split": split}
     t0 = time.perf_counter()
-    if logits is None:
-        logits = predict_logits(model, ArraySource([(images, rows, labels)]), info["mean"], info["std"], batch,
-                                runtime)
+    if scores is None:
+        scores = scored(model, ArraySource([(images, rows, labels)]), info, batch, runtime)[2]
     if ev["calibration"]:
-        probs = softmax(logits.astype(np.float64))
-        out["ece"] = am.expected_calibration_error(probs.max(1), probs.argmax(1) == labels)
-        out["brier"] = am.brier(probs, labels)
+        out["ece"] = am.expected_calibration_error(scores["p_top"], scores["prediction"] == labels)
+        out["brier"] = float(scores["brier"].mean()) if len(labels) else float("nan")
         out["n_calibration"] = int(len(rows))
     if ev["occlusion"]:
         chosen = am.sample_rows(rows, ev["occlusion_sample"])
         source = ArraySource([(images, rows[chosen], labels[chosen])])
-        plain = float((logits[chosen].argmax(1) == labels[chosen]).mean())  # level 0: no pass of its own
+        plain = float((scores["argmax"][chosen] == labels[chosen]).mean())  # level 0: no pass of its own
         accuracies = am.occlusion_accuracies(model, source, rows[chosen], info["mean"], info["std"], batch, runtime,
                                              unoccluded=plain)
         out.update({f"occlusion_{int(round(100 * level))}": a for level, a in zip(am.LEVELS, accuracies)})
@@ -112,7 +140,7 @@ def attention(settings: dict, model, info: dict, images, index, runtime, logits:
         from ..models.cams import auto_target_layer, build_cam, explain, release
 
         chosen = am.sample_rows(rows, ev["map_sample"])
-        predicted = logits[chosen].argmax(1)
+        predicted = scores["argmax"][chosen]
         maps_settings = settings["maps"]
         layer = maps_settings["target_layer"]
         if layer == "auto":
@@ -168,22 +196,20 @@ def evaluate(settings: dict, images_path, index_path, weights, meta, train_stats
     source = validation_source(images, index)
     if len(source) == 0:
         raise ValueError(f"{index_path}: the validation split is empty; set val_fraction or add a val/ folder")
-    logits = predict_logits(model, source, info["mean"], info["std"], settings["model"]["batch_size"], runtime)
-    metrics = classification_metrics(logits, source.labels, len(info["classes"]))
-    images_out = {f"val_{k}": v for k, v in per_image(source, logits).items()}
+    batch = settings["model"]["batch_size"]
+    metrics, images_val, question2 = scored(model, source, info, batch, runtime)
+    images_out = {f"val_{k}": v for k, v in images_val.items()}
     test = split_source(images, index, "test")
     if len(test):  # the held-out test split (dataset test_fraction, or the source's own): for the verdicts
-        test_logits = predict_logits(model, test, info["mean"], info["std"], settings["model"]["batch_size"], runtime)
-        scores = classification_metrics(test_logits, test.labels, len(info["classes"]))
+        scores, images_test, question2 = scored(model, test, info, batch, runtime)
         metrics["test"] = {"n_test": scores.pop("n_val"), "loss": scores.pop("val_loss"), **scores}
-        images_out.update({f"test_{k}": v for k, v in per_image(test, test_logits).items()})
+        images_out.update({f"test_{k}": v for k, v in images_test.items()})
     if out_per_image is not None:
         with atomic_path(out_per_image) as tmp:
             np.savez_compressed(tmp, **images_out)
     if settings.get("evaluation"):
         masks = np.load(masks_path, mmap_mode="r") if masks_path is not None else None
-        metrics["attention"] = attention(settings, model, info, images, index, runtime,
-                                         test_logits if len(test) else logits, masks)
+        metrics["attention"] = attention(settings, model, info, images, index, runtime, question2, masks)
         metrics["attention_seconds"] = metrics["attention"].pop("seconds")  # wall clock, beside the numbers
     stats = read_json(train_stats)
     metrics["verdict_sample"] = settings.get("verdict_sample")  # None: the whole verdicts' split
