@@ -212,3 +212,18 @@ def test_the_reports_front_page_says_what_sizes_ran():
     page = front_page(validate(yaml.safe_load((ROOT / "config.sizes.yaml").read_text())))
     assert ("fashion_demo</strong> is trained at 3 sizes, 5, 15, 50 training images per class" in page
             and "the same optimizer steps at every size" in page), page
+
+
+def test_a_stage_by_hand_names_a_training_size_as_its_dataset():
+    """`proxyattention finetune --dataset fm/n5pc ...` runs a size's job; the bare dataset is what
+    prepare takes, and a size's job refuses it, naming the datasets it has."""
+    from proxyattention.cli import UsageError, check_cell, parse_args, target_of
+
+    sized = {"fm": {"source": "idx", "path": str(DEMO), "image_size": 16, "train_sizes": {"per_class": [5, 50]}}}
+    config = make_config(datasets=sized, seeds=[0], cycles=1)
+    args = parse_args(["finetune", "--dataset", "fm/n5pc", "--model", "lite0"])
+    check_cell(config, args)
+    assert target_of(config, args).endswith("runs/fm/n5pc/lite0/seed0/finetune/cycle0/model.safetensors")
+    check_cell(config, parse_args(["prepare", "--dataset", "fm"]))
+    with pytest.raises(UsageError, match=r"--dataset fm is not in the config's datasets \(it has: fm/n5pc, fm/n50pc\)"):
+        check_cell(config, parse_args(["finetune", "--dataset", "fm", "--model", "lite0"]))
