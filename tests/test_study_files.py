@@ -1,6 +1,8 @@
 """A study's files for the repository (proxyattention.files.study_files): per-image results packed into
 one file and unpacked again (what the verdicts read comes back exactly), every epoch in one table."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -55,8 +57,13 @@ def test_the_epochs_of_every_training_job_come_in_one_table(tiny_run, tmp_path):
     assert rows == len(table)
     for (arm, seed, cycle), part in table.groupby(["arm", "seed", "cycle"]):
         original = pd.read_csv(run_dir(tiny_run, arm, seed, cycle) / "epochs.csv")
-        pd.testing.assert_frame_equal(part.drop(columns=["dataset", "model", "arm", "seed", "cycle"])
-                                      .reset_index(drop=True), original)
+        part = part.drop(columns=["dataset", "model", "arm", "seed", "cycle"]).reset_index(drop=True)
+        # the job's own rows, with the last epoch's curve point (left empty by the training job) filled
+        # in from the evaluation of the same checkpoint
+        assert np.isnan(original.curve_accuracy.iloc[-1]) and part.curve_accuracy.notna().all()
+        pd.testing.assert_frame_equal(part.iloc[:-1], original.iloc[:-1])
+        metrics = json.loads((run_dir(tiny_run, arm, seed, cycle) / "metrics.json").read_text())
+        assert part.curve_accuracy.iloc[-1] == pytest.approx(metrics["accuracy"], abs=1e-12)  # the whole split
     assert len(table.groupby(["arm", "seed", "cycle"])) == len(pd.read_csv(summary))
 
 
