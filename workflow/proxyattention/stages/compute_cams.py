@@ -33,7 +33,7 @@ def _empty(maps: np.ndarray, proxy: dict) -> np.ndarray:
     return empty_maps(maps)
 
 
-CAM_CHUNK = 2048  # maps made and written at a time (rounded to whole batches)
+CAM_CHUNK = 256  # maps made and written at a time (rounded to whole batches)
 
 
 @timed_stage

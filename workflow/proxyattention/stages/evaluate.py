@@ -56,7 +56,7 @@ def metrics_from(cm: np.ndarray, losses: np.ndarray, top5_hits: np.ndarray | Non
     return out
 
 
-EVAL_CHUNK = 8192  # images whose logits are held at once (a whole number of batches)
+EVAL_CHUNK = 1024  # images whose logits are held at once (a whole number of batches)
 
 
 def scored(model, source, info: dict, batch_size: int, runtime) -> tuple[dict, dict, dict]:
@@ -98,7 +98,7 @@ def scored(model, source, info: dict, batch_size: int, runtime) -> tuple[dict, d
     return metrics, images, question2
 
 
-MAP_CHUNK = 512  # maps of the question-2 sample made and measured at a time (rounded to whole batches)
+MAP_CHUNK = 128  # maps of the question-2 sample made and measured at a time (rounded to whole batches)
 
 
 def attention(settings: dict, model, info: dict, images, index, runtime, scores: dict | None = None,

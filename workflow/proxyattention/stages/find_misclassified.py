@@ -34,7 +34,7 @@ def prediction_table(logits: np.ndarray, index: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-PREDICT_CHUNK = 8192  # images whose logits are held at once (a whole number of batches)
+PREDICT_CHUNK = 1024  # images whose logits are held at once (a whole number of batches)
 
 
 def predicted_table(model, source, rows: pd.DataFrame, info: dict, batch_size: int, runtime) -> pd.DataFrame:
