@@ -91,3 +91,12 @@ def test_a_tilde_means_the_home_folder(tmp_path, monkeypatch):
                          models={"lite0": {"timm_name": "tf_efficientnet_lite0", "weights": "~/weights.safetensors"}})
     assert config["datasets"]["fm"]["path"] == str(tmp_path / "fm")
     assert config["models"]["lite0"]["weights"] == str(tmp_path / "weights.safetensors")
+
+
+def test_the_grid_line_counts_in_the_singular_when_there_is_one():
+    """#42 (smaller): "1 cycles", "1 seed pairs" read as a machine's words."""
+    from proxyattention.files.layout import describe_grid
+
+    line = describe_grid({"datasets": {"a": {}}, "models": {"m": {}}, "arms": ["baseline"], "seeds": [0],
+                          "cycles": 1, "results": "r"})
+    assert "x 1 cycle = 1 arm-cycle after 1 shared finetune;" in line

@@ -179,7 +179,7 @@ def answers(table: pd.DataFrame, proxy_arms: list) -> str:
             sentences.append(
                 f"{r.arm} minus {r.control}: {r.verdict_holm} (Holm-adjusted over the {len(part)} comparisons of "
                 f"this table), {_points(r.mean_difference)} points, 95% interval {_points(r.ci_low)} to "
-                f"{_points(r.ci_high)}, {r.n_pairs} seed pairs; this run could detect {_points(r.mde, False)} "
+                f"{_points(r.ci_high)}, {r.n_pairs} seed pair{'' if r.n_pairs == 1 else 's'}; this run could detect {_points(r.mde, False)} "
                 f"points with 80% power, and {_points(r.effect_of_interest, False)} points would need {needed} "
                 "seed pairs.")
         sentences += faithfulness_sentences(faithful[(faithful.dataset == dataset) & (faithful.model == model)])

@@ -77,9 +77,12 @@ def describe_grid(config: dict, configfiles=()) -> str:
     n = len(run_datasets(config)) * len(config["models"]) * len(config["seeds"])
     import os
 
+    def count(k: int, noun: str) -> str:
+        return f"{k} {noun}{'' if k == 1 else 's'}"
+
     source = f" from {', '.join(os.path.relpath(f) for f in configfiles)}" if configfiles else ""
-    return (f"proxyattention grid{source}: {text} x {config['cycles']} cycles = "
-            f"{n * len(config['arms']) * config['cycles']} arm-cycles after {n} shared finetunes; "
+    return (f"proxyattention grid{source}: {text} x {count(config['cycles'], 'cycle')} = "
+            f"{count(n * len(config['arms']) * config['cycles'], 'arm-cycle')} after {count(n, 'shared finetune')}; "
             f"results in {config['results']}/")
 
 
