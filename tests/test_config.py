@@ -41,7 +41,9 @@ def test_schema_rejects_with_one_readable_line(mutate, words):
 
 
 @pytest.mark.parametrize("mutate, words", [
-    (lambda c: c["datasets"]["d"].update(path="/no/such/folder"), ["datasets.d.path", "does not exist"]),
+    (lambda c: c["datasets"]["d"].update(path="/no/such/folder"), ["datasets.d.path", "does not exist;"]),
+    (lambda c: c["datasets"]["d"].update(path="no/such/folder"),
+     ["datasets.d.path", "does not exist (a relative path is read from the folder the workflow runs in, /"]),
     (lambda c: c["models"]["m"].update(timm_name="resnet_eighteen"), ["models.m.timm_name", "resnet_eighteen"]),
     (lambda c: c["models"]["m"].update(weights="bundled"), ["models.m.weights", "tf_efficientnet_lite0"]),
     (lambda c: c["models"]["m"].update(weights="/no/weights.pth"), ["models.m.weights", "does not exist"]),

@@ -71,8 +71,10 @@ def check_config(config: dict, base: str | os.PathLike = ".") -> None:
             if problem := check_torchvision(f"datasets.{name}", ds, base):
                 raise ConfigError(problem)
         elif not Path(base, ds["path"]).exists():
+            where = ("" if Path(ds["path"]).is_absolute()
+                     else f" (a relative path is read from the folder the workflow runs in, {Path(base).resolve()})")
             raise ConfigError(
-                f"datasets.{name}.path: {ds['path']} does not exist; point it at the {ds['source']} source"
+                f"datasets.{name}.path: {ds['path']} does not exist{where}; point it at the {ds['source']} source"
             )
         if ds.get("train_sizes") and ds.get("train_subset"):
             raise ConfigError(f"datasets.{name}: train_sizes and train_subset both choose the training images; "
