@@ -191,3 +191,15 @@ def test_the_layer_pilot_commands_run_as_typed(clone):
     proc, out = typed(clone, pilot)
     assert proc.returncode != 0 and "Traceback" not in out
     assert "no finetuned checkpoint" in out and "proxyattention finetune --dataset fashion_demo" in out
+
+
+def test_a_list_given_with_config_on_the_command_line_is_typed_as_in_a_file(clone):
+    """#42.6: `--config seeds=[0,1]` reached the schema as ["0", "1"] (Snakemake's BaseLoader) and
+    was refused, blaming the config file; now its items are typed as YAML types them, and a refusal
+    names --config beside the file."""
+    proc, out = typed(clone, "snakemake -n --cores all --config seeds=[0,1,2]")
+    assert proc.returncode == 0, out[-3000:]
+    assert "x 3 seeds (0, 1, 2) x" in out
+    proc, out = typed(clone, "snakemake -n --cores all --config seeds=[0,-1]")
+    assert proc.returncode != 0
+    assert "invalid config at 'seeds.1'" in out and "(config file: config.yaml; with --config seeds=[0,-1])" in out

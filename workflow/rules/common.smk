@@ -17,11 +17,48 @@ from proxyattention.files import layout
 from proxyattention.runtime import warm
 from snakemake.logging import logger
 
+def config_source():
+    """Where the config came from, for a message about it: its files and any --config values."""
+    files = ", ".join(map(str, workflow.configfiles)) or "none"
+    given = workflow.config_settings.config_args
+    return f"config file: {files}" + (f"; with --config {' '.join(map(str, given))}" if given else "")
+
+
+def retype_command_line_config():
+    """Snakemake reads a --config value's list or mapping with YAML's BaseLoader, which leaves every
+    item a string ("seeds=[0, 1]" gives ["0", "1"], refused as not integers); read those items again
+    as a config file's YAML would ("1" -> 1, "true" -> True, names stay names)."""
+    import yaml
+
+    def retyped(value):
+        if isinstance(value, list):
+            return [retyped(v) for v in value]
+        if isinstance(value, dict):
+            return {k: retyped(v) for k, v in value.items()}
+        if isinstance(value, str):
+            try:
+                loaded = yaml.safe_load(value)
+            except yaml.YAMLError:
+                return value
+            return loaded if isinstance(loaded, (int, float, bool)) else value
+        return value
+
+    def merged(base, new):  # the retyped values into what Snakemake merged, key by key
+        if isinstance(base, dict) and isinstance(new, dict):
+            return {**base, **{k: merged(base.get(k), v) for k, v in new.items()}}
+        return new
+
+    for key, value in workflow.config_settings.config.items():
+        if isinstance(value, (list, dict)) and key in config:
+            config[key] = merged(config[key], retyped(value))
+
+
+retype_command_line_config()
 try:
     validate_config(config)
     check_config(config)
 except ConfigError as err:
-    raise WorkflowError(f"{err}\n(config file: {', '.join(map(str, workflow.configfiles)) or 'none'})")
+    raise WorkflowError(f"{err}\n({config_source()})")
 
 
 if workflow.is_main_process:
@@ -30,13 +67,13 @@ if workflow.is_main_process:
         for message in check_models(config):
             logger.warning(f"warning: {message}")
     except ModelCheckError as err:
-        raise WorkflowError(f"{err}\n(config file: {', '.join(map(str, workflow.configfiles)) or 'none'})")
+        raise WorkflowError(f"{err}\n({config_source()})")
     size_errors, size_warnings = sizes.size_messages(config)  # datasets with train_sizes: listed, not decoded
     for message in size_warnings:
         logger.warning(f"warning: {message}")
     if size_errors:
         raise WorkflowError("\n".join(size_errors)
-                            + f"\n(config file: {', '.join(map(str, workflow.configfiles)) or 'none'})")
+                            + f"\n({config_source()})")
 
 
 def check_hub_weights():
@@ -47,7 +84,7 @@ def check_hub_weights():
     for name in pending:
         spec = config["models"][name]
         if spec["weights"] == "hub" and (problem := hub_problem(f"models.{name}.weights", spec["timm_name"])):
-            raise WorkflowError(f"{problem}\n(config file: {', '.join(map(str, workflow.configfiles)) or 'none'})")
+            raise WorkflowError(f"{problem}\n({config_source()})")
 
 
 # profiles/slurm reads these as "$VAR" (Snakemake expands environment variables in resource
