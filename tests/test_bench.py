@@ -24,3 +24,18 @@ def test_benchmarks_run_and_report(tmp_path):
     assert (cold["warm_start"], warm["warm_start"]) == (False, True)
     assert cold["jobs"] == warm["jobs"] > 0 and cold["sum_stage_s"] > 0 and warm["wall_x_cores_over_stage_s"] > 0
     assert "## Training" in (tmp_path / "bench.md").read_text()
+
+
+def test_the_scaling_bench_runs_each_stage_in_its_own_process_and_reports_its_memory(tmp_path):
+    """README's `python bench/scaling.py`, at two tiny sizes: every stage ran (it raises otherwise)
+    and the table has each stage's per-image time and sampled peak anonymous memory at both."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "scaling.py"), "--sizes", "24,48", "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    lines = proc.stdout.splitlines()
+    header = next(line for line in lines if line.split()[:1] == ["stage"])
+    assert "MiB n=24" in header and "MiB n=48" in header and "s/img n=48" in header
+    rows = {line.split()[0]: line.split()[1:] for line in lines[lines.index(header) + 1:]}
+    assert list(rows) == ["prepare", "prepare_masks", "finetune", "find_misclassified", "compute_cams",
+                          "mask_and_save", "evaluate", "examples"]
+    assert all(float(values[1]) > 50 for values in rows.values())  # a Python process's own memory, sampled
