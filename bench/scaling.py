@@ -15,7 +15,6 @@ Per-image time after start-up: (t(N) - t(smallest)) / (N - smallest), each stage
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

@@ -227,3 +227,22 @@ def test_a_stage_by_hand_names_a_training_size_as_its_dataset():
     check_cell(config, parse_args(["prepare", "--dataset", "fm"]))
     with pytest.raises(UsageError, match=r"--dataset fm is not in the config's datasets \(it has: fm/n5pc, fm/n50pc\)"):
         check_cell(config, parse_args(["finetune", "--dataset", "fm", "--model", "lite0"]))
+
+
+def test_adding_a_smaller_size_to_a_finished_run_plans_only_that_size(sizes_run):
+    """README: adding a smaller size prepares nothing again and reruns nothing of the other sizes."""
+    import subprocess
+
+    import yaml
+    from conftest import SNAKEMAKE
+
+    config = yaml.safe_load((sizes_run / "config.yaml").read_text())
+    config["datasets"]["fashion_demo"]["train_sizes"] = {"per_class": [5, 10, 15, 50]}
+    (sizes_run / "more.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    proc = subprocess.run(SNAKEMAKE + ["-n", "--directory", str(sizes_run), "--configfile",
+                                       str(sizes_run / "more.yaml")], capture_output=True, text=True)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    planned = {line.split("wildcards: ")[1].split(",")[0] for line in proc.stdout.splitlines()
+               if "wildcards: dataset=" in line}
+    assert planned == {"dataset=fashion_demo/n10pc"}
+    assert "rule prepare:" not in proc.stdout and "rule prepare_masks:" not in proc.stdout

@@ -27,13 +27,13 @@ import numpy as np
 import pandas as pd
 
 from ..analysis import faithfulness as fa
+from ..data.splits import restrict_to_size
 from ..data.streams import FAITHFULNESS, generator
 from ..files import layout
-from ..data.splits import restrict_to_size
 from ..files.artifacts import load_prepared
-from ..settings.sizes import base_of, run_datasets, size_of
 from ..files.atomic import atomic_path, read_json, write_csv
 from ..models.cams import build_cam, candidate_layers, compute_maps, explained_grid, release
+from ..settings.sizes import base_of, run_datasets, size_of
 
 
 def pilot(config: dict, dataset: str, model_name: str, seed: int = 0, layers: list[str] | None = None,
