@@ -29,6 +29,10 @@ onstart:
 onsuccess:
     stop_warm_server()
     print(f"\nDone. Summary table: {RESULTS}/summary.csv")
+    for line in preparation_warnings():  # said here, not only in the prepare job's log
+        print(f"Warning: {line}")
+    for line in unknown_costs():  # said here, not only in logs/aggregate.log
+        print(f"Warning: {line}; its time figures leave it out")
     print(f"Build the report with: {report_command()}\n")
 
 

@@ -1,5 +1,7 @@
 """Loader end to end: the uint8 batches the loop receives from gather threads against its anchor,
-the plain gather (and the DataLoader worker processes they replaced).
+the plain gather (and the DataLoader worker processes they replaced); the plain gather (one part,
+and two parts mixed in a batch as in a retrain) against its own anchor, numpy's fancy index of the
+same rows.
 """
 
 from __future__ import annotations
@@ -39,11 +41,23 @@ def bench_loader(n_images: int, size: int, batch: int, repeats: int, threads=(1,
         gathered, sampler = loader_of(0)
         keys = list(sampler)
 
+        half = n_images // 2  # the same rows as two parts: a retrain's original and added images
+        mixed = ArraySource([(mapped, np.arange(half), np.zeros(half)),
+                             (mapped, np.arange(half, n_images), np.zeros(n_images - half))])
+
+        def raw():
+            for _, _, idx in keys:
+                mapped[idx]
+
         def plain():
             for _, _, idx in keys:
                 source.gather(idx)
 
-        runs = {"plain_gather": plain}
+        def plain_mixed():
+            for _, _, idx in keys:
+                mixed.gather(idx)
+
+        runs = {"raw_index": raw, "plain_gather": plain, "mixed_gather": plain_mixed}
         loaders = {"threads_0": gathered}
         for n in threads:
             loaders[f"threads_{n}"] = loader_of(n)[0]
@@ -64,5 +78,8 @@ def bench_loader(n_images: int, size: int, batch: int, repeats: int, threads=(1,
     for n_threads in threads:
         out[f"threads_{n_threads}_of_plain"] = out[f"threads_{n_threads}_img_s"] / out["plain_gather_img_s"]
         out[f"workers_{n_threads}_of_plain"] = out[f"dataloader_workers_{n_threads}_img_s"] / out["plain_gather_img_s"]
-    out["identical_batches"] = bool(equal)
+    out["plain_of_raw"] = out["plain_gather_img_s"] / out["raw_index_img_s"]
+    out["mixed_of_raw"] = out["mixed_gather_img_s"] / out["raw_index_img_s"]
+    out["identical_batches"] = bool(equal and all(
+        np.array_equal(mixed.gather(idx)[0], mapped[idx]) for _, _, idx in keys[:3]))
     return out

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from conftest import ROOT, SIX, make_config, run_dir, user_command
 
-from proxyattention.settings.arms import comparisons, normalise, proxy_settings
+from proxyattention.settings.arms import comparisons, normalise, proxy_settings, unmatched_pairs
 from proxyattention.settings.schema import ConfigError
 from proxyattention.settings.stage_settings import owner, stage_settings
 from proxyattention.settings.validate import check_config, validate
@@ -33,7 +33,34 @@ def test_arms_override_proxy_keys_and_controls_take_their_match():
     pairs = comparisons(config)
     assert [p for p in pairs if p[1] == "baseline"] == [(a, "baseline") for a in SIX if a != "baseline"]
     assert ("gradcam", "gradcam_random") in pairs and ("eigencam", "gradcam_random") not in pairs
-    assert {("gradcam", "duplicate"), ("eigencam", "duplicate"), ("gradcampp_pred", "duplicate")} <= set(pairs)
+    # #42.1: the duplicate arm matches none; it adds gradcam's images (same selection, CAM and threshold), not
+    # eigencam's or gradcampp_pred's (another CAM: other maps are empty, so other images join): not judged there
+    assert ("gradcam", "duplicate") in pairs
+    assert ("eigencam", "duplicate") not in pairs and ("gradcampp_pred", "duplicate") not in pairs
+    assert unmatched_pairs(config) == [("eigencam", "duplicate"), ("gradcampp_pred", "duplicate")]
+
+
+def test_a_control_is_judged_only_against_the_arm_whose_images_it_adds():
+    """#42.1: a low-confidence arm (max_count 50) was judged "lowconf minus duplicate" against a
+    duplicate arm that added every misclassified image (214 against 50). A control that matches
+    none is compared with a proxy arm only when it selects and explains as that arm does; the
+    other pairs are listed, not judged, unless report.comparisons asks for one by name; and the
+    answer names them."""
+    from proxyattention.analysis.verdicts import answers
+
+    arms = {"baseline": {"kind": "baseline"}, "duplicate": {"kind": "duplicate"}, "proxy": {"kind": "proxy"},
+            "lowconf": {"kind": "proxy", "selection": {"rule": "both", "confidence_below": 0.6, "max_count": 50}},
+            "black_random": {"kind": "random_erase", "fill": {"mode": "mean"}}}
+    config = make_config(arms=arms)
+    pairs = comparisons(config)
+    assert ("proxy", "duplicate") in pairs and ("proxy", "black_random") in pairs  # its fill is its own
+    assert ("lowconf", "duplicate") not in pairs and ("lowconf", "black_random") not in pairs
+    assert unmatched_pairs(config) == [("lowconf", "duplicate"), ("lowconf", "black_random")]
+    asked = make_config(arms=arms, report={"comparisons": [["lowconf", "duplicate"]]})
+    assert ("lowconf", "duplicate") in comparisons(asked) and unmatched_pairs(asked) == [("lowconf", "black_random")]
+    text = answers(pd.DataFrame(columns=["dataset", "model", "arm", "metric"]), ["proxy", "lowconf"],
+                   unmatched_pairs(config))
+    assert "Not judged: lowconf minus duplicate, lowconf minus black_random." in text
 
 
 def test_cycle_one_work_is_shared_by_arms_with_equal_settings():

@@ -128,15 +128,27 @@ def test_localisation_by_hand():
     assert np.isnan(am.localisation(maps[:0], masks[:0])["map_in_object"])
 
 
+def evaluated_and_measured(settings, prepared, trained, folder, name="metrics", masks=None):
+    """evaluate, then measure from what it wrote (as the workflow's two rules do): question 2's
+    measures."""
+    import json
+
+    from proxyattention.stages import evaluate as ev
+
+    metrics, per_image = folder / f"{name}.json", folder / f"{name}_per_image.npz"
+    ev.evaluate(settings, prepared["images"], prepared["index"], trained["weights"], trained["meta"],
+                trained["stats"], metrics, out_per_image=per_image)
+    ev.measure(settings, prepared["images"], prepared["index"], trained["weights"], trained["meta"], metrics,
+               per_image, folder / f"{name}_measures.json", masks_path=masks)
+    return json.loads((folder / f"{name}_measures.json").read_text())["attention"]
+
+
 def test_evaluate_plays_the_pointing_game_on_the_images_that_have_masks(prepared, trained, tmp_path):
     """Fashion-MNIST's own objects: a garment is its nonzero pixels. Half the rows without a mask:
     the game is played on the map sample's rows that have one, and the object share is theirs."""
-    import json
-
     from proxyattention.analysis.attention_measures import sample_rows
-    from proxyattention.settings.stage_settings import stage_settings
-    from proxyattention.stages.evaluate import evaluate
     from proxyattention.files.artifacts import NO_MASK
+    from proxyattention.settings.stage_settings import stage_settings
 
     images = np.load(prepared["images"])
     masks = (images.max(3) > 0).astype(np.uint8)
@@ -144,9 +156,7 @@ def test_evaluate_plays_the_pointing_game_on_the_images_that_have_masks(prepared
     np.save(tmp_path / "masks.npy", masks)
     settings = stage_settings(trained["config"], "fm", "lite0", 0)
     settings["evaluation"].update(occlusion=False, calibration=False, map_sample=40)
-    evaluate(settings, prepared["images"], prepared["index"], trained["weights"], trained["meta"], trained["stats"],
-             tmp_path / "metrics.json", masks_path=tmp_path / "masks.npy")
-    measures = json.loads((tmp_path / "metrics.json").read_text())["attention"]
+    measures = evaluated_and_measured(settings, prepared, trained, tmp_path, masks=tmp_path / "masks.npy")
     index = pd.read_csv(prepared["index"])
     rows = index.loc[index.split == measures["split"], "index"].to_numpy()
     sampled = rows[sample_rows(rows, 40)]
@@ -154,20 +164,16 @@ def test_evaluate_plays_the_pointing_game_on_the_images_that_have_masks(prepared
     assert measures["n_maps"] == 40 and measures["n_localised"] == len(with_mask) > 0
     assert measures["object_share"] == pytest.approx(masks[with_mask].mean())
     assert 0 <= measures["map_in_object"] <= 1 and 0 <= measures["pointing_game"] <= 1
-    evaluate(settings, prepared["images"], prepared["index"], trained["weights"], trained["meta"], trained["stats"],
-             tmp_path / "plain.json")  # no masks: no game
-    assert "pointing_game" not in json.loads((tmp_path / "plain.json").read_text())["attention"]
+    assert "pointing_game" not in evaluated_and_measured(settings, prepared, trained, tmp_path, "plain")  # no masks
 
 
 def test_question_two_measured_a_chunk_at_a_time_equals_one_pass(prepared, trained, tmp_path, monkeypatch):
     """#40: the map sample is explained and measured a chunk of whole batches at a time, and the
     occlusion masks made a batch at a time (memory of one chunk, not of the sample); every measure
     equals the one-pass value exactly."""
-    import json
-
+    from proxyattention.files.artifacts import NO_MASK
     from proxyattention.settings.stage_settings import stage_settings
     from proxyattention.stages import evaluate as ev
-    from proxyattention.files.artifacts import NO_MASK
 
     images = np.load(prepared["images"])
     masks = (images.max(3) > 0).astype(np.uint8)
@@ -179,10 +185,8 @@ def test_question_two_measured_a_chunk_at_a_time_equals_one_pass(prepared, train
     measured = {}
     for chunk in (10_000, 20):  # one chunk; then 16 maps (one batch) at a time
         monkeypatch.setattr(ev, "MAP_CHUNK", chunk)
-        ev.evaluate(settings, prepared["images"], prepared["index"], trained["weights"], trained["meta"],
-                    trained["stats"], tmp_path / f"{chunk}.json", masks_path=tmp_path / "masks.npy")
-        measured[chunk] = json.loads((tmp_path / f"{chunk}.json").read_text())["attention"]
-        measured[chunk].pop("seconds", None)
+        measured[chunk] = evaluated_and_measured(settings, prepared, trained, tmp_path, str(chunk),
+                                                 masks=tmp_path / "masks.npy")
     assert measured[20] == measured[10_000]
     assert measured[20]["n_maps"] == 60 and measured[20]["n_localised"] > 0 and measured[20]["n_occlusion"] == 50
 
@@ -223,5 +227,35 @@ def test_an_evaluation_a_chunk_of_logits_at_a_time_equals_one_over_all_logits(pr
         np.testing.assert_array_equal(saved["val_p_true"], probs[np.arange(len(labels)), labels].astype(np.float32))
         np.testing.assert_array_equal(saved["val_p_top"], probs.max(1).astype(np.float32))
         np.testing.assert_array_equal(saved["val_brier"], brier_terms(probs, labels).astype(np.float32))
-    assert metrics["attention"]["ece"] == expected_calibration_error(probs.max(1), probs.argmax(1) == labels)
-    assert metrics["attention"]["brier"] == float(brier_terms(probs, labels).mean())
+    assert metrics["calibration"]["ece"] == expected_calibration_error(probs.max(1), probs.argmax(1) == labels)
+    assert metrics["calibration"]["brier"] == float(brier_terms(probs, labels).mean())
+    assert metrics["calibration"]["split"] == "val" and metrics["calibration"]["n_calibration"] == len(labels)
+
+
+def test_the_measure_stage_equals_measuring_inside_the_evaluation(prepared, trained, tmp_path):
+    """#41.1: question 2's measures moved to a stage of their own (so that an evaluation setting
+    reruns no cycle). From the evaluation's per-image predictions and calibration they equal, value
+    for value, what one process that scores the split itself measures; the evaluation's own
+    metrics.json holds no setting of question 2."""
+    import json
+
+    from proxyattention.files.artifacts import load_prepared
+    from proxyattention.models.build import load_checkpoint
+    from proxyattention.runtime.device import select_runtime
+    from proxyattention.settings.stage_settings import stage_settings
+    from proxyattention.stages import evaluate as ev
+
+    settings = stage_settings(trained["config"], "fm", "lite0", 0)
+    settings["evaluation"].update(map_sample=30, occlusion_sample=40)
+    measured = evaluated_and_measured(settings, prepared, trained, tmp_path)
+    images, index = load_prepared(prepared["images"], prepared["index"])
+    model, info = load_checkpoint(trained["weights"], trained["meta"])
+    training = settings["training"]
+    runtime = select_runtime(training["precision"], training["channels_last"], None, training["deterministic"])
+    together = ev.attention(settings, runtime.prepare_model(model), info, images, index, runtime)
+    together.pop("seconds")
+    assert measured == together and {"ece", "brier", "occlusion_auc", "map_entropy"} <= set(measured)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert "attention" not in metrics and set(metrics["calibration"]) == {"split", "ece", "brier", "n_calibration"}
+    assert "evaluation" not in stage_settings(trained["config"], "fm", "lite0", 0, "evaluate")
+    assert "maps" not in stage_settings(trained["config"], "fm", "lite0", 0, "evaluate")

@@ -102,3 +102,79 @@ def test_the_grid_line_counts_in_the_singular_when_there_is_one():
     line = describe_grid({"datasets": {"a": {}}, "models": {"m": {}}, "arms": ["baseline"], "seeds": [0],
                           "cycles": 1, "results": "r"})
     assert "x 1 cycle = 1 arm-cycle after 1 shared finetune;" in line
+
+
+def test_a_path_of_the_wrong_kind_for_its_source_is_refused_at_start_by_name(tmp_path):
+    """#42.5: a CSV source pointing at a folder, an IDX source on an ImageFolder, an empty class
+    folder and a CSV without its header passed the start checks and failed inside prepare (one with
+    a raw IsADirectoryError). Now each stops the run before any job, naming the path and the fix;
+    and `snakemake -n` says it (the check runs as the workflow starts)."""
+    import subprocess
+
+    import cv2
+    import numpy as np
+    import yaml
+    from conftest import SNAKEMAKE
+
+    tree = tmp_path / "pets"
+    for name in ("cat", "dog"):
+        (tree / name).mkdir(parents=True)
+    cv2.imwrite(str(tree / "cat" / "1.png"), np.zeros((8, 8, 3), np.uint8))  # dog/ is empty
+    (tmp_path / "listing.csv").write_text("file,class\n1.png,cat\n")
+    cases = [
+        ({"source": "csv", "path": str(tree)}, ["datasets.d.path", "is a folder; a csv source is a CSV file",
+                                                "use source: imagefolder"]),
+        ({"source": "idx", "path": str(tree)}, ["holds no train-images-idx3-ubyte", "use source: imagefolder"]),
+        ({"source": "imagefolder", "path": str(tree)}, ["empty class folder(s)", str(tree / "dog"),
+                                                        "add images or remove the folder"]),
+        ({"source": "imagefolder", "path": str(DEMO)}, ["no class folders", "use source: idx"]),
+        ({"source": "csv", "path": str(tmp_path / "listing.csv")}, ["no column(s) label, path", "it has: file, class"]),
+        ({"source": "imagefolder", "path": str(tmp_path / "listing.csv")}, ["is a file", "use source: csv"]),
+    ]
+    for spec, words in cases:
+        config = minimal()
+        config["datasets"]["d"] = spec
+        validate(config)
+        with pytest.raises(ConfigError) as err:
+            check_config(config)
+        for word in words:
+            assert word in str(err.value), (spec, str(err.value))
+    (tree / "dog" / "2.png").write_bytes((tree / "cat" / "1.png").read_bytes())
+    config = minimal()
+    config["datasets"]["d"] = {"source": "imagefolder", "path": str(tree)}
+    check_config(validate(config))  # every class has an image: accepted
+    (tree / "dog" / "2.png").unlink()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({**minimal(), "datasets": {"d": {"source": "imagefolder",
+                                                                                   "path": str(tree)}}}))
+    proc = subprocess.run(SNAKEMAKE + ["-n", "--directory", str(run), "--configfile", str(run / "config.yaml")],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "empty class folder(s)" in proc.stdout + proc.stderr
+    assert not (run / "results").exists()
+
+
+def test_the_readme_imagefolder_config_is_a_whole_config_that_passes_the_start_checks(tmp_path):
+    """#42 (smaller): README had no ImageFolder example. Its block, with the path pointed at a real
+    tree of scikit-learn digits, passes the schema and every start check as written."""
+    import re
+
+    import cv2
+    import numpy as np
+    import yaml
+    from sklearn.datasets import load_digits
+
+    block = re.search(r"```yaml\n(results: results_pets\n.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    config = yaml.safe_load(block)
+    digits = load_digits()
+    for split in ("train", "val"):
+        for c in range(3):
+            folder = tmp_path / "pets" / split / f"digit{c}"
+            folder.mkdir(parents=True)
+            for k in np.flatnonzero(digits.target == c)[:2]:
+                cv2.imwrite(str(folder / f"{k}.jpg"), (digits.images[k] * 15).astype(np.uint8))
+    assert config["datasets"]["pets"]["path"] == "/data/pets"
+    config["datasets"]["pets"]["path"] = str(tmp_path / "pets")
+    config["models"]["resnet18"]["weights"] = "none"  # hub needs the network, checked when a run starts
+    check_config(validate(config))
+    assert len(config["seeds"]) >= 3

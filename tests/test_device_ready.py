@@ -257,3 +257,21 @@ def test_gpus_that_torch_cannot_see_are_reported_not_silently_ignored(monkeypatc
     monkeypatch.setenv("PA_LOCAL_GPUS", "0")
     assert select_runtime("auto", True).warning is None
     assert select_runtime("auto", True, "cpu").warning is None  # asked for the CPU: nothing to say
+
+
+@pytest.mark.parametrize("size", [16, 112])  # 768 B per image: fancy index per part; 37 KiB: row by row
+def test_gather_returns_each_parts_rows_in_the_asked_order_whatever_the_mix(size):
+    rng = np.random.default_rng(5)
+    original = rng.integers(0, 256, (40, size, size, 3), dtype=np.uint8)
+    added = rng.integers(0, 256, (9, size, size, 3), dtype=np.uint8)
+    assert (original[0].nbytes >= data.ROW_BY_ROW_BYTES) == (size == 112)
+    rows_o, rows_a = rng.permutation(40)[:30], np.array([8, 0, 3, 3, 5])  # a row may come twice
+    source = ArraySource([(original, rows_o, np.arange(30) % 7), (added, rows_a, np.arange(5) + 100)])
+    every = np.concatenate([original[rows_o], added[rows_a]])
+    every_label = np.concatenate([np.arange(30) % 7, np.arange(5) + 100])
+    for indices in (rng.permutation(35)[:17], np.arange(30)[::-1], np.array([31, 34, 33]), np.array([32, 2, 32]),
+                    np.array([], dtype=np.int64)):
+        images, labels = source.gather(indices)
+        assert images.shape == (len(indices), size, size, 3) and type(images) is np.ndarray
+        np.testing.assert_array_equal(images, every[indices])
+        np.testing.assert_array_equal(labels, every_label[indices])

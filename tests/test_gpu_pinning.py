@@ -138,3 +138,28 @@ def test_device_picks_within_the_gpus_already_visible(monkeypatch):
         device_env("cuda:2")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert device_env("cuda:1")["CUDA_VISIBLE_DEVICES"] == "1"  # unset: the machine's numbering
+
+
+def test_every_rule_that_takes_a_gpu_slot_is_pinned_to_its_gpu_and_every_slurm_gpu_rule_takes_one():
+    """A rule with ``resources: gpu=1`` holds a local GPU slot; unless setup() pins it to that GPU
+    (TORCH_RULES), torch puts it on GPU 0 whatever slot it holds (faithfulness and agreement did),
+    and two jobs share a GPU the scheduler thinks free. The SLURM profile gives each such rule its
+    GPUs, and no other rule one."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from proxyattention.runtime.scripting import TORCH_RULES
+
+    root = Path(__file__).resolve().parents[1]
+    slot_rules = set()
+    for rules in (root / "workflow" / "rules").glob("*.smk"):
+        for block in re.split(r"^rule ", rules.read_text(), flags=re.M)[1:]:
+            name = block.split(":", 1)[0].strip()
+            if re.search(r"^\s+gpu=1,", block, flags=re.M):
+                slot_rules.add(name)
+    assert {"finetune", "evaluate", "measure", "faithfulness", "agreement"} <= slot_rules
+    assert slot_rules == TORCH_RULES
+    profile = yaml.safe_load((root / "profiles" / "slurm" / "config.yaml").read_text())
+    assert {r for r, res in profile["set-resources"].items() if "gpu" in res} == slot_rules

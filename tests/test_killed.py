@@ -56,3 +56,33 @@ def test_rerun_after_sigkill_completes_with_whole_files(tmp_path):
     # hidden temporaries too (#27.5): the rerun of a killed job removes what the killed attempt left
     left = [p for p in results.rglob(".*") if ".tmp" in p.name]
     assert not left, left
+
+
+@pytest.mark.parametrize("ending, kept", [("pass", False), ("raise ValueError('bad batch')", True),
+                                          ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", True)])
+def test_the_log_of_an_attempt_that_did_not_finish_survives_the_rerun(tmp_path, ending, kept):
+    """#42 (smaller): Snakemake removes a job's log before running the job again, so a rerun lost
+    the log of the interrupted attempt. Each attempt's log has a second name, removed when the
+    attempt ends without an error: a failed or killed attempt's log (traceback included) stays."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    log = tmp_path / "job.log"
+    log.write_text("")
+    script = (
+        "import sys, types\n"
+        f"sys.path.insert(0, {str(ROOT / 'workflow')!r})\n"
+        "from proxyattention.runtime.scripting import setup\n"
+        f"setup(types.SimpleNamespace(log=[{str(log)!r}], rule='prepare', threads=1, config={{}}))\n"
+        "print('stage started')\n"
+        f"{ending}\n")
+    subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                   env={k: v for k, v in __import__("os").environ.items() if k != "PA_WARM_SOCKET"})
+    attempts = list(tmp_path.glob("job.log.attempt-*"))
+    assert len(attempts) == (1 if kept else 0), attempts
+    if kept:
+        log.unlink()  # as Snakemake does before the rerun
+        text = attempts[0].read_text()
+        assert "stage started" in text and ("ValueError: bad batch" in text or "SIGKILL" in ending)

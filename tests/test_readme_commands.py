@@ -65,6 +65,7 @@ def expected_counts(config: dict) -> dict:
     proxies = len([a for a, spec in arms.items() if spec["kind"] == "proxy"])
     counts = {"prepare": len(config["datasets"]), "prepare_masks": len(config["datasets"]), "finetune": runs,
               "retrain": runs * len(arms) * cycles, "evaluate": runs * (1 + len(arms) * cycles),
+              "measure": runs * (1 + len(arms) * cycles),
               "find_misclassified": runs * jobs([a for a in adding if not from_record(a, "selection")]),
               "select_from_record": runs * jobs([a for a in adding if from_record(a, "selection")]),
               "compute_cams": runs * jobs([a for a in adding if not from_record(a, "maps")]),
@@ -203,3 +204,21 @@ def test_a_list_given_with_config_on_the_command_line_is_typed_as_in_a_file(clon
     proc, out = typed(clone, "snakemake -n --cores all --config seeds=[0,-1]")
     assert proc.returncode != 0
     assert "invalid config at 'seeds.1'" in out and "(config file: config.yaml; with --config seeds=[0,-1])" in out
+
+
+def test_the_command_that_makes_one_deleted_output_again_plans_its_job_and_what_it_needs(clone):
+    """README "When something goes wrong", as typed in a fresh clone: naming one run's cams.npz
+    plans the chain that makes it (preparation, finetune, selection, its CAM job) and nothing made
+    from it; `snakemake -n --forcerun compute_cams` is valid there too. (On a finished run, naming
+    the file plans its one job: test_workflow.py.)"""
+    readme = (ROOT / "README.md").read_text()
+    command = "snakemake -n results/runs/fashion_demo/tf_efficientnet_lite0/seed0/proxy/cycle1/cams.npz"
+    assert f"\n  {command}\n" in readme
+    proc, out = typed(clone, command)
+    assert proc.returncode == 0, out[-3000:]
+    counts = job_counts(out)
+    assert counts["compute_cams"] == 1 and counts["finetune"] == 1 and counts["find_misclassified"] == 1, counts
+    assert not {"mask_and_save", "retrain", "evaluate", "measure"} & set(counts), counts
+    assert "snakemake -n --forcerun compute_cams" in readme
+    proc, out = typed(clone, "snakemake -n --forcerun compute_cams")
+    assert proc.returncode == 0 and job_counts(out)["compute_cams"] > 0, out[-3000:]

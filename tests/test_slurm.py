@@ -25,9 +25,9 @@ GRID = dict(seeds=[0], arms=["proxy"], cycles=1)
 # The SLURM jobs of GRID (cluster.group: cycle, the default) and the stages each runs.
 GROUPS = {
     "group_fm.prepare": ["prepare", "prepare_masks"],
-    "group_fm.lite0.seed0.finetune.cycle0": ["evaluate", "finetune"],
+    "group_fm.lite0.seed0.finetune.cycle0": ["evaluate", "finetune", "measure"],
     "group_fm.lite0.seed0.proxy.cycle1": ["compute_cams", "evaluate", "faithfulness", "find_misclassified",
-                                          "mask_and_save", "retrain"],
+                                          "mask_and_save", "measure", "retrain"],
 }
 
 
@@ -38,6 +38,7 @@ PROFILE = {
     "find_misclassified": {"mem_mb": "16000", "runtime": "30", "gpu": "1", "cpus_per_gpu": "4"},
     "compute_cams": {"mem_mb": "16000", "runtime": "60", "gpu": "1", "cpus_per_gpu": "4"},
     "evaluate": {"mem_mb": "16000", "runtime": "30", "gpu": "1", "cpus_per_gpu": "4"},
+    "measure": {"mem_mb": "16000", "runtime": "30", "gpu": "1", "cpus_per_gpu": "4"},
     "prepare": {"mem_mb": "16000", "runtime": "120", "cpus_per_task": "8"},
     "prepare_masks": {"mem_mb": "16000", "runtime": "120", "cpus_per_task": "8"},
     "mask_and_save": {"mem_mb": "8000", "runtime": "30"},

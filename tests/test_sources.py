@@ -461,3 +461,24 @@ def test_prepare_records_where_the_verdicts_split_comes_from_and_the_verdicts_pr
     assert verdict_split(frame, stop_rule=True)[1].endswith("(the stop rule also chose on it)")
     # a summary written before the record keeps the internal name
     assert verdict_split(frame.drop(columns=["val_origin", "test_origin"])) == ("accuracy", "validation")
+
+
+def test_a_class_without_validation_images_is_a_warning_the_run_prints_in_one_line(tmp_path):
+    """#42 (smaller): "classes ['nine'] have no validation images" was only in the prepare job's
+    log (and at 1,000 classes a thousand names). prepare keeps it in classes.json, which the end of
+    the run prints; a long list names the first eight and counts the rest."""
+    import json
+
+    from proxyattention.stages.prepare import name_list
+
+    root = tmp_path / "data"
+    digits_tree(root, per_class=4, classes=(0, 1, 2), val=True)
+    for path in (root / "val" / "digit_2").iterdir():
+        path.unlink()
+    (root / "val" / "digit_2").rmdir()
+    run_prepare(spec(root), tmp_path / "out")
+    warnings = json.loads((tmp_path / "out" / "classes.json").read_text())["warnings"]
+    assert warnings == ["1 class (digit_2) has no validation images: their validation accuracy and recall are not "
+                        "measured (raise val_fraction, or add validation images)"]
+    assert name_list([f"c{i}" for i in range(750)], "class", "classes") == \
+        "750 classes (c0, c1, c2, c3, c4, c5, c6, c7 and 742 more)"

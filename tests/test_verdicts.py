@@ -183,6 +183,20 @@ def test_the_cost_of_an_adding_arm_includes_its_own_stages(tmp_path):
     (tmp_path / "mask_and_save.log").write_text("killed before it finished\n")
     frame = summarise(cells, paths, stage_logs={("d", "m", 0, "proxy", 1): logs}).set_index("arm")
     assert np.isnan(frame.loc["proxy", "cumulative_seconds"])  # unknown, never a smaller number
+    assert "mask_and_save unknown" in frame.loc["proxy", "cost_note"] and frame.loc["baseline", "cost_note"] == ""
+    # #41.4: a log without its time (an interrupted attempt's) counts the job's Snakemake benchmark
+    bench = tmp_path / "mask_and_save.tsv"
+    bench.write_text("s\th:m:s\tmax_rss\n0.8123\t0:00:00\t90.1\n")
+    frame = summarise(cells, paths, stage_logs={("d", "m", 0, "proxy", 1): logs},
+                      stage_benchmarks={("d", "m", 0, "proxy", 1): {"mask_and_save": bench}}).set_index("arm")
+    assert frame.loc["proxy", "proxy_seconds"] == pytest.approx(5.0 + 0.8123)
+    assert "mask_and_save: job wall time from" in frame.loc["proxy", "cost_note"]
+    from proxyattention.stages.figures import cost_of
+
+    blank = frame.reset_index()
+    blank.loc[blank.arm == "proxy", "cumulative_seconds"] = np.nan
+    column, label = cost_of(blank)
+    assert column == "cumulative_seconds" and "cost unknown, not drawn: proxy" in label  # that arm only
 
 
 @pytest.mark.parametrize("n", [2, 3, 5, 6, 8, 10, 20])
@@ -315,3 +329,14 @@ def test_example_order_is_the_quadratic_orders_in_one_pass_over_the_table():
     added = set(selected["index"].to_numpy()[rng.random(800) < 0.6].tolist())
     assert example_order(selected, added) == reference(selected, added)
     assert example_order(selected.iloc[0:0], set()) == []
+
+
+def test_the_forest_plot_keeps_its_axis_on_the_differences_in_points_with_two_seeds(tmp_path):
+    """#42.3: with two seeds the MDE is ~150 points; its ticks set the axis to ±1.5 (fractions) and
+    squashed the differences. The axis now spans the differences, in points."""
+    from proxyattention.stages.figures import paired_differences
+
+    frame = summary({"finetune": {0: [0.5, 0.5]}, "baseline": {1: [0.60, 0.62]}, "proxy": {1: [0.61, 0.64]}})
+    low, high = paired_differences(frame, [("proxy", "baseline")], tmp_path / "forest.png")
+    assert low == -high and 2.0 < high < 3.0  # the largest difference is 2 points
+    assert (tmp_path / "forest.png").stat().st_size > 10_000

@@ -354,3 +354,21 @@ def test_the_real_server_s_children_can_use_cuda(server, tmp_path):
     assert json.loads(ran.stdout) == {"warm": True, "bad_fork": False}, ran.stderr
     environ = open(f"/proc/{server.process.pid}/environ", "rb").read().split(b"\0")
     assert b"PYTORCH_NVML_BASED_CUDA_CHECK=1" in environ
+
+
+def test_a_server_whose_parent_was_killed_removes_its_socket_folder(tmp_path):
+    """#42 (smaller): after `kill -9` of Snakemake an empty pa-warm-* folder stayed in the temp
+    folder. The server, which exits when its parent is gone, now removes it."""
+    starter = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(ROOT / 'workflow')!r})\n"
+        "from proxyattention.runtime import warm\n"
+        f"server = warm.start_server({str(tmp_path / 'warm.log')!r}, extra_path={str(ROOT / 'workflow')!r})\n"
+        "print(server.folder, server.process.pid, flush=True)\n"
+        "time.sleep(600)\n")], stdout=subprocess.PIPE, text=True)
+    folder, server_pid = starter.stdout.readline().split()
+    assert os.path.isdir(folder)
+    starter.kill()  # SIGKILL: no stop(), no cleanup of its own
+    starter.wait()
+    assert wait_until(lambda: not alive(int(server_pid)), 60)
+    assert not os.path.exists(folder)

@@ -182,9 +182,9 @@ def test_deleting_one_output_recomputes_only_its_dependents(tiny_run):
     snakemake(tiny_run, relative)
     assert target.exists()
     downstream = job_counts(snakemake(tiny_run, "-n"))
-    assert downstream == {"evaluate": 2, "decide_cycle": 1, "find_misclassified": 1, "compute_cams": 1,
-                          "mask_and_save": 1, "faithfulness": 2, "retrain": 1, "aggregate": 1, "figures": 1,
-                          "all": 1, "total": 12}, downstream  # faithfulness: cycle 2's maps, and cycle 1's
+    assert downstream == {"evaluate": 2, "measure": 2, "decide_cycle": 1, "find_misclassified": 1,
+                          "compute_cams": 1, "mask_and_save": 1, "faithfulness": 2, "retrain": 1, "aggregate": 1,
+                          "figures": 1, "all": 1, "total": 14}, downstream  # faithfulness: cycle 2's maps, and cycle 1's
     # job comes after its cycle's evaluation (the order inside a cluster job)
     snakemake(tiny_run)
 
@@ -322,6 +322,7 @@ BY_HAND = {
     "prepare-masks": (None, None, ["masks.npy"]),
     "finetune": ("finetune", 0, ["model.safetensors", "model.json", "epochs.csv", "optimizer.safetensors"]),
     "evaluate": ("proxy", 2, []),
+    "measure": ("proxy", 2, []),
     "find-misclassified": ("proxy", 2, ["predictions.csv", "selected.csv"]),
     "compute-cams": ("proxy", 2, ["cams.npz"]),
     "mask-and-save": ("duplicate", 2, ["erased.npz", "erased.csv"]),
@@ -341,8 +342,9 @@ def test_every_stage_rerun_by_hand_writes_what_the_workflow_wrote(tiny_run, stag
     else:
         folder = run_dir(tiny_run, arm, 1, cycle)
         args = ["--dataset", "fm", "--model", "lite0", "--seed", "1", "--arm", arm, "--cycle", str(cycle)]
-    if stage == "evaluate":
-        before = json.loads((folder / "metrics.json").read_text())
+    written = {"evaluate": "metrics.json", "measure": "measures.json"}.get(stage)
+    if written:
+        before = json.loads((folder / written).read_text())
     saved = {name: (folder / name).read_bytes() for name in names}
     for name in names:
         (folder / name).unlink()
@@ -354,10 +356,78 @@ def test_every_stage_rerun_by_hand_writes_what_the_workflow_wrote(tiny_run, stag
             pd.testing.assert_frame_equal(again.drop(columns=TIMED[name]), first.drop(columns=TIMED[name]))
         else:
             assert (folder / name).read_bytes() == saved[name], name
-    if stage == "evaluate":
-        after = json.loads((folder / "metrics.json").read_text())
+    if written:
+        after = json.loads((folder / written).read_text())
         assert {k: v for k, v in after.items() if "seconds" not in k} == \
             {k: v for k, v in before.items() if "seconds" not in k}
+
+
+@pytest.mark.slow
+def test_a_deleted_intermediate_is_made_again_by_naming_it_and_forcerun_reruns_everything_after(tiny_run):
+    """#41.3, README "When something goes wrong": with a cams.npz deleted a plain run has nothing to
+    do (its products are there); naming it plans its one job; `--forcerun compute_cams` plans every
+    CAM job and everything made from them, but no preparation, finetune or baseline job."""
+    import shutil
+
+    cams = run_dir(tiny_run, "proxy", 1, 2) / "cams.npz"  # cycle 2: its own job (cycle 1 may share one)
+    kept = tiny_run / "cams.kept.npz"
+    shutil.copy2(cams, kept)  # put back as it was (content and time), so the run stays finished
+    cams.unlink()
+    try:
+        assert "Nothing to be done" in snakemake(tiny_run, "-n").stdout + snakemake(tiny_run, "-n").stderr
+        named = job_counts(snakemake(tiny_run, "-n", str(cams.relative_to(tiny_run))))
+        assert named == {"compute_cams": 1, "total": 1}, named
+    finally:
+        shutil.copy2(kept, cams)
+        kept.unlink()
+    config = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    seeds, cycles = len(config["seeds"]), config["cycles"]
+    adding = [a for a in config["arms"] if a != "baseline"]
+    forced = job_counts(snakemake(tiny_run, "-n", "--forcerun", "compute_cams"))
+    assert forced["compute_cams"] == seeds * (1 + len(adding) * (cycles - 1))  # cycle 1's job is shared
+    assert forced["retrain"] == forced["mask_and_save"] == seeds * len(adding) * cycles
+    assert forced["evaluate"] == forced["measure"] == seeds * len(adding) * cycles
+    assert not {"prepare", "finetune"} & set(forced)
+
+
+@pytest.mark.slow
+def test_a_stage_job_that_left_no_benchmark_runs_again_before_the_costs_are_summed(tiny_run):
+    """#41.4: after Ctrl-C a CAM job's cost was left blank in three arms, since nothing the tables
+    read needed its job again. The tables now read each stage job's benchmark file (Snakemake writes
+    it when the job succeeds): a job without one is planned again, and the tables after it."""
+    import shutil
+
+    bench = tiny_run / "results" / "benchmarks" / "compute_cams" / "fm" / "lite0" / "seed1" / "proxy" / "cycle2.tsv"
+    assert bench.exists()
+    kept = tiny_run / "bench.kept.tsv"
+    shutil.copy2(bench, kept)
+    bench.unlink()
+    try:
+        counts = job_counts(snakemake(tiny_run, "-n"))
+    finally:
+        shutil.copy2(kept, bench)
+        kept.unlink()
+    assert counts["compute_cams"] == 1 and counts["aggregate"] == 1, counts
+    assert job_counts(snakemake(tiny_run, "-n")) == {}  # put back: nothing to do
+    summary = pd.read_csv(tiny_run / "results" / "summary.csv")
+    assert summary.proxy_seconds.notna().all() and "cost_note" in summary
+
+
+@pytest.mark.slow
+def test_an_evaluation_setting_added_to_a_finished_run_plans_only_the_measures(tiny_run):
+    """#41.1: adding `evaluation: {occlusion_sample: ...}` to a finished run reran every retrain, CAM
+    and mask job (the evaluation that held the measure fed the stop rule, and so every cycle). Now
+    it plans the measure jobs and the tables and figures that read them, nothing else; a setting of
+    the maps and the masks likewise."""
+    config = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    n_cells = len(config["seeds"]) * (1 + len(config["arms"]) * config["cycles"])
+    for name, section in [("occlusion.yaml", {"evaluation": {"occlusion_sample": 7}}),
+                          ("maps.yaml", {"evaluation": {"map_sample": 5}})]:
+        edited = {**config, **{k: {**config.get(k, {}), **v} for k, v in section.items()}}
+        (tiny_run / name).write_text(yaml.safe_dump(edited, sort_keys=False))
+        counts = job_counts(subprocess.run(SNAKEMAKE + ["-n", "--directory", str(tiny_run), "--configfile",
+                                                        str(tiny_run / name)], capture_output=True, text=True))
+        assert counts == {"measure": n_cells, "aggregate": 1, "figures": 1, "all": 1, "total": n_cells + 3}, counts
 
 
 def planned(workdir) -> str:

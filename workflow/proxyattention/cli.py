@@ -11,7 +11,7 @@ have, a stage that the workflow never runs for that arm or cycle, and inputs tha
 are not there yet are refused in one line (naming the stage that makes them)
 before any model is loaded. Stages: prepare, prepare-masks, finetune, retrain,
 find-misclassified, compute-cams, select-from-record, maps-from-record, mask-and-save, evaluate,
-faithfulness, agreement.
+measure, faithfulness, agreement.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ STAGES = {
     "maps-from-record": ("maps_from_record", "cams.npz"),
     "mask-and-save": ("mask_and_save", "erased.npz"),
     "evaluate": ("evaluate", "metrics.json"),
+    "measure": ("measure", "measures.json"),
     "faithfulness": ("faithfulness", "faithfulness.json"),
     "agreement": ("agreement", "agreement.json"),
 }
@@ -52,7 +53,8 @@ MADE_BY = {
     "model.safetensors": "finetune (cycle 0) or retrain", "model.json": "finetune (cycle 0) or retrain",
     "train_stats.json": "finetune (cycle 0) or retrain", "training_pass.npz": "finetune (cycle 0) or retrain", "optimizer.safetensors": "finetune (cycle 0) or retrain", "decision.json": "the workflow's stop rule (decide_cycle)",
     "selected.csv": "find-misclassified", "cams.npz": "compute-cams", "erased.npz": "mask-and-save",
-    "metrics.json": "evaluate", "faithfulness.json": "faithfulness", "agreement.json": "agreement",
+    "metrics.json": "evaluate", "per_image.npz": "evaluate", "measures.json": "measure",
+    "faithfulness.json": "faithfulness", "agreement.json": "agreement",
 }
 
 
@@ -89,7 +91,7 @@ def check_cell(config: dict, args: argparse.Namespace) -> None:
         raise UsageError(f"{args.stage} needs --model (the config has: {', '.join(config['models'])})")
     known("model", args.model, list(config["models"]))
     known("seed", args.seed, config["seeds"])
-    if args.stage == "finetune" or (args.stage == "evaluate" and args.cycle == 0):
+    if args.stage == "finetune" or (args.stage in ("evaluate", "measure") and args.cycle == 0):
         if (args.arm, args.cycle) != (layout.FINETUNE, 0):
             raise UsageError(f"{args.stage} of the shared finetune is --arm finetune --cycle 0; "
                              f"cycles 1 to {config['cycles']} are retrain's")

@@ -2,11 +2,13 @@ rule aggregate:
     input:
         metrics=all_metrics(),
         per_image=all_per_image(),
+        measures=all_measures(),
         erased=all_erased_tables(),
         infos=[prepared("classes.json").format(dataset=sizes.base_of(d)) for d in RUN_DATASETS],
         indexes=[prepared("index.csv").format(dataset=sizes.base_of(d)) for d in RUN_DATASETS],
         faithfulness=all_faithfulness(),
         agreement=all_agreement(),
+        costs=all_stage_benchmarks(),
     output:
         summary=report(
             f"{RESULTS}/summary.csv",
@@ -22,6 +24,11 @@ rule aggregate:
             f"{RESULTS}/provenance.html",
             caption="../report/provenance.rst",
             category="Provenance",
+        ),
+        compared=report(
+            f"{RESULTS}/tables/compared.md",
+            caption="../report/compared.rst",
+            category="1. Verdicts",
         ),
         answers=report(
             expand(f"{RESULTS}/tables/{{dataset}}_answer.md", dataset=RUN_DATASETS),
@@ -39,6 +46,7 @@ rule aggregate:
         faithfulness_cells=faithfulness_cells(),
         agreement_cells=agreement_cells(),
         stage_logs=stage_logs(),
+        stage_benchmarks=stage_benchmarks(),
         datasets=RUN_DATASETS,
         arms=list(config["arms"]),
         comparisons=arms.comparisons(config),

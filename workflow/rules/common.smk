@@ -63,6 +63,8 @@ except ConfigError as err:
 
 if workflow.is_main_process:
     logger.info(layout.describe_grid(config, workflow.configfiles))
+    if (message := layout.verdict_warning(config)) is not None:
+        logger.warning(f"warning: {message}")
     try:
         for message in check_models(config):
             logger.warning(f"warning: {message}")
@@ -117,6 +119,35 @@ def report_command():
     if workflow.config_settings.config_args:
         words += ["--config", *workflow.config_settings.config_args]
     return " ".join(shlex.quote(str(w)) for w in words)
+
+
+def preparation_warnings():
+    """What each dataset's prepare job warned of (classes.json ``warnings``), for the end of the run:
+    a warning only in a job's log is a warning nobody reads."""
+    lines = []
+    for dataset in config["datasets"]:
+        path = Path(prepared("classes.json").format(dataset=dataset))
+        if path.exists():
+            import json
+
+            lines += [f"{dataset}: {note}" for note in json.loads(path.read_text()).get("warnings", [])]
+    return lines
+
+
+def unknown_costs():
+    """Lines naming each (dataset, model, arm) whose stage cost summary.csv leaves blank, and why
+    (its cost_note); empty when every cost is known or there is no summary."""
+    path = Path(RESULTS) / "summary.csv"
+    if not path.exists():
+        return []
+    import pandas as pd
+
+    frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    if "cost_note" not in frame or "proxy_seconds" not in frame:
+        return []
+    blank = frame[frame.proxy_seconds.isna()]
+    return [f"{d}/{m} {a}: cost unknown ({'; '.join(sorted(set(g.cost_note.dropna().astype(str))))})"
+            for (d, m, a), g in blank.groupby(["dataset", "model", "arm"], sort=False)]
 
 
 def start_warm_server():
@@ -282,6 +313,10 @@ def all_per_image():
     return [f"{run_dir_of(*cell)}/per_image.npz" for cell in grid()]
 
 
+def all_measures():
+    return [f"{run_dir_of(*cell)}/measures.json" for cell in grid()]
+
+
 def all_targets():
     targets = [f"{RESULTS}/summary.csv"]
     targets += expand(f"{RESULTS}/tables/{{dataset}}_comparison.csv", dataset=RUN_DATASETS)
@@ -359,19 +394,35 @@ def stage_rule(arm, stage):
     return stage
 
 
-def stage_logs():
-    """Per erased cell, the log of each Proxy Attention stage job it used (a shared cycle-1 job's
-    is its owner's), keyed by the job's name (the stage name its log's time line carries); aggregate reads
-    each stage's own time from them."""
+def stage_jobs(file_of):
+    """Per erased cell, ``file_of(rule)`` (log_file or bench_file) of each Proxy Attention stage job
+    it used (a shared cycle-1 job's is its owner's), keyed by the job's rule (the stage name its
+    log's time line carries)."""
     out = []
     for dataset, model, seed, arm, cycle in erased_cells():
-        logs = {}
+        files = {}
         for stage in PROXY_STAGES:
             owner = arm if stage == "mask_and_save" else owning_arm(config, dataset, model, arm, int(cycle), stage)
             job_rule = stage_rule(owner, stage)
-            logs[job_rule] = log_file(job_rule).format(dataset=dataset, model=model, seed=seed, arm=owner, cycle=cycle)
-        out.append(logs)
+            files[job_rule] = file_of(job_rule).format(dataset=dataset, model=model, seed=seed, arm=owner, cycle=cycle)
+        out.append(files)
     return out
+
+
+def stage_logs():
+    """The stage jobs' logs: aggregate reads each stage's own time from them."""
+    return stage_jobs(log_file)
+
+
+def stage_benchmarks():
+    """The stage jobs' benchmark files (Snakemake writes one when a job succeeds): aggregate takes
+    them as inputs, so a stage job whose benchmark is missing (an interrupted attempt) runs again
+    before the costs are summed, and its time comes from them where its log has none."""
+    return stage_jobs(bench_file)
+
+
+def all_stage_benchmarks():
+    return sorted({path for benchmarks in stage_benchmarks() for path in benchmarks.values()})
 
 
 def all_erased_tables():
@@ -384,6 +435,7 @@ def example_inputs(wc):
     return {
         "cams": shared_path("compute_cams", "cams.npz", *cell),
         "erased": f"{run_dir_of(*cell)}/erased.npz",
+        "erased_table": f"{run_dir_of(*cell)}/erased.csv",
         "selected": shared_path("find_misclassified", "selected.csv", *cell),
     }
 
@@ -418,9 +470,10 @@ def all_agreement():
 
 def agreement_after(wc):
     """Files the agreement job waits for and does not read, so that it comes last in its arm's
-    cycle job (one GPU at a time): that cycle's metrics.json, and the arm's own faithfulness.json
-    when that job joins the same cluster job (an arm without a random_erase control)."""
-    inputs = {"after": run_file("metrics.json").format(**wc)}
+    cycle job (one GPU at a time): that cycle's measures.json (which comes after its metrics.json),
+    and the arm's own faithfulness.json when that job joins the same cluster job (an arm without a
+    random_erase control)."""
+    inputs = {"after": run_file("measures.json").format(**wc)}
     if config["faithfulness"]["enabled"] and arms.random_control(config, wc.arm) is None:
         inputs["after_faithfulness"] = run_file("faithfulness.json").format(**wc)
     return inputs
@@ -428,12 +481,13 @@ def agreement_after(wc):
 
 def faithfulness_control(wc):
     """The erased.csv of the random_erase arm that matches this proxy arm (its offsets), if any;
-    and the metrics.json of the cycle whose cluster job it joins (faithfulness_group), which it does
-    not read: it orders the job last in that group. Snakemake asks a group for the sum of what
-    jobs that could run at once need, so beside retrain it would ask for a second GPU."""
+    and the measures.json of the cycle whose cluster job it joins (faithfulness_group), which it does
+    not read: it orders the job last in that group (measure comes after evaluate). Snakemake asks a
+    group for the sum of what jobs that could run at once need, so beside retrain or measure it
+    would ask for a second GPU."""
     control = arms.random_control(config, wc.arm)
     joined = run_dir_of(wc.dataset, wc.model, wc.seed, control or wc.arm, wc.cycle)
-    inputs = {"after": f"{joined}/metrics.json"}
+    inputs = {"after": f"{joined}/measures.json"}
     if control is not None:
         inputs["control"] = f"{joined}/erased.csv"
     return inputs

@@ -19,9 +19,13 @@ aggregate(
     config=snakemake.config,
     effect_of_interest=snakemake.params.effect_of_interest,
     per_image_paths=list(snakemake.input.per_image),
+    measures_paths=list(snakemake.input.measures),
+    out_compared=snakemake.output.compared,
     faithfulness_paths={tuple(cell): path for cell, path in zip(snakemake.params.faithfulness_cells,
                                                                  snakemake.input.faithfulness)},
     agreement_paths={tuple(cell): path for cell, path in zip(snakemake.params.agreement_cells,
                                                              snakemake.input.agreement)},
     stage_logs={tuple(cell): logs for cell, logs in zip(snakemake.params.erased_cells, snakemake.params.stage_logs)},
+    stage_benchmarks={tuple(cell): b for cell, b in zip(snakemake.params.erased_cells,
+                                                        snakemake.params.stage_benchmarks)},
 )

@@ -14,5 +14,4 @@ evaluate(
     snakemake.output.metrics,
     decision=snakemake.input.get("decision"),
     out_per_image=snakemake.output.per_image,
-    masks_path=snakemake.input.masks,
 )

@@ -11,4 +11,5 @@ examples(
     snakemake.input.selected,
     snakemake.input.classes,
     snakemake.output[0],
+    erased_table=snakemake.input.erased_table,
 )

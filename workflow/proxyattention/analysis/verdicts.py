@@ -163,7 +163,17 @@ def _points(v: float, signed: bool = True) -> str:
     return "undefined" if not np.isfinite(v) else (f"{100 * v:+.2f}" if signed else f"{100 * v:.2f}")
 
 
-def answers(table: pd.DataFrame, proxy_arms: list) -> str:
+def unmatched_sentence(unmatched: list) -> str:
+    """The proxy arm / control pairs the tables do not judge (settings/arms.py unmatched_pairs)."""
+    if not unmatched:
+        return ""
+    pairs = ", ".join(f"{arm} minus {control}" for arm, control in unmatched)
+    return (f"Not judged: {pairs}. Each control there adds other images than the arm (another selection, CAM or "
+            "threshold), so their difference mixes what is added with how it is painted; give the arm a control "
+            "of its own (matches: the arm's name) to compare them.\n")
+
+
+def answers(table: pd.DataFrame, proxy_arms: list, unmatched: list | None = None) -> str:
     """The answer of a verdict table in plain sentences, one paragraph per (dataset, model): for
     each comparison of a Proxy Attention arm, the Holm-adjusted verdict, the mean difference and
     its interval, the MDE and the seed pairs the effect of interest would need. Written from
@@ -176,19 +186,31 @@ def answers(table: pd.DataFrame, proxy_arms: list) -> str:
         for r in part[part.arm.isin(proxy_arms)].itertuples():
             needed = ("undefined (no spread)" if np.isnan(r.pairs_needed) else
                       "more than 100,000" if np.isinf(r.pairs_needed) else f"{int(r.pairs_needed)}")
+            pairs = f"{r.n_pairs} seed pair{'' if r.n_pairs == 1 else 's'}"
+            if r.n_pairs < MIN_PAIRS or not (np.isfinite(r.ci_low) and np.isfinite(r.ci_high)):
+                sentences.append(
+                    f"{r.arm} minus {r.control}: {_points(r.mean_difference)} points over {pairs}; no interval, "
+                    f"detectable effect or verdict (they need at least {MIN_PAIRS} seed pairs), and "
+                    f"{_points(r.effect_of_interest, False)} points would need {needed} seed pairs.")
+                continue
+            detect = (f"this run could detect {_points(r.mde, False)} points with 80% power"
+                      if np.isfinite(r.mde) and r.mde < 1 else
+                      "its detectable effect exceeds 100 points (no difference in accuracy could be detected with "
+                      "80% power)" if np.isfinite(r.mde) else
+                      "its detectable effect is undefined (the paired differences have no spread)")
             sentences.append(
                 f"{r.arm} minus {r.control}: {r.verdict_holm} (Holm-adjusted over the {len(part)} comparisons of "
                 f"this table), {_points(r.mean_difference)} points, 95% interval {_points(r.ci_low)} to "
-                f"{_points(r.ci_high)}, {r.n_pairs} seed pair{'' if r.n_pairs == 1 else 's'}; this run could detect {_points(r.mde, False)} "
-                f"points with 80% power, and {_points(r.effect_of_interest, False)} points would need {needed} "
-                "seed pairs.")
+                f"{_points(r.ci_high)}, {pairs}; {detect}, and "
+                f"{_points(r.effect_of_interest, False)} points would need {needed} seed pairs.")
         sentences += faithfulness_sentences(faithful[(faithful.dataset == dataset) & (faithful.model == model)])
         if sentences:
             split = part.split.iloc[0].split(" (")[0]
             measured = f"{split} accuracy" if split in ("validation", "test") else f"accuracy on {split}"
             paragraphs.append(f"{dataset} / {model}, does Proxy Attention help (cycle {int(part.cycle.iloc[0])}, "
                               f"{measured})? " + " ".join(sentences))
-    return "\n\n".join(paragraphs) + "\n" if paragraphs else "No Proxy Attention arm was compared.\n"
+    text = "\n\n".join(paragraphs) + "\n" if paragraphs else "No Proxy Attention arm was compared.\n"
+    return text + ("\n" + unmatched_sentence(unmatched) if unmatched else "")
 
 
 def image_level(per_image: dict | None, dataset, model, arm, other, cycle: int, seeds, split: str) -> dict:

@@ -86,6 +86,20 @@ def describe_grid(config: dict, configfiles=()) -> str:
             f"results in {config['results']}/")
 
 
+def verdict_warning(config: dict) -> str | None:
+    """What a grid cannot give, said at the start of its run: with fewer seeds than a verdict needs
+    (analysis/verdicts.py MIN_PAIRS), no comparison gets an interval, an MDE or a verdict; with no
+    control or a single arm, nothing is compared."""
+    from ..analysis.verdicts import MIN_PAIRS
+
+    n = len(config["seeds"])
+    if len(config["arms"]) > 1 and n < MIN_PAIRS:
+        return (f"{n} seed{'' if n == 1 else 's'}: no comparison will get an interval, a detectable effect or a "
+                f"verdict (each needs at least {MIN_PAIRS} seeds, paired); the tables and figures will show the "
+                f"per-seed differences only. Add seeds to answer a question")
+    return None
+
+
 def mask_seed(seed, cycle) -> list[int]:
     """The stream of a cycle's random draws in mask-and-save: (seed, cycle), as training's."""
     return [int(seed), int(cycle)]

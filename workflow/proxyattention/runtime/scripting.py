@@ -34,6 +34,7 @@ def setup(snakemake) -> None:
         stream = open(snakemake.log[0], "a", buffering=1)
         sys.stderr = stream
         sys.stdout = stream
+        keep_log_of_failed_attempt(snakemake.log[0])
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     remove_temporaries_on_sigterm()
@@ -47,6 +48,40 @@ def setup(snakemake) -> None:
         import torch
 
         torch.set_num_threads(max(1, int(snakemake.threads)))
+
+
+def keep_log_of_failed_attempt(log_path: str) -> None:
+    """Snakemake removes a job's log before it runs the job again, so the log of an attempt that
+    failed, was interrupted (Ctrl-C, SIGTERM) or killed was lost to the rerun. The log gets a second
+    name for this attempt, ``<log>.attempt-<UTC time>`` (a hard link: the same file, written as it
+    is written, traceback included); the attempt removes that name when it ends without an error,
+    so what is left beside a log are the attempts that did not finish."""
+    import atexit
+    import os
+    import time
+
+    kept = f"{log_path}.attempt-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"
+    try:
+        os.link(log_path, kept)
+    except OSError:  # a filesystem without hard links: nothing kept, as before
+        return
+    failed = []
+    previous = sys.excepthook
+
+    def excepthook(kind, value, tb):
+        failed.append(kind)
+        previous(kind, value, tb)
+
+    sys.excepthook = excepthook
+
+    def finished() -> None:
+        if not failed:
+            try:
+                os.unlink(kept)
+            except OSError:
+                pass
+
+    atexit.register(finished)
 
 
 def remove_temporaries_on_sigterm() -> None:
@@ -66,8 +101,10 @@ def remove_temporaries_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, terminated)
 
 
-# Only these rules run a model; the others must not pay seconds to import torch.
-TORCH_RULES = {"finetune", "retrain", "find_misclassified", "compute_cams", "evaluate"}
+# Only these rules run a model (each asks for a local GPU slot, ``gpu=1``, and is pinned to its
+# GPU here); the others must not pay seconds to import torch.
+TORCH_RULES = {"finetune", "retrain", "find_misclassified", "compute_cams", "evaluate", "measure", "faithfulness",
+               "agreement"}
 
 
 _held_locks = []  # kept open for the life of the process: closing a file releases its lock

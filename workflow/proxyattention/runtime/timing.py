@@ -17,15 +17,21 @@ PATTERN = re.compile(r"stage (\w+) took ([0-9.]+) s")
 
 
 def timed_stage(fn):
-    """Log ``stage NAME took S s`` when ``fn`` returns (or raises)."""
+    """Log ``stage NAME took S s`` when ``fn`` returns; ``stage NAME stopped after S s (...)`` when it
+    raises or is interrupted, which no cost counts (a failed or Ctrl-C'd attempt is not the stage's
+    time: the rerun's is)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         start = time.perf_counter()
         try:
-            return fn(*args, **kwargs)
-        finally:
-            log.info("stage %s took %.3f s", fn.__name__, time.perf_counter() - start)
+            result = fn(*args, **kwargs)
+        except BaseException as err:
+            log.info("stage %s stopped after %.3f s (%s)", fn.__name__, time.perf_counter() - start,
+                     type(err).__name__)
+            raise
+        log.info("stage %s took %.3f s", fn.__name__, time.perf_counter() - start)
+        return result
 
     return wrapper
 

@@ -34,7 +34,7 @@ PRELOAD = (
     "numpy", "pandas", "cv2", "torch", "timm", "pytorch_grad_cam", "snakemake.script",
     *(f"proxyattention.stages.{stage}" for stage in (
         "prepare", "prepare_masks", "train", "find_misclassified", "compute_cams", "mask_and_save", "evaluate",
-        "decide_cycle", "aggregate", "figures", "from_record", "agreement")),
+        "decide_cycle", "aggregate", "figures", "from_record", "agreement", "faithfulness")),
 )
 
 log = logging.getLogger(__name__)
@@ -225,6 +225,10 @@ def serve(socket_path: str, parent_pid: int, preload=PRELOAD) -> None:
             os.unlink(socket_path)
         except FileNotFoundError:
             pass
+        try:  # its folder (start_server's mkdtemp) too: after a kill -9 of Snakemake nobody else removes it
+            os.rmdir(os.path.dirname(socket_path))
+        except OSError:
+            pass
         log.info("warm start: stopped (%d jobs still running were terminated)", len(children))
 
 
@@ -335,7 +339,7 @@ def _run_child(conn: socket.socket, listener: socket.socket, fds: list[int], req
             else:
                 print(exit_.code, file=sys.stderr)
         except BaseException:
-            traceback.print_exc()
+            sys.excepthook(*sys.exc_info())  # as `python script.py` reports it (and so scripting's hooks see it)
         atexit._run_exitfuncs()
     except BaseException:  # before the script ran (e.g. its folder is gone): the job's log says why
         print("warm start: the child could not run the job:", file=sys.stderr)

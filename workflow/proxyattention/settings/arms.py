@@ -76,18 +76,48 @@ def cam_method(config: dict, model: str, arm: str | None = None) -> str:
     return config["proxy"]["cam_method"] if method == "inherit" else method
 
 
+# What a control may set differently from the arm whose images it shares: how it paints them.
+OWN_CONTROL_KEYS = ("fill", "random_erase")
+
+
+def shares_images(config: dict, control: str, arm: str) -> bool:
+    """Whether the duplicate or random_erase arm ``control`` adds the images ``arm`` adds: it
+    ``matches`` that arm, or matches none and selects and explains as it does (the proxy settings
+    but fill equal). Without the config's proxy section (a summary read alone) a control that
+    matches none is taken to share them, as before this check."""
+    matched = config["arms"][control].get("matches")
+    if matched is not None:
+        return matched == arm
+    if "proxy" not in config:
+        return True
+    strip = lambda s: {k: v for k, v in s.items() if k not in OWN_CONTROL_KEYS}  # noqa: E731
+    return strip(proxy_settings(config, control)) == strip(proxy_settings(config, arm))
+
+
 def comparisons(config: dict) -> list[tuple[str, str]]:
     """(arm, other) pairs whose paired differences the tables report: every arm against each
-    baseline arm, and each proxy arm against its controls (those that match it, or match none)."""
+    baseline arm, and each proxy arm against the controls that add its images (shares_images); and
+    the pairs ``report.comparisons`` asks for by name. A control is never judged against a proxy
+    arm that adds other images (unmatched_pairs lists those)."""
     arms = config["arms"]
     pairs = [(a, b) for b in names_of_kind(config, "baseline") for a in arms if a != b]
     for p in names_of_kind(config, "proxy"):
         for kind in ("duplicate", "random_erase"):
-            pairs += [(p, c) for c in names_of_kind(config, kind) if arms[c].get("matches") in (p, None)]
+            pairs += [(p, c) for c in names_of_kind(config, kind) if shares_images(config, c, p)]
     for arm, other in config.get("report", {}).get("comparisons", []):  # report.comparisons: asked for by name
         if (arm, other) not in pairs:
             pairs.append((arm, other))
     return pairs
+
+
+def unmatched_pairs(config: dict) -> list[tuple[str, str]]:
+    """(proxy arm, control) pairs left out of comparisons because a control that matches no arm
+    adds other images than that arm (another selection, CAM or threshold), unless
+    report.comparisons asks for them by name. (A control that matches another arm is that arm's.)"""
+    asked = {tuple(p) for p in config.get("report", {}).get("comparisons", [])}
+    return [(p, c) for p in names_of_kind(config, "proxy") for kind in ("duplicate", "random_erase")
+            for c in names_of_kind(config, kind) if config["arms"][c].get("matches") is None
+            and not shares_images(config, c, p) and (p, c) not in asked]
 
 
 def random_control(config: dict, arm: str) -> str | None:

@@ -36,6 +36,11 @@ def explain(error) -> str:
         allowed = f"; allowed: {', '.join(map(str, schema['enum']))}"
     elif error.validator == "additionalProperties":
         allowed = f"; allowed keys here: {', '.join(sorted(schema.get('properties', {})))}"
+    elif error.validator == "required" and not error.absolute_path:
+        # a partial file: nothing is merged from the demo's config.yaml, whatever the defaults say
+        return (f"invalid config at '(top level)': {error.message}. A config file holds every dataset and model "
+                "of its run itself: nothing is taken from the demo's config.yaml (defaults fill only the other "
+                "options). Add the section; README's 'Your own data and models' has an example")
     elif "description" in schema:
         allowed = f" ({schema['description'].strip()})"
     return f"invalid config at '{key}': {error.message}{allowed}"

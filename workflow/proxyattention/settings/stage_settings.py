@@ -55,8 +55,9 @@ STAGE_SECTIONS = {
     "compute_cams": ("model.batch_size", "model.target_layer", "proxy.cam_method", "proxy.fast_path", "proxy.target",
                      "proxy.empty_maps", "training.deterministic", "proxy.maps_source"),
     "mask_and_save": ("proxy.threshold", "proxy.fill", "proxy.random_erase", "proxy.empty_maps"),
-    "evaluate": ("model.batch_size", "model.target_layer", "training.precision", "training.channels_last",
-                 "training.deterministic", "evaluation", "maps"),
+    "evaluate": ("model.batch_size", "training.precision", "training.channels_last", "training.deterministic"),
+    "measure": ("model.batch_size", "model.target_layer", "training.precision", "training.channels_last",
+                "training.deterministic", "evaluation", "maps"),
     "agreement": ("model.batch_size", "model.target_layer", "proxy.cam_method", "proxy.fast_path", "proxy.selection",
                   "training.precision", "training.channels_last", "training.deterministic", "agreement"),
     "faithfulness": ("model.batch_size", "model.target_layer", "proxy.cam_method", "proxy.fast_path",
@@ -116,7 +117,7 @@ def stage_settings(config: dict, dataset: str, model: str, cycle: int = 0, stage
         # what its last epoch records for the arms that read it (training/record.py); absent when nothing
         if arm is not None and (spec := record_spec(config, model, arm, cycle)) is not None:
             settings["record"] = spec
-    if (stage in ("evaluate", None) and config.get("evaluation", {}).get("full_split") == "final"
+    if (stage in ("evaluate", "measure", None) and config.get("evaluation", {}).get("full_split") == "final"
             and cycle < config["cycles"]):  # an intermediate cycle: on the epoch sample of the verdicts' split
         settings["verdict_sample"] = config["training"].get("epoch_sample", 1000)
     if stage is None:

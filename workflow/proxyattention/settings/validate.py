@@ -76,6 +76,11 @@ def check_config(config: dict, base: str | os.PathLike = ".") -> None:
             raise ConfigError(
                 f"datasets.{name}.path: {ds['path']} does not exist{where}; point it at the {ds['source']} source"
             )
+        else:
+            from ..sources import layout_problem
+
+            if problem := layout_problem(ds, base):
+                raise ConfigError(f"datasets.{name}.path: {problem}")
         if ds.get("train_sizes") and ds.get("train_subset"):
             raise ConfigError(f"datasets.{name}: train_sizes and train_subset both choose the training images; "
                               "keep train_sizes (its largest size is the subset) and remove train_subset")

@@ -14,10 +14,67 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Item, SourceError
+from .base import IMAGE_SUFFIXES, Item, SourceError
 from .folder import _imagefolder
 from .idx import _idx
 from .table import _csv
+
+
+def _has_image(folder: Path) -> bool:
+    """Whether ``folder`` holds an image file anywhere below it (stops at the first)."""
+    for _, _, files in os.walk(folder):
+        if any(Path(f).suffix.lower() in IMAGE_SUFFIXES for f in files):
+            return True
+    return False
+
+
+def layout_problem(spec: dict, base: str | os.PathLike = ".") -> str | None:
+    """What is wrong with a dataset path for its source kind, seen without reading any image (a
+    message naming the path and the fix), or None. Cheap enough for the start of every run: a CSV's
+    header line, the IDX file names, an ImageFolder's class folders (each scanned to its first
+    image). The full listing (labels, splits, every file) is prepare's."""
+    from .idx import IDX_FILES
+
+    kind, path = spec["source"], Path(base, spec["path"])
+    if kind == "torchvision" or not path.exists():
+        return None
+    idx_files = path.is_dir() and any((path / (stem + ext)).exists() for stem, _ in IDX_FILES.values()
+                                      for ext in ("", ".gz"))
+    if kind == "csv":
+        if path.is_dir():
+            other = ("IDX files: use source: idx" if idx_files else "a folder of class folders: use source: "
+                     "imagefolder")
+            return f"{spec['path']} is a folder; a csv source is a CSV file with 'path,label' columns (for {other})"
+        import csv
+
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+            header = next(csv.reader(f), [])
+        missing = {"path", "label"} - {h.strip() for h in header}
+        if missing:
+            return (f"{spec['path']}: its first line has no column(s) {', '.join(sorted(missing))}; a csv source needs "
+                    f"a header 'path,label' (optionally 'split', 'mask'); it has: {', '.join(header) or 'nothing'}")
+        return None
+    if not path.is_dir():
+        return (f"{spec['path']} is a file; an {kind} source is a folder"
+                + (" (a CSV listing images: use source: csv)" if path.suffix.lower() == ".csv" else ""))
+    if kind == "idx":
+        stem = IDX_FILES["train"][0]
+        if not any((path / (name + ext)).exists() for name in IDX_FILES["train"] for ext in ("", ".gz")):
+            looks = (" It holds class folders: for an image folder use source: imagefolder."
+                     if any(p.is_dir() for p in path.iterdir()) else "")
+            return f"{spec['path']} holds no {stem}[.gz]; an idx source is a folder of MNIST-named IDX files.{looks}"
+        return None
+    root = path / "train" if (path / "train").is_dir() else path  # imagefolder
+    classes = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    if not classes:
+        hint = " It holds IDX files: use source: idx." if idx_files else ""
+        return f"{spec['path']}: no class folders; expected {spec['path']}/train/<class>/* or {spec['path']}/<class>/*.{hint}"
+    empty = [p for p in classes if not _has_image(p)]
+    if empty:
+        names = ", ".join(str(p) for p in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        return (f"{spec['path']}: empty class folder(s) {names} (no image file: {', '.join(sorted(IMAGE_SUFFIXES))});"
+                " add images or remove the folder")
+    return None
 
 
 def list_items(spec: dict, base: str | os.PathLike = ".") -> tuple[list[Item], list[str]]:

@@ -38,7 +38,8 @@ def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = Non
               dataset_infos: dict | None = None, arms: list | None = None,
               stage_logs: dict | None = None, arm_specs: dict | None = None,
               faithfulness_paths: dict | None = None, agreement_paths: dict | None = None,
-              curve: dict | None = None) -> pd.DataFrame:
+              curve: dict | None = None, measures_paths: list | None = None,
+              stage_benchmarks: dict | None = None) -> pd.DataFrame:
     """One row per (dataset, model, arm, seed, cycle) with every metric, time and memory.
 
     ``cells`` and ``metrics_paths`` are parallel. Cumulative time and images add
@@ -49,13 +50,16 @@ def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = Non
     ``stage_logs`` a cell of an adding arm to {stage: the log of the job it used}
     (find_misclassified, compute_cams, mask_and_save): their own time is the arm's
     ``proxy_seconds``, counted in full by every arm that used a shared job, since each would
-    pay it alone. ``cumulative_seconds`` is training plus those stages;
+    pay it alone (a log without its time: the job's benchmark file from ``stage_benchmarks``, said in
+    ``cost_note``). ``cumulative_seconds`` is training plus those stages;
     ``cumulative_train_seconds`` training alone. ``arm_specs`` (the config's ``arms`` mapping)
     gives each row its arm's ``kind`` and ``matches``, so the summary alone says what to compare.
     ``faithfulness_paths`` maps a proxy-kind arm's cell to its ``faithfulness.json``: those rows get
     the faithfulness columns (analysis/faithfulness.py, SUMMARY_KEYS and the mean curves).
     ``agreement_paths`` maps a training-pass arm's cell to its ``agreement.json``: those rows get the
-    ``agree_`` columns (stages/agreement.py).
+    ``agree_`` columns (stages/agreement.py). ``measures_paths`` (parallel to ``cells``): each cell's
+    ``measures.json``, question 2's measures (stages/evaluate.py measure); without it they are read
+    from ``metrics.json`` (results written before the measure stage).
 
     ``size`` (a training size, ``n20pc``; empty without one), ``train_per_class`` (the size's images
     per class as written, or the training images over the classes) and ``n_train`` (the original
@@ -71,7 +75,7 @@ def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = Non
     infos = {d: read_json(p) for d, p in (dataset_infos or {}).items()}
     samples = _curve_samples(curve)
     rows = []
-    for cell, path in zip(cells, metrics_paths):
+    for i, (cell, path) in enumerate(zip(cells, metrics_paths)):
         m = read_json(path)
         row = dict(zip(CELL, cell))
         spec = (arm_specs or {}).get(row["arm"], {"kind": "finetune" if row["arm"] == "finetune" else row["arm"]})
@@ -80,7 +84,8 @@ def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = Non
         test = m.get("test", {})  # the held-out test split, when the dataset has one
         row.update({f"test_{k}": test.get(k, np.nan) for k in TEST_METRICS})
         row["n_test"] = test.get("n_test", 0)
-        measured = m.get("attention", {})  # Question 2's measures, on the verdicts' split
+        # Question 2's measures, on the verdicts' split
+        measured = read_json(measures_paths[i])["attention"] if measures_paths else m.get("attention", {})
         row.update({k: measured.get(k, np.nan) for k in ATTENTION_COLUMNS})
         row.update({k: m.get(k) for k in ("train_seconds", "wall_seconds", "epochs", "images_seen", "n_train_extra",
                                           "peak_memory_mib", "peak_memory_kind", "device", "precision", "ran",
@@ -100,7 +105,8 @@ def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = Non
         origins = info.get("split_origins") or {}  # older prepared folders: not recorded
         row["val_origin"], row["test_origin"] = origins.get("val") or "", origins.get("test") or ""
         row.update(added_counts((erased_tables or {}).get(tuple(cell))))
-        row["proxy_seconds"] = proxy_seconds((stage_logs or {}).get(tuple(cell), {}))
+        row["proxy_seconds"], row["cost_note"] = proxy_seconds((stage_logs or {}).get(tuple(cell), {}),
+                                                             (stage_benchmarks or {}).get(tuple(cell)))
         measured = (faithfulness_paths or {}).get(tuple(cell))
         if measured is not None:
             row.update(faithfulness_columns(read_json(measured)))
@@ -165,17 +171,40 @@ def _curve_point(samples: dict, dataset: str, per_image_path) -> dict:
     return {"curve_accuracy": float(right.mean()), "curve_images": len(wanted)}
 
 
-def proxy_seconds(logs: dict) -> float:
-    """The Proxy Attention stages' own time for one cell, from {stage: log}; NaN (with a warning
-    naming the log) when a log is missing or unfinished, rather than a number that leaves it out."""
-    total = 0.0
+def benchmark_seconds(path) -> float:
+    """A job's wall seconds from its Snakemake benchmark file (a TSV whose ``s`` column is the job's
+    wall time, written when the job succeeds). Raises OSError or ValueError naming the file."""
+    table = pd.read_csv(path, sep="\t")
+    if "s" not in table or not len(table):
+        raise ValueError(f"{path}: no 's' column (not a Snakemake benchmark file)")
+    return float(table["s"].iloc[-1])
+
+
+def proxy_seconds(logs: dict, benchmarks: dict | None = None) -> tuple[float, str]:
+    """(seconds, note): the Proxy Attention stages' own time for one cell, from {stage: log}. A
+    stage whose log holds no time (an interrupted attempt's log, a log removed) counts its job's
+    benchmark (``benchmarks``: {stage: its Snakemake benchmark file}, the whole job's wall time, a
+    little more than the stage's own), and the note says so; NaN when neither is there, with the
+    note naming what is missing, rather than a number that leaves the stage out."""
+    total, notes = 0.0, []
     for stage, path in logs.items():
         try:
             total += last_stage_seconds(path, stage)
+            continue
         except (OSError, ValueError) as err:
-            log.warning("cost of %s unknown: %s", stage, err)
-            return np.nan
-    return total
+            missing = str(err)
+        bench = (benchmarks or {}).get(stage)
+        try:
+            if bench is None:
+                raise OSError("no benchmark file")
+            total += benchmark_seconds(bench)
+            notes.append(f"{stage}: job wall time from {bench} ({missing})")
+        except (OSError, ValueError) as err:
+            log.warning("cost of %s unknown: %s; %s", stage, missing, err)
+            return np.nan, f"{stage} unknown: {missing}; {err}"
+    for note in notes:
+        log.warning("cost of %s", note)
+    return total, "; ".join(notes)
 
 
 def added_counts(table) -> dict:
@@ -234,7 +263,9 @@ def aggregate(cells: list, metrics_paths: list, erased_tables: dict, out_summary
               out_verdicts: dict | None = None, stop_rule: bool = False, stage_logs: dict | None = None,
               config: dict | None = None, effect_of_interest: float = EFFECT_OF_INTEREST,
               per_image_paths: list | None = None, faithfulness_paths: dict | None = None,
-              agreement_paths: dict | None = None, index_paths: dict | None = None) -> None:
+              agreement_paths: dict | None = None, index_paths: dict | None = None,
+              measures_paths: list | None = None, stage_benchmarks: dict | None = None,
+              out_compared=None) -> None:
     """Write ``summary.csv``, ``provenance.json`` and ``provenance.html`` beside it (``config``:
     the validated config), and per dataset a comparison table (``out_tables``: dataset -> path)
     and a verdict table (``out_verdicts``: dataset -> path)."""
@@ -245,14 +276,24 @@ def aggregate(cells: list, metrics_paths: list, erased_tables: dict, out_summary
     curve = {"epoch_sample": (config or {}).get("training", {}).get("epoch_sample", 1000),
              "indexes": index_paths or {}, "per_image": {tuple(c): p for c, p in zip(cells, per_image_paths or [])}}
     frame = summarise(cells, metrics_paths, erased_tables, dataset_infos, arms, stage_logs, arm_specs,
-                      faithfulness_paths, agreement_paths, curve)
+                      faithfulness_paths, agreement_paths, curve, measures_paths, stage_benchmarks)
     comparisons = COMPARISONS if comparisons is None else comparisons
+    unmatched = []
+    if isinstance((config or {}).get("arms"), dict) and "proxy" in config:
+        from ..settings.arms import unmatched_pairs
+
+        unmatched = unmatched_pairs(config)
     made = provenance.gather(config or {}, [read_json(p).get("versions") for p in metrics_paths], comparisons,
                              stop_rule)
     if len(made["job_commits"]) > 1:
         log.warning("the jobs of this run ran from %d commits: %s", len(made["job_commits"]),
                     ", ".join(made["job_commits"]))
     write_json(Path(out_summary).with_name("provenance.json"), made)
+    if out_compared is not None:  # the report's "what was compared", from the config that ran
+        from ..files.describe import compared
+
+        with atomic_path(out_compared) as tmp:
+            tmp.write_text(compared(config))
     with atomic_path(Path(out_summary).with_name("provenance.html")) as tmp:
         tmp.write_text(provenance.as_html(made))
     for r in frame[frame.empty_map_fraction > 0.5].itertuples():
@@ -268,7 +309,7 @@ def aggregate(cells: list, metrics_paths: list, erased_tables: dict, out_summary
         write_csv(path, table)
         proxy_arms = sorted(set(frame.loc[frame.kind == "proxy", "arm"]))
         with atomic_path(Path(path).with_name(Path(path).name.replace("_verdicts.csv", "_answer.md"))) as tmp:
-            tmp.write_text(answers(table, proxy_arms))
+            tmp.write_text(answers(table, proxy_arms, unmatched))
         with atomic_path(Path(path).with_suffix(".html")) as tmp:
             tmp.write_text(verdicts_html(table, dataset, provenance.summary_line(made)))
         for r in table.itertuples():

@@ -98,7 +98,9 @@ def compute_cams(settings: dict, images_path, index_path, weights, meta, selecte
         if cam is not None:
             release(cam)
     seconds = time.perf_counter() - t0
-    log.info("%d maps with %s at %s in %.2f s; %d empty", len(rows), name, layer, seconds, int(empty.sum()))
+    where = ("every layer with a bias (FullGrad uses no target layer)" if proxy["cam_method"] == "fullgrad"
+             else layer)  # pytorch-grad-cam's own warning says so too
+    log.info("%d maps with %s at %s in %.2f s; %d empty", len(rows), name, where, seconds, int(empty.sum()))
     if len(rows) and empty.mean() > 0.5:
         log.warning("%d of %d maps are empty (constant): nothing to erase in them (proxy.empty_maps: %s). "
                     "A target layer whose map is tiny at this image size, or explaining the true class of wrong "

@@ -101,15 +101,27 @@ def scored(model, source, info: dict, batch_size: int, runtime) -> tuple[dict, d
 MAP_CHUNK = 128  # maps of the question-2 sample made and measured at a time (rounded to whole batches)
 
 
+def calibration(scores: dict, labels: np.ndarray, split: str) -> dict:
+    """Calibration on the verdicts' split, from the evaluation's own float64 scores (scored's third
+    part): expected calibration error, mean Brier score, the number of images. Computed in every
+    evaluation (it costs nothing beside the pass); the measure stage reports it when
+    ``evaluation.calibration`` is on."""
+    from ..analysis import attention_measures as am
+
+    return {"split": split, "ece": am.expected_calibration_error(scores["p_top"], scores["prediction"] == labels),
+            "brier": float(scores["brier"].mean()) if len(labels) else float("nan"), "n_calibration": int(len(labels))}
+
+
 def attention(settings: dict, model, info: dict, images, index, runtime, scores: dict | None = None,
-              masks: np.ndarray | None = None) -> dict:
+              masks: np.ndarray | None = None, calibrated: dict | None = None) -> dict:
     """Question 2's measures (attention_measures.py) on the verdicts' split (test when the dataset
     has one, else validation): calibration on every image; occlusion accuracies and their area on
     a fixed sample (``evaluation.occlusion_sample``); the spread of the predicted class's map on
     another (``evaluation.map_sample``), each with the number of images it rests on. ``scores``:
-    the evaluation's own per-image results on that split (scored's third part), reused rather than
-    predicted again. ``masks``: the prepared object masks (object_masks.py's masks.npy), for the
-    pointing game on the map sample's images that have one."""
+    the evaluation's per-image results on that split (at least ``argmax``, each image's predicted
+    class), reused rather than predicted again. ``calibrated``: the evaluation's :func:`calibration`
+    (else computed from ``scores``). ``masks``: the prepared object masks (object_masks.py's
+    masks.npy), for the pointing game on the map sample's images that have one."""
     import time
 
     from ..analysis import attention_measures as am
@@ -124,9 +136,8 @@ def attention(settings: dict, model, info: dict, images, index, runtime, scores:
     if scores is None:
         scores = scored(model, ArraySource([(images, rows, labels)]), info, batch, runtime)[2]
     if ev["calibration"]:
-        out["ece"] = am.expected_calibration_error(scores["p_top"], scores["prediction"] == labels)
-        out["brier"] = float(scores["brier"].mean()) if len(labels) else float("nan")
-        out["n_calibration"] = int(len(rows))
+        calibrated = calibrated if calibrated is not None else calibration(scores, labels, split)
+        out.update({key: calibrated[key] for key in ("ece", "brier", "n_calibration")})
     if ev["occlusion"]:
         chosen = am.sample_rows(rows, ev["occlusion_sample"])
         source = ArraySource([(images, rows[chosen], labels[chosen])])
@@ -173,24 +184,40 @@ def attention(settings: dict, model, info: dict, images, index, runtime, scores:
     return out
 
 
+def _verdict_sampled(settings: dict, index):
+    """``index`` with the verdicts' split cut to the epoch sample under ``settings['verdict_sample']``
+    (``evaluation.full_split: final``, a cycle before the last): the rows left out become
+    ``unsampled``."""
+    if (sample := settings.get("verdict_sample")) is None:
+        return index
+    from ..data.splits import curve_sample, verdict_split
+
+    split = verdict_split(index)
+    kept = np.isin(index["index"].to_numpy(), curve_sample(index, sample))
+    index = index.copy()
+    index.loc[(index.split == split).to_numpy() & ~kept, "split"] = "unsampled"
+    return index
+
+
+def _runtime(settings: dict, device: str | None):
+    return select_runtime(settings["training"]["precision"], settings["training"]["channels_last"], device,
+                          settings["training"]["deterministic"])
+
+
 @timed_stage
 def evaluate(settings: dict, images_path, index_path, weights, meta, train_stats, out_metrics,
-             decision=None, device: str | None = None, out_per_image=None, masks_path=None) -> None:
+             decision=None, device: str | None = None, out_per_image=None) -> None:
     """Evaluate the checkpoint on the validation split, and on the test split when the dataset
-    has one (under ``test``); add the training cost from its stats. With ``settings['verdict_sample']``
+    has one (under ``test``); add the training cost from its stats and the calibration on the
+    verdicts' split (:func:`calibration`). With ``settings['verdict_sample']``
     (``evaluation.full_split: final``, a cycle before the last) the verdicts' split is cut to the
-    epoch sample (data/splits.py curve_sample), and so are the measures on it. ``out_per_image`` receives
-    every evaluated image's result (``val_*`` and ``test_*`` arrays of per_image) as .npz."""
+    epoch sample (data/splits.py curve_sample). ``out_per_image`` receives every evaluated image's
+    result (``val_*`` and ``test_*`` arrays of per_image) as .npz. Question 2's other measures are
+    the ``measure`` stage's: no setting of ``evaluation`` or ``maps`` changes this stage's output,
+    so changing one reruns no evaluation, and no cycle after it."""
     images, index = load_prepared(images_path, index_path)
-    if (sample := settings.get("verdict_sample")) is not None:  # evaluation.full_split: final, before the last cycle
-        from ..data.splits import curve_sample, verdict_split
-
-        split = verdict_split(index)
-        kept = np.isin(index["index"].to_numpy(), curve_sample(index, sample))
-        index = index.copy()
-        index.loc[(index.split == split).to_numpy() & ~kept, "split"] = "unsampled"
-    runtime = select_runtime(settings["training"]["precision"], settings["training"]["channels_last"], device,
-                             settings["training"]["deterministic"])
+    index = _verdict_sampled(settings, index)
+    runtime = _runtime(settings, device)
     model, info = load_checkpoint(weights, meta)
     model = runtime.prepare_model(model)
     source = validation_source(images, index)
@@ -198,19 +225,18 @@ def evaluate(settings: dict, images_path, index_path, weights, meta, train_stats
         raise ValueError(f"{index_path}: the validation split is empty; set val_fraction or add a val/ folder")
     batch = settings["model"]["batch_size"]
     metrics, images_val, question2 = scored(model, source, info, batch, runtime)
+    verdicts = ("val", source.labels)
     images_out = {f"val_{k}": v for k, v in images_val.items()}
     test = split_source(images, index, "test")
     if len(test):  # the held-out test split (dataset test_fraction, or the source's own): for the verdicts
         scores, images_test, question2 = scored(model, test, info, batch, runtime)
         metrics["test"] = {"n_test": scores.pop("n_val"), "loss": scores.pop("val_loss"), **scores}
         images_out.update({f"test_{k}": v for k, v in images_test.items()})
+        verdicts = ("test", test.labels)
     if out_per_image is not None:
         with atomic_path(out_per_image) as tmp:
             np.savez_compressed(tmp, **images_out)
-    if settings.get("evaluation"):
-        masks = np.load(masks_path, mmap_mode="r") if masks_path is not None else None
-        metrics["attention"] = attention(settings, model, info, images, index, runtime, question2, masks)
-        metrics["attention_seconds"] = metrics["attention"].pop("seconds")  # wall clock, beside the numbers
+    metrics["calibration"] = calibration(question2, verdicts[1], verdicts[0])
     stats = read_json(train_stats)
     metrics["verdict_sample"] = settings.get("verdict_sample")  # None: the whole verdicts' split
     metrics.update({
@@ -232,3 +258,38 @@ def evaluate(settings: dict, images_path, index_path, weights, meta, train_stats
         "pretrained": info.get("pretrained"),  # the weights the model started from
     })
     write_json(out_metrics, metrics)
+
+
+@timed_stage
+def measure(settings: dict, images_path, index_path, weights, meta, metrics_path, per_image_path, out_measures,
+            device: str | None = None, masks_path=None) -> None:
+    """Question 2's measures of the checkpoint ``evaluate`` scored (:func:`attention`), written to
+    ``out_measures`` as {"attention": {...}, "attention_seconds": s}. A stage of its own, read only
+    by ``aggregate``: adding or changing a setting of ``evaluation`` or ``maps`` (or masks) reruns
+    these jobs and the tables, never an evaluation, a stop-rule decision or a cycle. Each image's
+    predicted class comes from the evaluation's ``per_image.npz`` (its softmax argmax, the logits'
+    argmax: softmax is strictly increasing) and the calibration from its ``metrics.json``, so the
+    measures equal those of one stage that did both."""
+    import time
+
+    t0 = time.perf_counter()
+    images, index = load_prepared(images_path, index_path)
+    index = _verdict_sampled(settings, index)
+    calibrated = read_json(metrics_path).get("calibration")
+    if calibrated is None and settings["evaluation"]["calibration"]:
+        raise ValueError(f"{metrics_path} has no calibration (written by an older evaluate): rerun evaluate for "
+                         "this cycle first")
+    split = "test" if (index.split == "test").any() else "val"
+    rows = index.loc[index.split == split, "index"].to_numpy()
+    with np.load(per_image_path) as saved:
+        if not np.array_equal(saved[f"{split}_index"], rows):
+            raise ValueError(f"{per_image_path}: its {split} rows are not those of {index_path} (an evaluation of "
+                             "other prepared images): rerun evaluate for this cycle first")
+        scores = {"argmax": saved[f"{split}_prediction"].astype(np.int64)}
+    runtime = _runtime(settings, device)
+    model, info = load_checkpoint(weights, meta)
+    model = runtime.prepare_model(model)
+    masks = np.load(masks_path, mmap_mode="r") if masks_path is not None else None
+    measured = attention(settings, model, info, images, index, runtime, scores, masks, calibrated)
+    measured.pop("seconds")
+    write_json(out_measures, {"attention": measured, "attention_seconds": time.perf_counter() - t0})

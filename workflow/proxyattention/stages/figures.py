@@ -78,9 +78,15 @@ def sampled(frame: pd.DataFrame, dataset: str) -> bool:
 
 def cost_of(frame: pd.DataFrame) -> tuple[str, str]:
     """(column, axis label) of an arm's cost: training plus its Proxy Attention stages where the
-    summary has them (older summaries: training alone, and the label says so)."""
-    if "cumulative_seconds" in frame and frame.cumulative_seconds.notna().all():
-        return "cumulative_seconds", "cumulative seconds (training + find, CAM, mask)"
+    summary has them (older summaries: training alone, and the label says so). An arm whose stage
+    cost could not be known (its rows' ``cumulative_seconds`` blank: summary.csv's ``cost_note``
+    says why) is named in the label and left out of the cost axis; the other arms keep theirs."""
+    if "cumulative_seconds" in frame and frame.cumulative_seconds.notna().any():
+        label = "cumulative seconds (training + find, CAM, mask)"
+        unknown = sorted(set(frame.loc[frame.cumulative_seconds.isna(), "arm"]))
+        if unknown:
+            label += f"\ncost unknown, not drawn: {', '.join(unknown)} (summary.csv cost_note)"
+        return "cumulative_seconds", label
     return "cumulative_train_seconds", "cumulative training seconds (stages not counted)"
 
 
@@ -126,14 +132,17 @@ def accuracy_by(frame: pd.DataFrame, x: str, out_png, xlabel: str, stamp: str = 
             ax.set_xticks(sorted(part.cycle.unique()))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()  # room for each panel's y label: side by side they overlapped the panel before
     _save(fig, out_png, stamp)
 
 
 def paired_differences(frame: pd.DataFrame, comparisons: list, out_png, stamp: str = "",
-                       stop_rule: bool = False, effect_of_interest: float = EFFECT_OF_INTEREST) -> None:
+                       stop_rule: bool = False, effect_of_interest: float = EFFECT_OF_INTEREST):
     """Forest plot: every (dataset, model, comparison) at the last cycle, the per-seed
     differences as dots, their mean and 95% t-interval, ticks at plus and minus the minimum
-    detectable effect, and the Holm-adjusted verdict word at the right."""
+    detectable effect, and the Holm-adjusted verdict word at the right; all in points. The axis
+    follows the differences and intervals (an MDE beyond it is said, not drawn). Returns the
+    axis limits."""
     rows = pd.concat([verdicts(frame, d, comparisons, stop_rule, effect_of_interest)
                       for d in frame.dataset.unique()], ignore_index=True)
     rows = rows[~rows.metric.isin([*ATTENTION_METRICS, "road_combined"])].reset_index(drop=True)  # accuracy's rows
@@ -144,28 +153,47 @@ def paired_differences(frame: pd.DataFrame, comparisons: list, out_png, stamp: s
         _save(fig, out_png, stamp)
         return
     ys = np.arange(len(rows))[::-1]
+    points = 100.0  # accuracy differences in points, as the tables and answers give them
+    seen = []  # what the axis must show: every seed's difference, mean and interval (never the MDE alone)
     for y, r in zip(ys, rows.itertuples()):
         part = frame[(frame.dataset == r.dataset) & (frame.model == r.model)]
-        diff = per_seed_differences(part, r.arm, r.control, r.metric)
+        diff = per_seed_differences(part, r.arm, r.control, r.metric) * points
+        seen += [*diff.values, r.mean_difference * points]
+        if r.n_pairs >= MIN_PAIRS and np.isfinite(r.ci_low):
+            seen += [r.ci_low * points, r.ci_high * points]
+    seen = np.asarray([v for v in seen if np.isfinite(v)] or [0.0])
+    reach = max(abs(seen).max() * 1.15, 0.05)  # symmetric about 0, a little beyond the farthest value
+    for y, r in zip(ys, rows.itertuples()):
+        part = frame[(frame.dataset == r.dataset) & (frame.model == r.model)]
+        diff = per_seed_differences(part, r.arm, r.control, r.metric) * points
         c = colour(r.arm, list(frame.arm.unique()))
         ax.scatter(diff.values, np.full(len(diff), y), s=12, color="0.45", zorder=2)
         if r.n_pairs >= MIN_PAIRS and np.isfinite(r.ci_low):
-            ax.plot([r.ci_low, r.ci_high], [y, y], color=c, lw=2.2, zorder=1)
-        ax.scatter([r.mean_difference], [y], marker="D", s=36, color=c, zorder=3)
-        if np.isfinite(r.mde):  # what this row could have detected, either way
-            ax.scatter([-r.mde, r.mde], [y, y], marker="|", s=90, color="black", zorder=2)
-        mde = "undefined" if not np.isfinite(r.mde) else f"{r.mde:.4f}"
-        ax.annotate(f"n={r.n_pairs}: {r.verdict_holm} (MDE {mde})", (1.01, y), xycoords=("axes fraction", "data"),
-                    va="center", fontsize=7)
+            ax.plot([r.ci_low * points, r.ci_high * points], [y, y], color=c, lw=2.2, zorder=1)
+        ax.scatter([r.mean_difference * points], [y], marker="D", s=36, color=c, zorder=3)
+        mde = r.mde * points
+        if np.isfinite(mde) and mde <= reach:  # what this row could have detected, either way
+            ax.scatter([-mde, mde], [y, y], marker="|", s=90, color="black", zorder=2)
+        if r.n_pairs < MIN_PAIRS:
+            note = f"n={r.n_pairs}: no verdict (needs {MIN_PAIRS} seed pairs)"
+        else:
+            shown = ("undefined" if not np.isfinite(mde) else f"{mde:.2f} pts" if mde <= reach
+                     else f"{mde:.2f} pts, off the axis")
+            note = f"n={r.n_pairs}: {r.verdict_holm} (MDE {shown})"
+        ax.annotate(note, (1.01, y), xycoords=("axes fraction", "data"), va="center", fontsize=7)
+    ax.set_xlim(-reach, reach)
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(ys, [f"{r.dataset} / {r.model}: {r.comparison}" for r in rows.itertuples()], fontsize=7)
     splits = " / ".join(sorted(set(rows.split)))
-    ax.set(xlabel=f"difference in accuracy at cycle {int(rows.cycle.max())}, paired by seed, on the {splits} split",
+    ax.set(xlabel=f"difference in accuracy (points) at cycle {int(rows.cycle.max())}, paired by seed, on the "
+                  f"{splits} split",
            title=f"each arm minus its control: seeds (dots), mean (diamond), 95% interval (bar, from {MIN_PAIRS} "
                  "seed pairs on),\n| at ± the minimum detectable effect (80% power); words Holm-adjusted")
     ax.title.set_fontsize(9)
     ax.grid(axis="x", alpha=0.3)
+    limits = ax.get_xlim()
     _save(fig, out_png, stamp)
+    return limits
 
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
@@ -504,26 +532,43 @@ def learning_curves(frame: pd.DataFrame, out_png, stamp: str = "") -> None:
 
 def confusion_matrices(cells: list, metrics_paths: list, out_png, stamp: str = "") -> None:
     """Confusion matrices of the last cycle of each (dataset, model, arm), first seed, on the
-    held-out test split when the dataset has one (the verdicts' split), else on validation."""
+    held-out test split when the dataset has one (the verdicts' split), else on validation: one
+    row per (dataset, model), one column per arm, the seed and cycle said above them; classes in
+    the prepared order (a dataset's ``classes:`` list sets it; an ImageFolder's is its folders')."""
     last = max(c[4] for c in cells)
     first_seed = min(c[2] for c in cells)
     chosen = [(c, p) for c, p in zip(cells, metrics_paths) if c[2] == first_seed and c[4] == last]
-    fig, axes = plt.subplots(1, len(chosen), figsize=(3.6 * len(chosen), 3.6), squeeze=False)
-    for ax, (cell, path) in zip(axes[0], chosen):
+    pairs = list(dict.fromkeys((c[0], c[1]) for c, _ in chosen))
+    arms = list(dict.fromkeys(c[3] for c, _ in chosen))
+    fig, axes = plt.subplots(len(pairs), len(arms), figsize=(3.4 * len(arms), 3.6 * len(pairs) + 0.4),
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for cell, path in chosen:
+        ax = axes[pairs.index((cell[0], cell[1])), arms.index(cell[3])]
+        ax.axis("on")
         m = read_json(path)
         scores, split = (m["test"], "test") if m.get("test") else (m, "val")
         cm = np.asarray(scores["confusion_matrix"])
         ax.imshow(cm, cmap="Blues")
-        ax.set(title=f"{cell[1]} {cell[3]}\n{split} acc {scores['accuracy']:.3f}", xlabel="predicted", ylabel="true")
+        ax.set(title=f"{cell[0]} / {cell[1]}\n{cell[3]}: {split} acc {scores['accuracy']:.3f}", xlabel="predicted",
+               ylabel="true")
+        ax.title.set_fontsize(8)
         ticks = np.arange(len(m["classes"]))
         ax.set_xticks(ticks, m["classes"], rotation=90, fontsize=6)
         ax.set_yticks(ticks, m["classes"], fontsize=6)
+    fig.suptitle(f"seed {first_seed}, cycle {last} (the last), counts of images: rows the true class, columns "
+                 "the predicted", fontsize=9)
+    fig.tight_layout()
     _save(fig, out_png, stamp)
 
 
 @timed_stage
-def examples(images_path, cams_path, erased_npz, selected_csv, classes_path, out_png, n: int = 6) -> None:
-    """Original, CAM overlay and erased image for selected images of the most-confused class pairs."""
+def examples(images_path, cams_path, erased_npz, selected_csv, classes_path, out_png, n: int = 6,
+             erased_table=None) -> None:
+    """Original, CAM overlay and erased image for selected images of the most-confused class pairs:
+    first the images whose added copy changed some pixel (``erased_table``, erased.csv's
+    ``changed_fraction``; a black fill over black background changes none), then the rest."""
     from ..files.artifacts import cams_memmap, npz_array
 
     images = np.load(images_path, mmap_mode="r")
@@ -542,7 +587,11 @@ def examples(images_path, cams_path, erased_npz, selected_csv, classes_path, out
             ax.axis("off")
         _save(fig, out_png)
         return
-    for col, pos in enumerate(example_order(selected, set(erased_at))[:n]):
+    shown_first = set(erased_at)
+    if erased_table is not None:  # changed pixels first, not "no pixel changed" panels
+        table = pd.read_csv(erased_table, usecols=["index", "changed_fraction"])
+        shown_first = set(table.loc[table.changed_fraction > 0, "index"].astype(int)) & shown_first
+    for col, pos in enumerate(example_order(selected, shown_first)[:n]):
         row = selected.loc[pos]
         original = np.asarray(images[int(row["index"])])
         show = {"interpolation": "nearest", "cmap": "gray" if original.ndim == 2 else None}
@@ -694,10 +743,20 @@ def redraw(summary_csv, out_dir, target_accuracy: float | None = None,
         stop_rule = bool(made.get("stop_rule"))
     else:  # an older summary: a stop rule shows where it stopped a cycle
         stop_rule = bool("stop_reason" in frame and frame.stop_reason.dropna().astype(str).str.len().gt(0).any())
-    comparisons = comparisons_in(frame)
-    for pair in (made or {}).get("comparisons", []):  # the run's own list (report.comparisons included)
-        if tuple(pair) not in comparisons and set(pair) <= set(frame.arm):
-            comparisons.append(tuple(pair))
+    run_config = (made or {}).get("config") or {}
+    unmatched = []
+    if isinstance(run_config.get("arms"), dict) and "proxy" in run_config:  # the run's own config: which
+        from ..settings.arms import comparisons as config_comparisons  # controls add each arm's images
+        from ..settings.arms import unmatched_pairs
+
+        present = set(frame.arm)
+        comparisons = [p for p in config_comparisons(run_config) if set(p) <= present]
+        unmatched = [p for p in unmatched_pairs(run_config) if set(p) <= present]
+    else:  # a summary alone: its kind and matches columns, and the run's recorded list
+        comparisons = comparisons_in(frame)
+        for pair in (made or {}).get("comparisons", []):
+            if tuple(pair) not in comparisons and set(pair) <= set(frame.arm):
+                comparisons.append(tuple(pair))
     if effect_of_interest is None:
         effect_of_interest = ((made or {}).get("config", {}).get("report", {})
                               .get("effect_of_interest", EFFECT_OF_INTEREST))
@@ -740,7 +799,7 @@ def redraw(summary_csv, out_dir, target_accuracy: float | None = None,
         answer = out_dir / f"{dataset}_answer.md"
         proxy_arms = sorted(set(frame.loc[frame.kind == "proxy", "arm"])) if "kind" in frame else ["proxy"]
         with atomic_path(answer) as tmp:
-            tmp.write_text(answers(table, proxy_arms))
+            tmp.write_text(answers(table, proxy_arms, unmatched))
         written += [path, answer]
     if per_image_pack is not None:
         unpacked.cleanup()

@@ -31,11 +31,19 @@ from ..data.splits import (
     train_ranks,
 )
 from ..files.atomic import atomic_path, live, write_csv, write_json
+from ..runtime.pool import bounded_map
 from ..runtime.timing import timed_stage
 from ..sources import list_items, split_origins
 from ..sources.base import Item, SourceError
 
 log = logging.getLogger(__name__)
+
+
+def name_list(names: list, one: str, many: str, shown: int = 8) -> str:
+    """``3 classes (a, b, c)``; past ``shown`` names, the first ones and how many more (a
+    1,000-class dataset's warning is one line, not a thousand names)."""
+    listed = ", ".join(map(str, names[:shown])) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+    return f"{len(names)} {one if len(names) == 1 else many} ({listed})"
 
 
 def progress(done, total: int, name: str):
@@ -112,7 +120,7 @@ def prepare(dataset: dict, images_path, index_path, classes_path, skipped_path, 
                 keep[i] = False
 
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            for _ in progress(pool.map(work, range(len(items))), len(items), Path(str(dataset["path"])).name):
+            for _ in progress(bounded_map(pool, work, range(len(items))), len(items), Path(str(dataset["path"])).name):
                 pass
         if bad and dataset["on_bad_image"] == "fail":
             listing = "\n  ".join(msg for _, msg in sorted(bad))
@@ -139,10 +147,11 @@ def prepare(dataset: dict, images_path, index_path, classes_path, skipped_path, 
     )
     if sized:  # a training size's rows: data/splits.py restrict_to_size
         index["train_rank"], index["train_order"] = ranks[kept], orders[kept]
+    notes = []  # warnings a reader must see: logged, and kept in classes.json for the end of the run to print
     duplicates = drop_cross_split_duplicates(index)
     if len(duplicates):
-        log.warning("%d held-out image(s) have the same pixels as an image of an earlier split and leave their "
-                    "split (listed in %s)", len(duplicates), skipped_path)
+        notes.append(f"{len(duplicates)} held-out image(s) have the same pixels as an image of an earlier split "
+                     f"and leave their split (listed in {skipped_path})")
     train_classes = set(index.loc[index.split == "train", "label"])
     missing_val = sorted(set(range(len(classes))) - set(index.loc[index.split == "val", "label"]))
     if len(train_classes) < len(classes):
@@ -152,7 +161,12 @@ def prepare(dataset: dict, images_path, index_path, classes_path, skipped_path, 
             + (" (or raise train_subset.total to at least one image per class)" if dataset.get("train_subset") else "")
         )
     if missing_val:
-        log.warning("classes %s have no validation images", [classes[i] for i in missing_val])
+        has = "has" if len(missing_val) == 1 else "have"
+        notes.append(f"{name_list([classes[i] for i in missing_val], 'class', 'classes')} {has} no validation images: "
+                     "their validation accuracy and recall are not measured (raise val_fraction, or add validation "
+                     "images)")
+    for note in notes:
+        log.warning("%s", note)
     write_csv(skipped_path, pd.concat([pd.DataFrame(bad, columns=["source", "reason"]), duplicates],
                                       ignore_index=True))
     write_csv(index_path, index)
@@ -167,6 +181,7 @@ def prepare(dataset: dict, images_path, index_path, classes_path, skipped_path, 
             "n_val_available": n_val_available,  # before val_subset
             "n_test": int((index.split == "test").sum()),
             "n_skipped": len(bad),
+            "warnings": notes,
             "n_cross_split_duplicates": len(duplicates),  # held-out images equal to an earlier split's
             "classes_without_val": [classes[i] for i in missing_val],
             # where the held-out splits come from: the verdicts' split column, answer and figures say it

@@ -22,6 +22,7 @@ from ..data.images import (
 )
 from ..files.artifacts import NO_MASK
 from ..files.atomic import atomic_path
+from ..runtime.pool import bounded_map
 from ..runtime.timing import timed_stage
 from ..sources import list_items
 from ..sources.base import Item
@@ -48,7 +49,8 @@ def prepare_masks(dataset: dict, index_path, out_masks, threads: int = 4) -> Non
     items, _ = list_items(dataset)
     size = dataset["image_size"]
     by_source = {it.source: it for it in items if it.mask is not None}
-    index = pd.read_csv(index_path, keep_default_na=False)
+    del items  # only the items with a mask are kept
+    index = pd.read_csv(index_path, usecols=["source"], keep_default_na=False)
     with atomic_path(out_masks) as tmp:  # written through a memory map: memory holds the masks in flight
         masks = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                           shape=(len(index) if by_source else 0, size, size))
@@ -61,6 +63,7 @@ def prepare_masks(dataset: dict, index_path, out_masks, threads: int = 4) -> Non
                               else NO_MASK)
 
             with ThreadPoolExecutor(max_workers=threads) as pool:
-                list(pool.map(work, range(len(index))))
+                for _ in bounded_map(pool, work, range(len(index))):
+                    pass
         masks.flush()
         del masks
