@@ -222,3 +222,27 @@ def test_the_command_that_makes_one_deleted_output_again_plans_its_job_and_what_
     assert "snakemake -n --forcerun compute_cams" in readme
     proc, out = typed(clone, "snakemake -n --forcerun compute_cams")
     assert proc.returncode == 0 and job_counts(out)["compute_cams"] > 0, out[-3000:]
+
+
+def test_the_config_check_names_the_file_and_line_snakemake_does_not(clone):
+    """#42.6: a tab in a config's indentation got Snakemake's "Config file is not valid JSON or
+    YAML", naming no file or line. README's `proxyattention check --config my.yaml` names both,
+    and on a good file prints the grid and what its seeds cannot give."""
+    (clone / "my.yaml").write_text("datasets:\n\tfm:\n    source: idx\n")
+    assert "`proxyattention check --config my.yaml`" in (ROOT / "README.md").read_text()
+    proc, out = typed(clone, "proxyattention check --config my.yaml")
+    assert proc.returncode == 2, out
+    assert "my.yaml: not valid YAML" in out and "line 2, column 1" in out and "not tabs" in out
+    proc, out = typed(clone, "proxyattention check --config config.yaml")
+    assert proc.returncode == 0, out
+    assert "proxyattention grid from config.yaml" in out and "2 seeds: no comparison will get an interval" in out
+
+
+def test_the_short_console_command_prints_the_grid_and_the_job_table_only(clone):
+    """#42 (smaller): a 131-job run printed 2,105 console lines. README's `--quiet rules` keeps the
+    grid, the job table and the progress: under 100 lines for the demo's plan."""
+    assert "`snakemake --cores all --quiet rules`" in (ROOT / "README.md").read_text()
+    proc, out = typed(clone, "snakemake --cores all --quiet rules -n")
+    assert proc.returncode == 0, out[-3000:]
+    assert "proxyattention grid from" in out and job_counts(out)["finetune"] == 4
+    assert len(out.splitlines()) < 100 and "rule retrain:" not in out

@@ -190,3 +190,31 @@ def test_the_thesis_grid_goes_to_slurm_as_one_job_per_cycle_and_the_knob_restore
     per_stage, alone = submissions("--configfile", "config.thesis.yaml", "--config", "cluster={group: stage}")
     assert alone["retrain"] == runs * len(thesis["arms"]) * thesis["cycles"] and alone["prepare"] == 1
     assert per_stage == sum(alone.values()) and per_stage > 3 * grouped
+
+
+def test_a_config_scales_the_profiles_requests_and_the_run_says_what_each_job_asks_for():
+    """#42.8: a 320-image run asked for 32 GB and 6.5 h of GPU per cycle (the profile is sized for
+    the thesis), and the dry run never showed what a cluster job asks for. `cluster.scale` in the
+    config multiplies the profile's memory and time; the start of the run prints each kind of
+    cluster job's combined request (largest memory, summed time: its stages run in series)."""
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PA_SLURM_")}
+    proc = subprocess.run(user_command("snakemake", "--profile", "profiles/slurm", "-n", "--forceall", "--config",
+                                       "cluster={scale: {memory: 0.25, time: 0.1}}"),
+                          cwd=ROOT, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "cluster jobs ask for (first attempt; later attempts more; cluster.scale memory 0.25, time 0.1)" in out
+    assert "a finetune: 8 GB, 0 h 30 min, 1 GPU" in out  # finetune 32 GB x 0.25; 240 + 30 + 30 min x 0.1
+    planned = {}
+    rule = None
+    for line in proc.stdout.splitlines():
+        if line.strip().startswith(("rule ", "localrule ")):
+            rule = line.split()[1].rstrip(":")
+        elif line.strip().startswith("resources:") and rule:
+            planned[rule] = dict(item.split("=", 1) for item in line.split(":", 1)[1].strip().split(", "))
+    assert planned["retrain"]["mem_mb"] == "8000" and planned["retrain"]["runtime"] == "24"
+    assert planned["evaluate"]["mem_mb"] == "4000" and planned["evaluate"]["runtime"] == "3"
+    schema = (ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text()
+    assert "scale:" in schema and "cluster: {scale: {memory: 0.25, time: 0.1}}" in (
+        ROOT / "profiles" / "slurm" / "config.yaml").read_text()

@@ -1,6 +1,7 @@
 """``proxyattention``: rerun one stage by hand, exactly as the workflow runs it.
 
     proxyattention STAGE [--config config.yaml] --dataset D [--model M --seed S --arm A --cycle C]
+    proxyattention check [--config config.yaml]
 
 The command names the one output file of that stage's job and has Snakemake run
 that job alone (``--forcerun FILE --allowed-rules RULE``): the inputs, params,
@@ -182,7 +183,36 @@ def device_env(device: str | None) -> dict:
     return env
 
 
+def check(argv) -> int:
+    """``proxyattention check --config FILE``: the checks a run makes before any job, without
+    Snakemake (whose own message for a file that is not YAML names neither the file nor the line):
+    the YAML with its line and column, the schema, the paths and sources, the models and layers;
+    then the run's grid."""
+    parser = argparse.ArgumentParser(prog="proxyattention check", description=check.__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="config.yaml", help="workflow config (default: config.yaml)")
+    args = parser.parse_args(argv)
+    from .settings.model_checks import ModelCheckError, check_models
+    from .settings.schema import ConfigError
+    from .settings.validate import load_config
+
+    try:
+        config = load_config(args.config)
+        warnings = check_models(config)
+    except (ConfigError, ModelCheckError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if (message := layout.verdict_warning(config)) is not None:
+        warnings.append(message)
+    for message in warnings:
+        print(f"warning: {message}", file=sys.stderr)
+    print(layout.describe_grid(config, [args.config]))
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["check"]:
+        return check(argv[1:])
     args = parse_args(argv)
     from .settings.schema import ConfigError
     from .settings.validate import load_config

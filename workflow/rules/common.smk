@@ -95,6 +95,52 @@ def check_hub_weights():
 for variable, default in (("PA_SLURM_ACCOUNT", ""), ("PA_SLURM_PARTITION", ""), ("PA_SLURM_GPU_MODEL", ""),
                           ("PA_SLURM_GPUS", "1")):
     os.environ.setdefault(variable, default)
+# ... and these from the config (cluster.scale), whatever the environment says: the run's own file decides.
+os.environ["PA_SLURM_MEMORY_SCALE"] = repr(float(config["cluster"]["scale"]["memory"]))
+os.environ["PA_SLURM_TIME_SCALE"] = repr(float(config["cluster"]["scale"]["time"]))
+
+
+def slurm_requests():
+    """What each kind of cluster job asks for at its first attempt, from the resources a profile set
+    (profiles/slurm's set-resources, scaled by cluster.scale), as Snakemake adds up a group's: its
+    stages run one after another, so the largest memory and GPUs, and the sum of their times.
+    Empty when no profile set the model stages' resources (a local run)."""
+    given = dict(workflow.resource_settings.overwrite_resources)
+    if "finetune" not in given:
+        return []
+
+    def value(rule, key):
+        resource = dict(given[rule].items()).get(key) if rule in given else None
+        raw = getattr(resource, "raw", resource)  # the profile's expression, as written
+        if raw is None:
+            return 0
+        try:
+            return float(eval(os.path.expandvars(str(raw)), {"attempt": 1, "int": int, "float": float}))
+        except Exception:
+            return 0
+
+    proxy_stages = ["find_misclassified", "compute_cams", "mask_and_save", "retrain", "evaluate", "measure"]
+    if arms.names_of_kind(config, "proxy") and config["faithfulness"]["enabled"]:
+        proxy_stages.append("faithfulness")
+    kinds = [("a dataset's preparation", ["prepare", "prepare_masks"]), ("a finetune", ["finetune", "evaluate", "measure"]),
+             ("a cycle of an arm that adds images", proxy_stages),
+             ("a cycle of a baseline arm", ["retrain", "evaluate", "measure"])]
+    if config["cluster"]["group"] == "stage":
+        kinds = [(f"{r}", [r]) for r in ["prepare", "prepare_masks", "finetune", *proxy_stages]]
+    lines = []
+    for name, rules in kinds:
+        memory = max(value(r, "mem_mb") for r in rules)
+        minutes = sum(value(r, "runtime") for r in rules)
+        gpus = max(value(r, "gpu") for r in rules)
+        lines.append(f"{name}: {memory / 1000:g} GB, {int(minutes) // 60} h {int(minutes) % 60:02d} min"
+                     + (f", {gpus:g} GPU" if gpus else ""))
+    return lines
+
+
+if workflow.is_main_process and (requests := slurm_requests()):  # before anything is submitted
+    logger.info("cluster jobs ask for (first attempt; later attempts more; cluster.scale memory "
+                f"{config['cluster']['scale']['memory']:g}, time {config['cluster']['scale']['time']:g}): "
+                + "; ".join(requests))
 
 RESULTS = config["results"]
 PREPARED = layout.PREPARED.replace("{results}", RESULTS)

@@ -44,9 +44,11 @@ def load_config(path: str | os.PathLike) -> dict:
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        config = yaml.safe_load(path.read_text()) or {}
+        with open(path) as stream:  # the error's mark then names the file, with its line and column
+            config = yaml.safe_load(stream) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        hint = "; indent with spaces, not tabs" if "\t" in path.read_text() else ""
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(err).split())}){hint}") from None
     validate(config)
     check_config(config)
     return config
