@@ -191,6 +191,13 @@ def test_the_cost_of_an_adding_arm_includes_its_own_stages(tmp_path):
                       stage_benchmarks={("d", "m", 0, "proxy", 1): {"mask_and_save": bench}}).set_index("arm")
     assert frame.loc["proxy", "proxy_seconds"] == pytest.approx(5.0 + 0.8123)
     assert "mask_and_save: job wall time from" in frame.loc["proxy", "cost_note"]
+    bench.unlink()  # no benchmark either: the span of the log's timestamps
+    (tmp_path / "mask_and_save.log").write_text("2026-12-04 16:30:01,100 INFO x: start\n"
+                                                 "2026-12-04 16:30:03,350 INFO x: 12 images written\n")
+    frame = summarise(cells, paths, stage_logs={("d", "m", 0, "proxy", 1): logs},
+                      stage_benchmarks={("d", "m", 0, "proxy", 1): {"mask_and_save": bench}}).set_index("arm")
+    assert frame.loc["proxy", "proxy_seconds"] == pytest.approx(5.0 + 2.25)
+    assert "first to the last timestamp" in frame.loc["proxy", "cost_note"]
     from proxyattention.stages.figures import cost_of
 
     blank = frame.reset_index()

@@ -8,7 +8,6 @@ rule aggregate:
         indexes=[prepared("index.csv").format(dataset=sizes.base_of(d)) for d in RUN_DATASETS],
         faithfulness=all_faithfulness(),
         agreement=all_agreement(),
-        costs=all_stage_benchmarks(),
     output:
         summary=report(
             f"{RESULTS}/summary.csv",

@@ -96,8 +96,8 @@ for variable, default in (("PA_SLURM_ACCOUNT", ""), ("PA_SLURM_PARTITION", ""), 
                           ("PA_SLURM_GPUS", "1")):
     os.environ.setdefault(variable, default)
 # ... and these from the config (cluster.scale), whatever the environment says: the run's own file decides.
-os.environ["PA_SLURM_MEMORY_SCALE"] = repr(float(config["cluster"]["scale"]["memory"]))
-os.environ["PA_SLURM_TIME_SCALE"] = repr(float(config["cluster"]["scale"]["time"]))
+for variable, key in (("PA_SLURM_MEMORY_SCALE", "memory"), ("PA_SLURM_TIME_SCALE", "time")):
+    os.environ[variable] = repr(float(config["cluster"]["scale"][key]))
 
 
 def slurm_requests():
@@ -461,14 +461,10 @@ def stage_logs():
 
 
 def stage_benchmarks():
-    """The stage jobs' benchmark files (Snakemake writes one when a job succeeds): aggregate takes
-    them as inputs, so a stage job whose benchmark is missing (an interrupted attempt) runs again
-    before the costs are summed, and its time comes from them where its log has none."""
+    """The stage jobs' benchmark files (Snakemake writes one when a job succeeds): where a job's log
+    holds no stage time, aggregate counts its benchmark's. Params, not inputs: a missing one must not
+    rerun a finished job and every cycle after it for a cost figure."""
     return stage_jobs(bench_file)
-
-
-def all_stage_benchmarks():
-    return sorted({path for benchmarks in stage_benchmarks() for path in benchmarks.values()})
 
 
 def all_erased_tables():
@@ -519,9 +515,11 @@ def agreement_after(wc):
     cycle job (one GPU at a time): that cycle's measures.json (which comes after its metrics.json),
     and the arm's own faithfulness.json when that job joins the same cluster job (an arm without a
     random_erase control)."""
-    inputs = {"after": run_file("measures.json").format(**wc)}
+    # ancient: an order, not a dependency on content (a rerun measure, after an evaluation setting
+    # changed, must not rerun this job: Snakemake skips ancient inputs when it propagates reruns)
+    inputs = {"after": ancient(run_file("measures.json").format(**wc))}
     if config["faithfulness"]["enabled"] and arms.random_control(config, wc.arm) is None:
-        inputs["after_faithfulness"] = run_file("faithfulness.json").format(**wc)
+        inputs["after_faithfulness"] = ancient(run_file("faithfulness.json").format(**wc))
     return inputs
 
 
@@ -533,7 +531,7 @@ def faithfulness_control(wc):
     would ask for a second GPU."""
     control = arms.random_control(config, wc.arm)
     joined = run_dir_of(wc.dataset, wc.model, wc.seed, control or wc.arm, wc.cycle)
-    inputs = {"after": f"{joined}/measures.json"}
+    inputs = {"after": ancient(f"{joined}/measures.json")}  # an order only (see agreement_after)
     if control is not None:
         inputs["control"] = f"{joined}/erased.csv"
     return inputs

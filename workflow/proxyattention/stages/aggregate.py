@@ -180,12 +180,26 @@ def benchmark_seconds(path) -> float:
     return float(table["s"].iloc[-1])
 
 
+def log_span_seconds(path) -> float:
+    """Seconds from a job log's first timestamped line to its last (the logging format's asctime,
+    ``2026-12-04 16:30:01,123``): the job's time when its stage line is missing (an attempt whose
+    outputs were complete when it was stopped). Raises ValueError naming the log without two."""
+    import re
+    from datetime import datetime
+
+    stamps = re.findall(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ", Path(path).read_text(), re.M)
+    if len(stamps) < 2:
+        raise ValueError(f"{path}: fewer than two timestamped lines")
+    first, last = (datetime.strptime(s, "%Y-%m-%d %H:%M:%S,%f") for s in (stamps[0], stamps[-1]))
+    return (last - first).total_seconds()
+
+
 def proxy_seconds(logs: dict, benchmarks: dict | None = None) -> tuple[float, str]:
     """(seconds, note): the Proxy Attention stages' own time for one cell, from {stage: log}. A
-    stage whose log holds no time (an interrupted attempt's log, a log removed) counts its job's
-    benchmark (``benchmarks``: {stage: its Snakemake benchmark file}, the whole job's wall time, a
-    little more than the stage's own), and the note says so; NaN when neither is there, with the
-    note naming what is missing, rather than a number that leaves the stage out."""
+    stage whose log holds no time (an interrupted attempt's log) counts its job's benchmark
+    (``benchmarks``: {stage: its Snakemake benchmark file}, the whole job's wall time, a little more
+    than the stage's own), else the span of its log's timestamps, and the note says which; NaN when
+    none is there, with the note naming what is missing, rather than a number that leaves it out."""
     total, notes = 0.0, []
     for stage, path in logs.items():
         try:
@@ -199,9 +213,15 @@ def proxy_seconds(logs: dict, benchmarks: dict | None = None) -> tuple[float, st
                 raise OSError("no benchmark file")
             total += benchmark_seconds(bench)
             notes.append(f"{stage}: job wall time from {bench} ({missing})")
+            continue
         except (OSError, ValueError) as err:
-            log.warning("cost of %s unknown: %s; %s", stage, missing, err)
-            return np.nan, f"{stage} unknown: {missing}; {err}"
+            no_bench = str(err)
+        try:
+            total += log_span_seconds(path)
+            notes.append(f"{stage}: from the first to the last timestamp of {path} ({missing}; {no_bench})")
+        except (OSError, ValueError) as err:
+            log.warning("cost of %s unknown: %s; %s; %s", stage, missing, no_bench, err)
+            return np.nan, f"{stage} unknown: {missing}; {no_bench}; {err}"
     for note in notes:
         log.warning("cost of %s", note)
     return total, "; ".join(notes)
