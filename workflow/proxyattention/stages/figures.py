@@ -185,8 +185,8 @@ def paired_differences(frame: pd.DataFrame, comparisons: list, out_png, stamp: s
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(ys, [f"{r.dataset} / {r.model}: {r.comparison}" for r in rows.itertuples()], fontsize=7)
     splits = " / ".join(sorted(set(rows.split)))
-    ax.set(xlabel=f"difference in accuracy (points) at cycle {int(rows.cycle.max())}, paired by seed, on the "
-                  f"{splits} split",
+    where = splits if splits.startswith("the ") else f"the {splits} split"  # "the official test split of ..."
+    ax.set(xlabel=f"difference in accuracy (points) at cycle {int(rows.cycle.max())}, paired by seed, on {where}",
            title=f"each arm minus its control: seeds (dots), mean (diamond), 95% interval (bar, from {MIN_PAIRS} "
                  "seed pairs on),\n| at ± the minimum detectable effect (80% power); words Holm-adjusted")
     ax.title.set_fontsize(9)
