@@ -16,6 +16,21 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "workflow" / "data" / "fashion_mnist_demo"
 
 
+def shipped_configs() -> dict[str, list[Path]]:
+    """Every shipped config*.yaml with the files it runs with: an overlay (a file without
+    ``datasets``, as config.study3.sizing.yaml) after the config its name extends (config.study3.yaml),
+    as its header's command gives them to ``--configfile``."""
+    runs = {}
+    for path in sorted(ROOT.glob("config*.yaml")):
+        files = [path]
+        while "datasets" not in (yaml.safe_load(files[0].read_text()) or {}):
+            base = files[0].with_name(files[0].name.rsplit(".", 2)[0] + ".yaml")
+            assert base != files[0] and base.exists(), f"{path.name} has no datasets and no config it extends"
+            files.insert(0, base)
+        runs[path.name] = files
+    return runs
+
+
 def user_command(*words: str) -> list[str]:
     """A command as the README writes it, run with this environment's own entry point
     (``snakemake ...`` is the ``snakemake`` beside this Python, whatever PATH says)."""
@@ -109,7 +124,7 @@ def tiny_run(tmp_path_factory):
     return workdir
 
 
-SIX = {
+NAMED_ARMS = {
     "baseline": {"kind": "baseline"},
     "duplicate": {"kind": "duplicate"},
     "gradcam": {"kind": "proxy"},
@@ -117,17 +132,18 @@ SIX = {
     "gradcampp_pred": {"kind": "proxy", "cam_method": "gradcam++", "target": "prediction",
                        "fill": {"mode": "blend", "blend_lambda": 0.4}},
     "gradcam_random": {"kind": "random_erase", "matches": "gradcam"},
+    "erasing": {"kind": "erasing"},  # the positive control: random erasing of every training image
 }
 
 
 @pytest.fixture(scope="session")
 def six_arm_run(tmp_path_factory):
-    """A tiny run of six named arms (the mapping form), one seed and one cycle: the named-arms and
-    report tests read it. Its one cycle of 2 epochs makes the run as long as tiny_run's (1 + 1 + 1
+    """A tiny run of the named arms (the mapping form: six variants and the erasing positive
+    control), one seed and one cycle: the named-arms and report tests read it. Its one cycle of 2 epochs makes the run as long as tiny_run's (1 + 1 + 1
     epochs), so under cycle_mode: continue both finetunes train the same slice of the same
     schedule. (One seed: what it checks is per seed; tiny_run has the paired seeds.)"""
     workdir = tmp_path_factory.mktemp("six")
-    tiny_config(workdir, arms=SIX, seeds=[0], cycles=1, training={"epochs_finetune": 1, "epochs": [2],
-                                                                     "num_workers": 0})
+    tiny_config(workdir, arms=NAMED_ARMS, seeds=[0], cycles=1,
+                training={"epochs_finetune": 1, "epochs": [2], "num_workers": 0})
     snakemake(workdir)
     return workdir

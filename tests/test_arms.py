@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, SIX, make_config, run_dir, user_command
+from conftest import ROOT, NAMED_ARMS, make_config, run_dir, user_command
 
 from proxyattention.settings.arms import comparisons, normalise, proxy_settings, unmatched_pairs
 from proxyattention.settings.schema import ConfigError
@@ -24,14 +24,14 @@ def test_the_list_form_means_what_it_meant():
 
 
 def test_arms_override_proxy_keys_and_controls_take_their_match():
-    config = make_config(arms=SIX, proxy={"threshold": {"mode": "quantile", "value": 0.8}})
+    config = make_config(arms=NAMED_ARMS, proxy={"threshold": {"mode": "quantile", "value": 0.8}})
     pred = proxy_settings(config, "gradcampp_pred")
     assert pred["cam_method"] == "gradcam++" and pred["target"] == "prediction"
     assert pred["fill"] == {"mode": "blend", "blend_lambda": 0.4}
     assert pred["threshold"] == {"mode": "quantile", "value": 0.8}  # from the proxy section
     assert proxy_settings(config, "gradcam_random") == proxy_settings(config, "gradcam")
     pairs = comparisons(config)
-    assert [p for p in pairs if p[1] == "baseline"] == [(a, "baseline") for a in SIX if a != "baseline"]
+    assert [p for p in pairs if p[1] == "baseline"] == [(a, "baseline") for a in NAMED_ARMS if a != "baseline"]
     assert ("gradcam", "gradcam_random") in pairs and ("eigencam", "gradcam_random") not in pairs
     # #42.1: the duplicate arm matches none; it adds gradcam's images (same selection, CAM and threshold), not
     # eigencam's or gradcampp_pred's (another CAM: other maps are empty, so other images join): not judged there
@@ -64,7 +64,7 @@ def test_a_control_is_judged_only_against_the_arm_whose_images_it_adds():
 
 
 def test_cycle_one_work_is_shared_by_arms_with_equal_settings():
-    config = make_config(arms=SIX)
+    config = make_config(arms=NAMED_ARMS)
     adding = ["duplicate", "gradcam", "eigencam", "gradcampp_pred", "gradcam_random"]
     assert {owner(config, "fm", "lite0", a, 1, "find_misclassified") for a in adding} == {"gradcam"}
     cams = {a: owner(config, "fm", "lite0", a, 1, "compute_cams") for a in adding}
@@ -132,11 +132,17 @@ def test_a_tiny_six_arm_run_compares_every_pair(six_arm_run, tiny_run, tmp_path)
     run = six_arm_run
     summary = pd.read_csv(run / "results" / "summary.csv")
     later = summary[summary.cycle > 0]
-    assert sorted(later.arm.unique()) == sorted(SIX) and len(later) == len(SIX)
+    assert sorted(later.arm.unique()) == sorted(NAMED_ARMS) and len(later) == len(NAMED_ARMS)
     table = pd.read_csv(run / "results" / "tables" / "fm_comparison.csv")
     config = validate(yaml.safe_load((run / "config.yaml").read_text()))
     for arm, other in comparisons(config):
         assert table[f"{arm}_minus_{other}_pairs"].iloc[0] == 1, (arm, other)
+    # the positive control is judged against baseline only, and the answer says what it is
+    assert [p for p in comparisons(config) if "erasing" in p] == [("erasing", "baseline")]
+    answer = (run / "results" / "tables" / "fm_answer.md").read_text()
+    assert "erasing minus baseline (the positive control: can erasing move accuracy here?)" in answer
+    erasing_log = (run / "results" / "logs" / "retrain" / "fm" / "lite0" / "seed0" / "erasing" / "cycle1.log")
+    assert erasing_log.exists()
     # the shared selection is what the duplicate arm's own job would have selected
     shared = run_dir(run, "gradcam", 0, 1)
     prepared = run / "results" / "prepared" / "fm"
@@ -179,7 +185,7 @@ def test_a_tiny_six_arm_run_compares_every_pair(six_arm_run, tiny_run, tmp_path)
 def test_by_hand_points_a_shared_job_to_the_arm_that_runs_it():
     from proxyattention.cli import UsageError, check_cell, parse_args
 
-    config = make_config(arms=SIX, seeds=[0])
+    config = make_config(arms=NAMED_ARMS, seeds=[0])
     args = parse_args(["find-misclassified", "--dataset", "fm", "--model", "lite0", "--arm", "duplicate", "--cycle", "1"])
     with pytest.raises(UsageError, match="uses the find-misclassified job of the gradcam arm"):
         check_cell(config, args)

@@ -44,7 +44,7 @@ def expected_counts(config: dict) -> dict:
     runs = len(run_datasets(config)) * len(config["models"]) * len(config["seeds"])  # each training size a run
     cycles = config["cycles"]
     arms = config["arms"] if isinstance(config["arms"], dict) else {a: {"kind": a} for a in config["arms"]}
-    adding = [a for a, spec in arms.items() if spec["kind"] != "baseline"]
+    adding = [a for a, spec in arms.items() if spec["kind"] in ("duplicate", "proxy", "random_erase")]
 
     def shared_settings(arm):  # what decides a cycle-1 job's owner here: the arm's (or its match's) overrides
         spec = arms[arm]
@@ -166,6 +166,31 @@ def test_the_second_study_command_plans_its_design(clone):
     assert counts["finetune"] == runs and counts["retrain"] == runs * len(study["arms"]) * study["cycles"]
     assert "5 arms (baseline, duplicate, proxy, random_erase, thesis)" in out
     assert "config.study2.yaml" in (ROOT / "docs" / "study.md").read_text()
+
+
+def test_the_third_study_command_plans_its_design(clone):
+    """docs/study.md's study 3 command, as a dry-run: 8 seeds x 3 training sizes, the six arms of
+    its design (the training-pass form and the positive control among them), three continued
+    cycles; and its sizing run's command (one seed outside the study's, a folder of its own)."""
+    from pathlib import Path
+
+    study = yaml.safe_load((ROOT / "config.study3.yaml").read_text())
+    if not Path(study["datasets"]["fashion_mnist"]["path"]).is_dir():
+        pytest.skip(f"{study['datasets']['fashion_mnist']['path']} is absent: apt install dataset-fashion-mnist")
+    proc, out = typed(clone, "snakemake --cores all --configfile config.study3.yaml -n")
+    assert proc.returncode == 0, out[-3000:]
+    assert len(study["seeds"]) >= 8 and study["cycles"] >= 3 and study["training"]["cycle_mode"] == "continue"
+    assert "val_subset" not in study["datasets"]["fashion_mnist"]  # the whole official test split
+    counts = job_counts(out)
+    assert {k: counts.get(k, 0) for k in expected_counts(study)} == expected_counts(study)
+    assert ("3 training sizes (fashion_mnist/n20pc, fashion_mnist/n60pc, fashion_mnist/n200pc) x 1 model "
+            "(tf_efficientnet_lite0) x 6 arms (baseline, duplicate, proxy, random_erase, proxy_tp, erasing) x 8 seeds"
+            in out)
+    sizing = "snakemake --cores all --configfile config.study3.yaml config.study3.sizing.yaml"
+    proc, out = typed(clone, sizing + " -n")
+    assert proc.returncode == 0 and "x 1 seed (100) x 3 cycles" in out and "results in results/study3_sizing/" in out
+    docs = (ROOT / "docs" / "study.md").read_text()
+    assert "snakemake --cores all --configfile config.study3.yaml\n" in docs and sizing in docs
 
 
 def test_the_gpu_bench_says_plainly_when_there_is_no_gpu(clone):

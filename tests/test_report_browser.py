@@ -43,7 +43,7 @@ def check_front_page(page, body: str, arms: list) -> None:
 @pytest.mark.slow
 def test_the_report_front_page_lists_named_arms(six_arm_run):
     executable = browser_path()
-    from conftest import SIX
+    from conftest import NAMED_ARMS
     from playwright.sync_api import sync_playwright
 
     snakemake(six_arm_run, "--report", "results/report.html")
@@ -52,7 +52,7 @@ def test_the_report_front_page_lists_named_arms(six_arm_run):
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.goto((six_arm_run / "results" / "report.html").as_uri())
         page.wait_for_load_state("networkidle")
-        check_front_page(page, page.inner_text("body"), list(SIX))
+        check_front_page(page, page.inner_text("body"), list(NAMED_ARMS))
         assert "Provenance" in page.inner_text("body")
         browser.close()
 

@@ -5,12 +5,12 @@ one list item per arm. The browser test checks the same in the real report."""
 import jinja2
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, shipped_configs
 from docutils.core import publish_parts
 
 from proxyattention.settings.validate import validate
 
-CONFIGS = sorted(p.name for p in ROOT.glob("config*.yaml"))  # every shipped config
+CONFIGS = shipped_configs()  # every shipped config, an overlay with the config it extends
 
 
 class Job:
@@ -39,11 +39,16 @@ def compared_record(config: dict, folder) -> dict:
     return {"1. Verdicts": {"": [Record(path)]}}
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_the_front_page_renders_without_a_docutils_message(name, tmp_path):
     """#22.10: the arms list lost its indentation to lstrip_blocks and docutils printed a
     'System Message' on the report's first screen."""
-    config = validate(yaml.safe_load((ROOT / name).read_text()))  # arms as the mapping the report reads
+    from proxyattention.settings.arms import _merge
+
+    config = {}
+    for path in CONFIGS[name]:
+        config = _merge(config, yaml.safe_load(path.read_text()))
+    config = validate(config)  # arms as the mapping the report reads
     page = front_page(config, compared_record(config, tmp_path))
     assert "System Message" not in page and "system-message" not in page
     items = page.split("The arms:")[1].split("</ul>")[0].count("<li>")
@@ -128,3 +133,40 @@ def test_every_sentence_of_what_was_compared_comes_from_the_config_that_ran(tmp_
     demo = validate(yaml.safe_load((ROOT / "config.yaml").read_text()))
     demo_text = " ".join(front_page(demo, compared_record(demo, tmp_path)).split())
     assert "beside the ViT (vit_tiny)" in demo_text and "the training images the previous model got wrong" in demo_text
+
+
+def test_study_three_s_arms_are_described_as_they_run():
+    """The hardest-share selection, the training-pass form and the positive control, in words
+    taken from config.study3.yaml itself."""
+    from proxyattention.files.describe import compared
+
+    config = validate(yaml.safe_load((ROOT / "config.study3.yaml").read_text()))
+    text = " ".join(compared(config).split())
+    assert ("the training images with the highest loss under the previous model (its misclassified first, then "
+            "the least confident right ones) (10% of the training images, the highest loss first)") in text
+    assert "as the previous training job's last epoch saw them" in text  # proxy_tp
+    assert ("**erasing** (erasing): the original training images only, each randomly erased in every epoch of the "
+            "cycles with probability 0.5 (a rectangle of 2% to 33% of the image, height/width 0.3 to 3.3, set to "
+            "the model's mean colour), as torchvision's RandomErasing does: a positive control") in text
+
+
+def test_the_answer_names_the_positive_control_beside_the_proxy_arms():
+    import numpy as np
+    import pandas as pd
+
+    from proxyattention.analysis.verdicts import answers
+
+    row = {"dataset": "d", "model": "m", "control": "baseline", "cycle": 3, "split": "test", "metric": "accuracy",
+           "verdict_holm": "no evidence at this n", "effect_of_interest": 0.005, "ci_low": -0.002, "ci_high": 0.004,
+           "n_pairs": 8, "mde": 0.002, "pairs_needed": 5.0}
+    table = pd.DataFrame([{**row, "arm": "proxy", "mean_difference": 0.001},
+                          {**row, "arm": "erasing", "mean_difference": 0.003},
+                          {**row, "arm": "duplicate", "mean_difference": -0.001}])
+    text = answers(table, ["proxy"], None, ["erasing"])
+    assert "proxy minus baseline: no evidence at this n" in text
+    assert "erasing minus baseline (the positive control: can erasing move accuracy here?): no evidence" in text
+    assert "duplicate minus" not in text  # a control's own comparison is in the table, not the answer
+    assert "erasing" not in answers(table, ["proxy"])  # as before when there is no positive control
+    few = answers(pd.DataFrame([{**row, "arm": "erasing", "mean_difference": 0.003, "n_pairs": 1,
+                                 "ci_low": np.nan, "ci_high": np.nan}]), [], None, ["erasing"])
+    assert "erasing minus baseline (the positive control: can erasing move accuracy here?): +0.30 points over 1" in few

@@ -50,6 +50,42 @@ def test_both_and_caps():
     assert list(select(table, "misclassified", max_fraction=0.2)["index"]) == [3]  # ceil(0.2 * 3)
 
 
+def test_hardest_keeps_the_highest_loss_share_of_the_training_images():
+    """A model that fits its training set misclassifies none: `hardest` keeps the highest-loss
+    images up to the cap, the misclassified first, then the least confident right ones."""
+    table = hand_made()
+    assert list(select(table, "hardest", max_fraction=0.5)["index"]) == [3, 1, 2]  # ceil(0.5 * 6)
+    assert list(select(table, "hardest", max_count=5)["index"]) == [3, 1, 2, 5, 4]
+    fitted = table.assign(prediction=table.label)  # every image right: misclassified selects nothing
+    assert select(fitted, "misclassified").empty and len(select(fitted, "hardest", max_fraction=0.34)) == 3
+
+
+def test_hardest_without_a_cap_is_refused_naming_the_arm():
+    from conftest import make_config
+
+    from proxyattention.settings.schema import ConfigError
+    from proxyattention.settings.validate import check_config
+
+    with pytest.raises(ConfigError, match=r"^proxy.selection.rule: hardest .* set max_fraction"):
+        check_config(make_config(proxy={"selection": {"rule": "hardest"}}))
+    with pytest.raises(ConfigError, match=r"^arms.p.selection.rule: hardest"):
+        check_config(make_config(arms={"b": {"kind": "baseline"}, "p": {"kind": "proxy", "selection": {"rule": "hardest"}}}))
+    check_config(make_config(proxy={"selection": {"rule": "hardest", "max_fraction": 0.1}}))
+
+
+def test_agreement_of_an_empty_selection_is_empty_not_an_error():
+    """The sizing run of study 3: a proxy_tp cycle selected nothing and the agreement stage stopped
+    on reshaping no map."""
+    from proxyattention.data.erasing import threshold_masks
+    from proxyattention.stages.agreement import rank_correlation, top_iou
+
+    none = np.zeros((0, 8, 8), np.float32)
+    for mode in ("quantile", "value", "topk_area"):
+        masks, thresholds = threshold_masks(none, mode, 0.9)
+        assert masks.shape == (0, 8, 8) and len(thresholds) == 0
+    assert top_iou(none, none).shape == (0,) and rank_correlation(none, none).shape == (0,)
+
+
 def test_metrics_match_scikit_learn():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 7, 300)

@@ -246,3 +246,80 @@ def test_adding_a_smaller_size_to_a_finished_run_plans_only_that_size(sizes_run)
                if "wildcards: dataset=" in line}
     assert planned == {"dataset=fashion_demo/n10pc"}
     assert "rule prepare:" not in proc.stdout and "rule prepare_masks:" not in proc.stdout
+
+
+def test_curve_every_keeps_every_nth_point_and_changes_no_weight(sizes_run, tmp_path):
+    """training.curve_every (speed-only): the n5pc finetune again by hand with a point every 3rd
+    epoch: NaN elsewhere, the same points where kept, and the same checkpoint to the byte."""
+    import torch
+    import yaml
+
+    from proxyattention.settings.validate import validate
+    from proxyattention.stages.train import train
+
+    config = validate(yaml.safe_load((sizes_run / "config.yaml").read_text()))
+    results = sizes_run / "results"
+    prepared = results / "prepared" / "fashion_demo"
+    ran = results / "runs" / "fashion_demo" / "n5pc" / "tf_efficientnet_lite0" / "seed0" / "finetune" / "cycle0"
+    settings = stage_settings(config, "fashion_demo/n5pc", "tf_efficientnet_lite0", 0, "train", "finetune")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the rule's job (threads: 1)
+    try:
+        train(settings, prepared / "images.npy", prepared / "index.csv", prepared / "classes.json",
+              tmp_path / "model.safetensors", tmp_path / "model.json", tmp_path / "epochs.csv",
+              tmp_path / "train_stats.json", seed=0, out_optimizer=tmp_path / "optimizer.safetensors",
+              epoch_sample=100, curve_every=3)
+    finally:
+        torch.set_num_threads(threads)
+    assert (tmp_path / "model.safetensors").read_bytes() == (ran / "model.safetensors").read_bytes()
+    mine, theirs = pd.read_csv(tmp_path / "epochs.csv"), pd.read_csv(ran / "epochs.csv")
+    assert len(mine) == len(theirs) == 20
+    kept = (mine.epoch % 3 == 0) & (mine.epoch < 20)
+    assert mine.curve_accuracy[kept].notna().all() and mine.curve_accuracy[~kept].isna().all()
+    np.testing.assert_array_equal(mine.curve_accuracy[kept], theirs.curve_accuracy[kept])
+    np.testing.assert_array_equal(mine.train_loss, theirs.train_loss)
+
+
+def test_the_final_split_needs_an_epoch_sample():
+    from proxyattention.settings.schema import ConfigError
+    from proxyattention.settings.validate import check_config
+
+    with pytest.raises(ConfigError, match="full_split: final evaluates the finetune .* epoch_sample is 0"):
+        check_config(make_config(training={"epoch_sample": 0}, evaluation={"full_split": "final"}))
+    check_config(make_config(training={"epoch_sample": 1000, "curve_every": 0}, evaluation={"full_split": "final"}))
+
+
+def test_the_study_pages_tables_come_from_the_summary_and_verdict_tables(sizes_run, tmp_path):
+    """Study 3's page tables (files/study_page.py) read a study's committed files: every size's
+    accuracy comparisons as its verdict table has them, each arm's means per cycle as the summary
+    has them; a missing verdict table is named with the command that redraws it."""
+    import shutil
+
+    from proxyattention.files.study_page import tables
+
+    results = sizes_run / "results"
+    made = tables(results)
+    assert list(made) == ["accuracy", "verdicts n5pc", "verdicts n15pc", "verdicts n50pc", "measures",
+                          "faithfulness", "agreement", "cost", "time to target"]
+    summary = pd.read_csv(results / "summary.csv", keep_default_na=False, na_values=[""])
+    for size in ("n5pc", "n15pc", "n50pc"):
+        verdicts = pd.read_csv(results / "tables" / "fashion_demo" / f"{size}_verdicts.csv")
+        accuracy = verdicts[(verdicts.metric == "accuracy") & (verdicts.cycle == verdicts.cycle.max())]
+        lines = [line for line in made[f"verdicts {size}"].splitlines() if line.startswith("| ")][1:]
+        assert len(lines) == len(accuracy) == 3
+        row = accuracy.set_index("comparison").loc["proxy - random_erase"]
+        primary = [line for line in lines if "proxy \u2212 random_erase" in line][0]
+        assert f"**{100 * row.mean_difference:+.2f}**".replace("-", "\u2212") in primary
+        assert f"{row.seeds_higher} / {row.seeds_lower} of 2" in primary
+        mine = summary[(summary["size"] == size) & (summary.arm == "proxy")]
+        last = mine[mine.cycle == mine.cycle.max()].accuracy.mean()
+        assert f"| {size} | proxy | " in made["accuracy"] and f"| {100 * last:.2f} |" in made["accuracy"]
+        assert f"| {size} | baseline | " in made["cost"] and made["cost"].count(f"| {size} | baseline |") == 1
+    assert [line.split(" | ")[-1] for line in made["cost"].splitlines() if "| baseline |" in line] == ["1.000 |"] * 3
+    assert made["faithfulness"].count("\n| n") == 0 and made["agreement"].count("\n| n") == 0  # none measured here
+    copy = tmp_path / "study"
+    shutil.copytree(results / "tables", copy / "tables")
+    shutil.copy(results / "summary.csv", copy / "summary.csv")
+    (copy / "tables" / "fashion_demo" / "n15pc_verdicts.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="n15pc_verdicts.csv: no verdict table for fashion_demo/n15pc"):
+        tables(copy)

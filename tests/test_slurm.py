@@ -10,6 +10,7 @@ cannot start a cluster (not root, no apt).
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -218,3 +219,67 @@ def test_a_config_scales_the_profiles_requests_and_the_run_says_what_each_job_as
     schema = (ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text()
     assert "scale:" in schema and "cluster: {scale: {memory: 0.25, time: 0.1}}" in (
         ROOT / "profiles" / "slurm" / "config.yaml").read_text()
+
+
+def submitted_jobs(workdir) -> dict:
+    """SLURM job id -> (group or rule it was submitted as, the stages its log says it ran)."""
+    out = {}
+    for log in (workdir / ".snakemake" / "slurm_logs").rglob("*.log"):
+        folder = next(p for p in log.parts if p.startswith(("rule_", "group_")))
+        name = folder.split("_")[0] + "_" + folder.split("_")[1]
+        out[int(re.search(r"(\d+)\.log$", log.name).group(1))] = (name, sorted(set(
+            re.findall(r"^\s*rule (\w+):", log.read_text(), re.M))), log)
+    return out
+
+
+@pytest.mark.slow
+def test_a_stage_failing_inside_a_group_job_is_named_and_the_rerun_submits_only_what_is_left(cluster, tmp_path):
+    """#40: the same command after a stage failed in the middle of a cycle's SLURM job (its earlier
+    stages done): that job's log names the failed stage and its error, and the rerun submits one
+    job holding only the stages left, keeping what the failed job finished. The failure is made
+    by a copy of the workflow whose mask_and_save script raises (the stage package is this
+    checkout's); the rerun runs the script as it is."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    for entry in ("Snakefile", "profiles", "envs", "pyproject.toml"):
+        (checkout / entry).symlink_to(ROOT / entry)
+    shutil.copytree(ROOT / "workflow", checkout / "workflow", symlinks=True,
+                    ignore=shutil.ignore_patterns("__pycache__", "proxyattention", "proxyattention.egg-info", "data"))
+    for entry in ("proxyattention", "data"):
+        (checkout / "workflow" / entry).symlink_to(ROOT / "workflow" / entry)
+    script = checkout / "workflow" / "scripts" / "mask_and_save.py"
+    original = script.read_text()
+    script.write_text('raise RuntimeError("mask_and_save made to fail by the test")\n' + original)
+    work = tmp_path / "work"
+    work.mkdir()
+    tiny_config(work, training={"epochs_finetune": 1, "epochs": 1, "num_workers": 0}, **GRID)
+    env = {**{k: v for k, v in cluster.env.items() if not k.startswith("PA_SLURM_")}, **GPU_LESS}
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(checkout / "Snakefile"), "--directory",
+               str(work), "--configfile", str(work / "config.yaml"), "--profile", str(ROOT / "profiles" / "slurm"),
+               *NO_ACCOUNTING, "--set-threads", "finetune=1", "retrain=1"]
+    first = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert first.returncode != 0, first.stdout[-3000:] + first.stderr[-3000:]
+    cycle = "group_fm.lite0.seed0.proxy.cycle1"
+    jobs = submitted_jobs(work)
+    failed = [(stages, log) for name, stages, log in jobs.values() if name == cycle]
+    retries = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())["retries"]
+    assert len(failed) == 1 + retries, jobs  # Snakemake resubmits a failed group job whole
+    for _, log in failed:  # each attempt's log names the stage and its error
+        text = log.read_text()
+        assert "Error in rule mask_and_save" in text and "mask_and_save made to fail by the test" in text, text[-3000:]
+    cycle_dir = work / "results" / "runs" / "fm" / "lite0" / "seed0" / "proxy" / "cycle1"
+    # what the stages before it finished is kept (profiles/slurm: keep-incomplete)
+    done = {name: (cycle_dir / name).stat().st_mtime_ns for name in ("selected.csv", "cams.npz", "cams.csv")}
+    assert not (cycle_dir / "erased.npz").exists()
+    # the submitting run says which group failed and where its log is
+    said = first.stdout + first.stderr
+    assert "Error in group fm.lite0.seed0.proxy.cycle1" in said and "mask_and_save made to fail" in said, said[-3000:]
+
+    script.write_text(original)
+    shutil.rmtree(work / ".snakemake" / "slurm_logs")
+    second = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    rerun = sorted((name, stages) for name, stages, _ in submitted_jobs(work).values())
+    assert rerun == [(cycle, ["evaluate", "faithfulness", "mask_and_save", "measure", "retrain"])], rerun
+    assert {name: (cycle_dir / name).stat().st_mtime_ns for name in done} == done  # kept, not made again
+    assert (work / "results" / "summary.csv").exists()

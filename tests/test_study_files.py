@@ -2,6 +2,7 @@
 one file and unpacked again (what the verdicts read comes back exactly), every epoch in one table."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -149,3 +150,37 @@ def test_a_pack_missing_cells_of_the_summary_or_not_a_pack_is_refused_by_name(tm
     np.savez_compressed(tmp_path / "other.npz", images=np.zeros(3))
     proc = redraw(tmp_path / "out", "--per-image", str(tmp_path / "other.npz"))
     assert proc.returncode != 0 and "'images' is not an array of a packed study" in proc.stderr
+
+
+def test_cells_evaluated_on_other_images_pack_and_unpack_each_with_its_own(tmp_path):
+    """evaluation.full_split: final evaluates the earlier cycles on the epoch sample and the last on
+    the whole split: one dataset, two sets of images. Each is stored once, and every cell comes back
+    with its own (study 3's sizing run stopped the packer before)."""
+    from proxyattention.files.layout import run_dir as layout_dir
+    from proxyattention.files.study_files import pack, unpack
+
+    rng = np.random.default_rng(0)
+    whole, sample = np.arange(50), np.arange(0, 50, 5)
+    cells = [("d/n5pc", "m", 0, "baseline", 1, sample), ("d/n5pc", "m", 0, "baseline", 2, whole),
+             ("d/n5pc", "m", 0, "proxy", 1, sample), ("d/n5pc", "m", 0, "proxy", 2, whole)]
+    written = {}
+    for *cell, rows in cells:
+        folder = Path(layout_dir(str(tmp_path / "results"), *cell))
+        folder.mkdir(parents=True)
+        fields = {"test_index": rows, "test_label": rows % 3, "test_prediction": rng.integers(0, 3, len(rows)),
+                  "test_p_true": rng.random(len(rows)).astype(np.float32),
+                  "test_p_top": rng.random(len(rows)).astype(np.float32)}
+        np.savez(folder / "per_image.npz", **fields)
+        written[tuple(cell)] = fields
+    pd.DataFrame([dict(zip(["dataset", "model", "seed", "arm", "cycle"], c[:5])) for c in cells]).to_csv(
+        tmp_path / "results" / "summary.csv", index=False)
+    pack(tmp_path / "results" / "summary.csv", tmp_path / "pack.npz")
+    with np.load(tmp_path / "pack.npz") as packed:
+        assert sum(k.endswith("_index") for k in packed.files) == 2  # two sets, each once
+    back = unpack(tmp_path / "pack.npz", tmp_path / "out")
+    assert set(back) == set(written)
+    for cell, fields in written.items():
+        with np.load(back[cell]) as got:
+            for key in ("test_index", "test_label", "test_prediction"):
+                np.testing.assert_array_equal(got[key], fields[key])
+            np.testing.assert_allclose(got["test_p_true"], fields["test_p_true"], atol=1e-3)

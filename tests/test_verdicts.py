@@ -347,3 +347,28 @@ def test_the_forest_plot_keeps_its_axis_on_the_differences_in_points_with_two_se
     low, high = paired_differences(frame, [("proxy", "baseline")], tmp_path / "forest.png")
     assert low == -high and 2.0 < high < 3.0  # the largest difference is 2 points
     assert (tmp_path / "forest.png").stat().st_size > 10_000
+
+
+def test_each_metrics_file_is_parsed_once_and_gives_provenance_its_versions(tmp_path, monkeypatch):
+    """#40 (smaller): aggregate parsed every metrics.json (a K x K confusion matrix each) twice,
+    once for the summary and once more for provenance's versions."""
+    import json
+
+    from pathlib import Path
+
+    import proxyattention.stages.aggregate as aggregate
+
+    cells, paths = [], []
+    for arm, cycle in (("finetune", 0), ("baseline", 1), ("proxy", 1)):
+        path = tmp_path / f"{arm}.json"
+        path.write_text(json.dumps({"accuracy": 0.5, "train_seconds": 1.0, "images_seen": 10, "wall_seconds": 1.0,
+                                    "confusion_matrix": [[1, 0], [0, 1]], "versions": {"commit": f"c-{arm}"}}))
+        cells.append(["d", "m", 0, arm, cycle])
+        paths.append(path)
+    read = []
+    real = aggregate.read_json
+    monkeypatch.setattr(aggregate, "read_json", lambda p: read.append(Path(p).name) or real(p))
+    versions = []
+    aggregate.summarise(cells, paths, versions=versions)
+    assert sorted(read) == ["baseline.json", "finetune.json", "proxy.json"]
+    assert versions == [{"commit": "c-finetune"}, {"commit": "c-baseline"}, {"commit": "c-proxy"}]

@@ -173,23 +173,26 @@ def unmatched_sentence(unmatched: list) -> str:
             "of its own (matches: the arm's name) to compare them.\n")
 
 
-def answers(table: pd.DataFrame, proxy_arms: list, unmatched: list | None = None) -> str:
+def answers(table: pd.DataFrame, proxy_arms: list, unmatched: list | None = None, positive=()) -> str:
     """The answer of a verdict table in plain sentences, one paragraph per (dataset, model): for
-    each comparison of a Proxy Attention arm, the Holm-adjusted verdict, the mean difference and
-    its interval, the MDE and the seed pairs the effect of interest would need. Written from
-    the numbers; plain text that reads the same as Markdown and reStructuredText."""
+    each comparison of a Proxy Attention arm (and of a ``positive`` control, an ``erasing`` arm,
+    named as such), the Holm-adjusted verdict, the mean difference and its interval, the MDE and
+    the seed pairs the effect of interest would need. Written from the numbers; plain text that
+    reads the same as Markdown and reStructuredText."""
     paragraphs = []
     faithful = table[table.metric == "road_combined"]
     table = table[~table.metric.isin([*ATTENTION_METRICS, "road_combined"])]
     for (dataset, model), part in table.groupby(["dataset", "model"], sort=False):
         sentences = []
-        for r in part[part.arm.isin(proxy_arms)].itertuples():
+        for r in part[part.arm.isin([*proxy_arms, *positive])].itertuples():
+            named = f"{r.arm} minus {r.control}" + (" (the positive control: can erasing move accuracy here?)"
+                                                    if r.arm in positive else "")
             needed = ("undefined (no spread)" if np.isnan(r.pairs_needed) else
                       "more than 100,000" if np.isinf(r.pairs_needed) else f"{int(r.pairs_needed)}")
             pairs = f"{r.n_pairs} seed pair{'' if r.n_pairs == 1 else 's'}"
             if r.n_pairs < MIN_PAIRS or not (np.isfinite(r.ci_low) and np.isfinite(r.ci_high)):
                 sentences.append(
-                    f"{r.arm} minus {r.control}: {_points(r.mean_difference)} points over {pairs}; no interval, "
+                    f"{named}: {_points(r.mean_difference)} points over {pairs}; no interval, "
                     f"detectable effect or verdict (they need at least {MIN_PAIRS} seed pairs), and "
                     f"{_points(r.effect_of_interest, False)} points would need {needed} seed pairs.")
                 continue
@@ -199,7 +202,7 @@ def answers(table: pd.DataFrame, proxy_arms: list, unmatched: list | None = None
                       "80% power)" if np.isfinite(r.mde) else
                       "its detectable effect is undefined (the paired differences have no spread)")
             sentences.append(
-                f"{r.arm} minus {r.control}: {r.verdict_holm} (Holm-adjusted over the {len(part)} comparisons of "
+                f"{named}: {r.verdict_holm} (Holm-adjusted over the {len(part)} comparisons of "
                 f"this table), {_points(r.mean_difference)} points, 95% interval {_points(r.ci_low)} to "
                 f"{_points(r.ci_high)}, {pairs}; {detect}, and "
                 f"{_points(r.effect_of_interest, False)} points would need {needed} seed pairs.")

@@ -23,9 +23,12 @@ batch boundaries move, so batch composition is not shared.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 
+from .random_erasing import epoch_boxes, erase
 from .streams import ADDED_AUGMENT, ADDED_ORDER, AUGMENT, ORDER, generator, stream_key
 
 
@@ -154,11 +157,14 @@ class DeviceTransform:
         return self._on[device]
 
     def __call__(self, images: torch.Tensor, plan: torch.Tensor | None, channels_last: bool = False) -> torch.Tensor:
-        """``images`` uint8 (B, H, W, 3) and ``plan`` (B, 3) on one device: float32 (B, 3, H, W)."""
+        """``images`` uint8 (B, H, W, 3) and ``plan`` (B, 3), or (B, 7) with each image's random
+        erasing box (random_erasing.py) after the crop and flip, on one device: float32 (B, 3, H, W)."""
         if plan is not None:  # training: one gather, whatever the plan holds (reading it would sync)
             images = self._crop_flip(images, plan)
         scale, shift = self._constants(images.device)
         x = images.float() * scale - shift
+        if plan is not None and plan.shape[1] > 3:  # after normalising, as torchvision's RandomErasing
+            x = erase(x, plan[:, 3:7])
         x = x.permute(0, 3, 1, 2)  # NHWC memory seen as NCHW: already channels-last
         return x if channels_last else x.contiguous()
 
@@ -181,10 +187,11 @@ class BatchDataset:
     """Items are whole batches: ``dataset[(epoch, batch, indices)]`` is
     (uint8 images (B, H, W, 3), labels, augmentation plan (B, 3) or None when not training)."""
 
-    def __init__(self, source: ArraySource, seed, train: bool, hflip=False, crop_padding=0):
+    def __init__(self, source: ArraySource, seed, train: bool, hflip=False, crop_padding=0, erasing=None):
         self.source, self.seed = source, stream_key(seed)
-        self.train, self.hflip, self.crop_padding = train, hflip, crop_padding
+        self.train, self.hflip, self.crop_padding, self.erasing = train, hflip, crop_padding, erasing
         self._plans = (None, None)  # (epoch, its plan table): drawn once per epoch in each worker
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.source)
@@ -194,11 +201,20 @@ class BatchDataset:
         images, labels = self.source.gather(indices)
         plan = None
         if self.train:
-            if self._plans[0] != epoch:
-                self._plans = (epoch, epoch_plan(self.seed, epoch, len(self.source), self.source.n_original,
-                                                 self.hflip, self.crop_padding))
-            plan = torch.from_numpy(self._plans[1][np.asarray(indices, dtype=np.int64)])
+            plan = torch.from_numpy(self._plan(epoch)[np.asarray(indices, dtype=np.int64)])
         return torch.from_numpy(images), torch.from_numpy(labels), plan
+
+    def _plan(self, epoch: int) -> np.ndarray:
+        """The epoch's plan table (n, 3), or (n, 7) with random erasing boxes: drawn once per epoch."""
+        with self._lock:  # gather threads share it
+            if self._plans[0] != epoch:
+                n = len(self.source)
+                plan = epoch_plan(self.seed, epoch, n, self.source.n_original, self.hflip, self.crop_padding)
+                if self.erasing is not None:
+                    h, w = self.source.parts[0][0].shape[1:3]
+                    plan = np.concatenate([plan, epoch_boxes(self.seed, epoch, n, h, w, self.erasing)], axis=1)
+                self._plans = (epoch, plan)
+            return self._plans[1]
 
 
 class GatheredBatches:
@@ -313,13 +329,14 @@ class EpochBatches(torch.utils.data.Sampler):
 
 def make_loader(source: ArraySource, mean, std, batch_size: int, seed=0, train: bool = False,
                 hflip: bool = False, crop_padding: int = 0, num_workers: int = 0, pin_memory: bool = False,
-                device="cpu", channels_last: bool = False, with_rows: bool = False):
+                device="cpu", channels_last: bool = False, with_rows: bool = False, erasing: dict | None = None):
     """Batches of ``source`` as float32 (B, 3, H, W) and labels on ``device`` (channels-last
     memory with ``channels_last``), and the sampler (call ``sampler.set_epoch`` each epoch);
-    with ``with_rows`` each batch also carries its images' indices in ``source``.
+    with ``with_rows`` each batch also carries its images' indices in ``source``; with ``erasing``
+    (random_erasing.settings_of) training images are randomly erased after the crop and flip.
     ``num_workers`` gather threads prepare batches ahead (0: in the loop itself); the batches
     do not depend on it."""
-    dataset = BatchDataset(source, seed, train, hflip, crop_padding)
+    dataset = BatchDataset(source, seed, train, hflip, crop_padding, erasing if train else None)
     # Drop a last batch of one when training: BatchNorm cannot normalise a single sample.
     drop_last = train and len(source) % batch_size == 1
     sampler = EpochBatches(len(source), batch_size, seed, shuffle=train, drop_last=drop_last,

@@ -18,7 +18,7 @@ def threshold_masks(maps: np.ndarray, mode: str, value: float) -> tuple[np.ndarr
     round((1 - value) * H * W) pixels, highest first, ties broken by position.
     """
     n, h, w = maps.shape
-    flat = maps.reshape(n, -1)
+    flat = maps.reshape(n, h * w)  # (not -1: no map at all, e.g. nothing selected, is a shape too)
     uncovered = np.isnan(flat)
     if uncovered.any():  # training-pass maps: thresholds over the covered pixels, uncovered never masked
         return _threshold_covered(maps, mode, value, uncovered)
@@ -47,7 +47,7 @@ def _threshold_covered(maps: np.ndarray, mode: str, value: float, uncovered: np.
     import warnings
 
     n, h, w = maps.shape
-    flat = maps.reshape(n, -1)
+    flat = maps.reshape(n, h * w)  # (not -1: no map at all, e.g. nothing selected, is a shape too)
     covered = (~uncovered).sum(1)
     if mode == "quantile":
         with warnings.catch_warnings():  # a map with no covered pixel: its threshold is NaN, masking nothing

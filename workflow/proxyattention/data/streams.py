@@ -19,6 +19,7 @@ OCCLUSION = 6  # the patches an evaluation image loses, per prepared row (attent
 SAMPLE = 7  # the fixed evaluation samples of the occlusion and map measures
 FAITHFULNESS = 8  # the faithfulness sample, its drawn offsets, tie-breaking keys and fills, per (seed, cycle)
 AGREEMENT = 9  # the sample of maps the agreement stage computes again, per (seed, cycle)
+ERASE = 10  # the erasing arm's random erasing boxes, per image and epoch (random_erasing.py)
 
 
 def stream_key(seed) -> tuple[int, ...]:

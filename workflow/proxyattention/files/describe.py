@@ -6,7 +6,7 @@ no sentence there describes another run than the one made.
 
 from __future__ import annotations
 
-from ..settings.arms import proxy_settings
+from ..settings.arms import erasing_of, proxy_settings
 
 
 def _count(k: int, noun: str) -> str:
@@ -31,10 +31,13 @@ def selection_words(selection: dict) -> str:
             "low_confidence": f"the training images whose true class the previous model gave a probability below "
                               f"{below:g}",
             "both": f"the training images the previous model got wrong or gave their true class a probability below "
-                    f"{below:g}"}[selection.get("rule", "misclassified")]
+                    f"{below:g}",
+            "hardest": "the training images with the highest loss under the previous model (its misclassified "
+                       "first, then the least confident right ones)"}[selection.get("rule", "misclassified")]
     caps = []
     if selection.get("max_fraction") is not None:
-        caps.append(f"{100 * selection['max_fraction']:g}% of them")
+        caps.append(f"{100 * selection['max_fraction']:g}% of "
+                    + ("the training images" if selection.get("rule") == "hardest" else "them"))
     if selection.get("max_count") is not None:
         caps.append(f"at most {selection['max_count']}")
     if caps:
@@ -68,6 +71,12 @@ def arm_words(config: dict, name: str) -> str:
     settings = proxy_settings(config, name)
     if kind == "baseline":
         return "the original training images only"
+    if kind == "erasing":
+        e = erasing_of(config, name)
+        return (f"the original training images only, each randomly erased in every epoch of the cycles with "
+                f"probability {e['p']:g} (a rectangle of {e['scale'][0]:.0%} to {e['scale'][1]:.0%} of the image, "
+                f"height/width {e['ratio'][0]:g} to {e['ratio'][1]:g}, set to the model's mean colour), as "
+                "torchvision's RandomErasing does: a positive control")
     selected = selection_words(settings["selection"])
     if kind == "duplicate":
         return f"{selected}, added unchanged (more training on those images, nothing erased)"

@@ -9,8 +9,10 @@ its summary:
 
     python -m proxyattention.files.study_files results/study2/summary.csv docs/study2
 
-Each split's rows and labels are stored once per dataset (every cell of a dataset evaluates the
-same images; checked), predicted classes exactly (``uint8`` while there are at most 256 classes),
+Each split's rows and labels are stored once per dataset and set of images (the cells of a
+dataset evaluate the same images, but for the cycles evaluated on the epoch sample under
+``evaluation.full_split: final``: a second set, its cells marked), predicted classes exactly
+(``uint8`` while there are at most 256 classes),
 the two probabilities as float16 (three significant digits: enough for any calibration
 reanalysis, and nothing in the verdict tables reads them), and the Brier terms as written
 (float32: a term near zero keeps no float16 precision, and the Brier score is their mean). ``unpack`` writes one ``per_image.npz``
@@ -44,6 +46,7 @@ def pack(summary_csv, out_npz, results: str | None = None) -> dict:
     summary's folder) into ``out_npz``; returns what it holds (cells, images per split, bytes)."""
     results = str(Path(summary_csv).parent if results is None else results)
     arrays: dict[str, np.ndarray] = {}
+    variants: dict[tuple, list] = {}
     cells = cells_of(summary_csv)
     for cell in cells:
         path = Path(run_dir(results, *cell)) / "per_image.npz"
@@ -51,16 +54,25 @@ def pack(summary_csv, out_npz, results: str | None = None) -> dict:
             raise FileNotFoundError(f"{path}: no per-image file for {cell} (did its evaluation run?)")
         name = SEP.join(str(v) for v in cell)
         with np.load(path) as f:
+            for split in sorted({key.partition("_")[0] for key in f.files if key.partition("_")[2] in SHARED}):
+                # the images a cell was evaluated on: stored once per dataset and set of images (a
+                # cycle evaluated on the epoch sample, evaluation.full_split: final, has its own set)
+                mine = {field: f[f"{split}_{field}"] for field in SHARED}
+                known = variants.setdefault((cell[0], split), [])
+                number = next((i for i, v in enumerate(known)
+                               if all(np.array_equal(v[k], mine[k]) for k in SHARED)), len(known))
+                if number == len(known):
+                    known.append(mine)
+                    prefix = cell[0] if number == 0 else f"{cell[0]}{SEP}{number}"
+                    for field in SHARED:
+                        arrays[f"{prefix}{SEP}{split}_{field}"] = mine[field]
+                if number:  # cells of the first set need no mark (packs made before sets had none)
+                    arrays[f"{name}{SEP}{split}_images"] = np.array(number)
             for key in f.files:
                 split, _, field = key.partition("_")
                 value = f[key]
                 if field in SHARED:
-                    shared = f"{cell[0]}{SEP}{key}"
-                    if shared not in arrays:
-                        arrays[shared] = value
-                    elif not np.array_equal(arrays[shared], value):
-                        raise ValueError(f"{path}: its {key} differs from the dataset's other cells; "
-                                         "the arms must be evaluated on the same images")
+                    continue
                 elif field == "prediction":
                     arrays[f"{name}{SEP}{key}"] = value.astype(np.uint8 if value.max(initial=0) < 256 else np.int64)
                 elif field in PROBABILITIES:
@@ -78,11 +90,11 @@ def unpack(pack_npz, out_dir) -> dict:
     out: dict[tuple, Path] = {}
     with np.load(pack_npz) as f:
         per_cell: dict[tuple, dict] = {}
-        shared = {}
+        shared, images_of = {}, {}
         for key in f.files:
             parts = key.split(SEP)
-            if len(parts) == 2:
-                shared[tuple(parts)] = f[key]
+            if len(parts) in (2, 3):  # (dataset, [set number,] split_field): the images a set of cells saw
+                shared[(parts[0], 0 if len(parts) == 2 else int(parts[1]), parts[-1])] = f[key]
                 continue
             if len(parts) != 6:
                 raise ValueError(f"{pack_npz}: '{key}' is not an array of a packed study; pack the run's "
@@ -90,6 +102,9 @@ def unpack(pack_npz, out_dir) -> dict:
             dataset, model, seed, arm, cycle, field = parts
             cell = (dataset, model, int(seed), arm, int(cycle))
             value = f[key]
+            if field.endswith("_images"):
+                images_of[(cell, field.partition("_")[0])] = int(value)
+                continue
             per_cell.setdefault(cell, {})[field] = (value.astype(np.int64) if field.endswith("_prediction")
                                                     else value.astype(np.float32) if value.dtype == np.float16
                                                     else value)
@@ -97,7 +112,7 @@ def unpack(pack_npz, out_dir) -> dict:
         splits = {k.partition("_")[0] for k in fields}
         for split in splits:
             for name in SHARED:
-                fields[f"{split}_{name}"] = shared[(cell[0], f"{split}_{name}")]
+                fields[f"{split}_{name}"] = shared[(cell[0], images_of.get((cell, split), 0), f"{split}_{name}")]
         path = Path(run_dir(str(out_dir), *cell)) / "per_image.npz"
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(path, **fields)

@@ -9,10 +9,13 @@ and any ``proxy:`` keys it overrides::
       gradcam: {kind: proxy}
       eigencam: {kind: proxy, cam_method: eigencam}
       gradcam_random: {kind: random_erase, matches: gradcam}
+      erasing: {kind: erasing, erasing: {p: 0.5}}
 
 A control (``duplicate``, ``random_erase``) that ``matches`` a proxy arm uses that
 arm's settings (selection, CAMs, threshold, fill), with its own overrides on top;
-without ``matches`` it uses the ``proxy:`` section.
+without ``matches`` it uses the ``proxy:`` section. An ``erasing`` arm adds no images: it trains on
+the originals as baseline does, each randomly erased in every epoch of its cycles as torchvision's
+``RandomErasing`` does (data/random_erasing.py): a positive control for the erasing arms.
 
 Which arm's job a shared stage is (its *owner*) is decided from the stages' settings:
 see ``stage_settings.owner``.
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import copy
 
-KINDS = ("baseline", "duplicate", "proxy", "random_erase")
+KINDS = ("baseline", "duplicate", "proxy", "random_erase", "erasing")
 ADDING_KINDS = ("duplicate", "proxy", "random_erase")  # kinds that add the selected images to training
 CONTROLS = {"proxy": None, "random_erase": "random", "duplicate": "duplicate"}  # mask_and_save's control
 PROXY_KEYS = ("cam_method", "fast_path", "target", "empty_maps", "selection", "threshold", "fill", "random_erase",
@@ -42,6 +45,15 @@ def normalise(arms) -> dict:
         return {name: dict(spec) for name, spec in arms.items()}
     return {kind: ({"kind": kind, "matches": "proxy"} if kind in ("duplicate", "random_erase") and "proxy" in arms
                    else {"kind": kind}) for kind in arms}
+
+
+def erasing_of(config: dict, arm: str | None) -> dict | None:
+    """The random erasing an ``erasing`` arm applies to every training image in every epoch of its
+    cycles (torchvision's defaults filled in), None for every other arm."""
+    from ..data.random_erasing import settings_of
+
+    spec = config["arms"].get(arm) if arm else None
+    return settings_of(spec.get("erasing", {})) if spec and spec["kind"] == "erasing" else None
 
 
 def kind_of(config: dict, arm: str) -> str:
@@ -171,6 +183,11 @@ def check_training_pass(config: dict) -> None:
     for name in config["arms"]:
         proxy = proxy_settings(config, name)
         sel = proxy["selection"]
+        if sel.get("rule") == "hardest" and sel.get("max_fraction") is None and sel.get("max_count") is None \
+                and config["arms"][name]["kind"] in ADDING_KINDS:
+            key = f"arms.{name}.selection" if "selection" in overrides(config, name) else "proxy.selection"
+            raise ConfigError(f"{key}.rule: hardest keeps the highest-loss training images up to a cap, and it has "
+                              "none: set max_fraction (e.g. 0.1, of the training images) or max_count")
         if sel.get("order") == "met" and sel.get("source") != TRAINING_PASS:
             raise ConfigError(f"arms.{name}: selection.order: met is the order a training epoch met the images; it "
                               "needs selection.source: training_pass (a separate pass meets them in file order)")
@@ -208,10 +225,14 @@ def check(config: dict) -> None:
             raise ConfigError("arms: 'finetune' is the shared cycle 0 of every arm; name the arm otherwise")
         if not isinstance(spec, dict) or spec.get("kind") not in KINDS:
             raise ConfigError(f"arms.{name}.kind: give one of {', '.join(KINDS)} (e.g. {{kind: proxy}})")
+        if spec["kind"] == "erasing":
+            _check_erasing(name, spec)
+            continue
         unknown = sorted(set(spec) - {"kind", "matches", *PROXY_KEYS})
         if unknown:
             raise ConfigError(f"arms.{name}: unknown key(s) {', '.join(unknown)}; allowed: kind, matches, "
-                              f"and the proxy keys {', '.join(PROXY_KEYS)}")
+                              f"and the proxy keys {', '.join(PROXY_KEYS)}"
+                              + (" (erasing belongs to an arm of kind erasing)" if "erasing" in unknown else ""))
         if spec["kind"] == "baseline" and set(spec) - {"kind"}:
             raise ConfigError(f"arms.{name}: a baseline arm adds no images, so it takes no settings but kind")
         matched = spec.get("matches")
@@ -227,7 +248,7 @@ def check(config: dict) -> None:
 
     schema = yaml.safe_load(SCHEMA.read_text())["properties"]["proxy"]
     validator = jsonschema.Draft202012Validator(schema)
-    for name in config["arms"]:
+    for name in names_of_kind(config, *ADDING_KINDS):
         error = jsonschema.exceptions.best_match(validator.iter_errors(proxy_settings(config, name)))
         if error is not None:
             raise ConfigError(f"arms.{name}: {explain(error).replace('invalid config at ', 'setting ')}")
@@ -239,6 +260,33 @@ def check(config: dict) -> None:
                                   f"{', '.join(config['arms'])})")
         if pair[0] == pair[1]:
             raise ConfigError(f"report.comparisons[{i}]: compares {pair[0]} with itself; name two arms")
+
+
+def _check_erasing(name: str, spec: dict) -> None:
+    """An ``erasing`` arm: only ``erasing: {p, scale, ratio}``, each as torchvision accepts it."""
+    from .schema import ConfigError
+
+    unknown = sorted(set(spec) - {"kind", "erasing"})
+    if unknown:
+        raise ConfigError(f"arms.{name}: an erasing arm adds no images; it takes only kind and erasing "
+                          f"(p, scale, ratio), not {', '.join(unknown)}")
+    erasing = spec.get("erasing", {})
+    if not isinstance(erasing, dict) or set(erasing) - {"p", "scale", "ratio"}:
+        raise ConfigError(f"arms.{name}.erasing: give a mapping of p, scale and ratio (torchvision RandomErasing's "
+                          "defaults: {p: 0.5, scale: [0.02, 0.33], ratio: [0.3, 3.3]})")
+    from ..data.random_erasing import DEFAULTS
+
+    p = erasing.get("p", DEFAULTS["p"])
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+        raise ConfigError(f"arms.{name}.erasing.p: a probability from 0 to 1 (got {p!r})")
+    for key, low, high in (("scale", 0, 1), ("ratio", 0, None)):
+        pair = erasing.get(key, DEFAULTS[key])
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair)
+                and low < pair[0] <= pair[1] and (high is None or pair[1] < high)):
+            bounds = "0 < a <= b < 1 (fractions of the image's area)" if key == "scale" else \
+                "0 < a <= b (height over width)"
+            raise ConfigError(f"arms.{name}.erasing.{key}: a pair [a, b] with {bounds} (got {pair!r})")
 
 
 def _merge(base: dict, extra: dict) -> dict:

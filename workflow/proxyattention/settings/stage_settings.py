@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 
-from .arms import ADDING_KINDS, cam_method, names_of_kind, proxy_settings, record_spec
+from .arms import ADDING_KINDS, cam_method, erasing_of, names_of_kind, proxy_settings, record_spec
 from .sizes import epoch_scale, scaled_epochs, size_of
 
 
@@ -66,8 +66,8 @@ STAGE_SECTIONS = {
 }
 # Stages that read the training split, and so a training size's rows (absent without sizes).
 SIZED_STAGES = (None, "train", "find_misclassified", "agreement")
-# ... and epoch_sample, which changes only the curve points epochs.csv names (stages/train.py).
-SPEED_ONLY = {"training": ("threads", "num_workers", "epoch_sample")}
+# ... and epoch_sample and curve_every, which change only the curve points epochs.csv names (stages/train.py).
+SPEED_ONLY = {"training": ("threads", "num_workers", "epoch_sample", "curve_every")}
 # Keys added after runs existed, left out of a stage's settings at their defaults, so that a run made
 # before them is not rerun (Snakemake reruns a job whose params change).
 LATER_DEFAULTS = {("proxy", "maps_source"): "separate_pass", ("training", "size_schedule"): "epochs",
@@ -117,6 +117,8 @@ def stage_settings(config: dict, dataset: str, model: str, cycle: int = 0, stage
         # what its last epoch records for the arms that read it (training/record.py); absent when nothing
         if arm is not None and (spec := record_spec(config, model, arm, cycle)) is not None:
             settings["record"] = spec
+        if cycle >= 1 and (erasing := erasing_of(config, arm)) is not None:
+            settings["erasing"] = erasing  # the erasing arm's random erasing (absent for every other arm)
     if (stage in ("evaluate", "measure", None) and config.get("evaluation", {}).get("full_split") == "final"
             and cycle < config["cycles"]):  # an intermediate cycle: on the epoch sample of the verdicts' split
         settings["verdict_sample"] = config["training"].get("epoch_sample", 1000)

@@ -38,17 +38,21 @@ def validate(config: dict, schema: str | os.PathLike = SCHEMA) -> dict:
     return config
 
 
-def load_config(path: str | os.PathLike) -> dict:
-    """Read, validate and check a config file."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        with open(path) as stream:  # the error's mark then names the file, with its line and column
-            config = yaml.safe_load(stream) or {}
-    except yaml.YAMLError as err:
-        hint = "; indent with spaces, not tabs" if "\t" in path.read_text() else ""
-        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(err).split())}){hint}") from None
+def load_config(*paths: str | os.PathLike) -> dict:
+    """Read, validate and check a config file, or several merged as ``snakemake --configfile A B``
+    merges them (a later file's keys update the earlier's, mappings key by key)."""
+    from .arms import _merge
+
+    config = {}
+    for path in map(Path, paths):
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            with open(path) as stream:  # the error's mark then names the file, with its line and column
+                config = _merge(config, yaml.safe_load(stream) or {})
+        except yaml.YAMLError as err:
+            hint = "; indent with spaces, not tabs" if "\t" in path.read_text() else ""
+            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(err).split())}){hint}") from None
     validate(config)
     check_config(config)
     return config
@@ -61,6 +65,11 @@ def check_config(config: dict, base: str | os.PathLike = ".") -> None:
     from .arms import check as check_arms
 
     check_arms(config)
+    if config.get("evaluation", {}).get("full_split") == "final" and config["training"].get("epoch_sample") == 0:
+        raise ConfigError("evaluation.full_split: final evaluates the finetune and the cycles before the last on "
+                          "training.epoch_sample's images of the verdicts' split, and epoch_sample is 0 (none); set "
+                          "epoch_sample (e.g. 1000; training.curve_every: 0 then keeps only the evaluations' points) "
+                          "or full_split: every_cycle")
     if config["training"]["cycle_mode"] == "continue" and config["training"]["retrain_from"] == "pretrained":
         raise ConfigError("training.retrain_from: pretrained starts each cycle from the pretrained weights, while "
                           "training.cycle_mode: continue carries one run (weights and optimizer) across cycles; set "

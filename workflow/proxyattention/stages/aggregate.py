@@ -39,7 +39,7 @@ def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = Non
               stage_logs: dict | None = None, arm_specs: dict | None = None,
               faithfulness_paths: dict | None = None, agreement_paths: dict | None = None,
               curve: dict | None = None, measures_paths: list | None = None,
-              stage_benchmarks: dict | None = None) -> pd.DataFrame:
+              stage_benchmarks: dict | None = None, versions: list | None = None) -> pd.DataFrame:
     """One row per (dataset, model, arm, seed, cycle) with every metric, time and memory.
 
     ``cells`` and ``metrics_paths`` are parallel. Cumulative time and images add
@@ -59,7 +59,9 @@ def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = Non
     ``agreement_paths`` maps a training-pass arm's cell to its ``agreement.json``: those rows get the
     ``agree_`` columns (stages/agreement.py). ``measures_paths`` (parallel to ``cells``): each cell's
     ``measures.json``, question 2's measures (stages/evaluate.py measure); without it they are read
-    from ``metrics.json`` (results written before the measure stage).
+    from ``metrics.json`` (results written before the measure stage). ``versions``, when given, gets
+    each ``metrics.json``'s ``versions`` in order (each file is parsed once: it holds a K x K
+    confusion matrix).
 
     ``size`` (a training size, ``n20pc``; empty without one), ``train_per_class`` (the size's images
     per class as written, or the training images over the classes) and ``n_train`` (the original
@@ -77,6 +79,8 @@ def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = Non
     rows = []
     for i, (cell, path) in enumerate(zip(cells, metrics_paths)):
         m = read_json(path)
+        if versions is not None:
+            versions.append(m.get("versions"))
         row = dict(zip(CELL, cell))
         spec = (arm_specs or {}).get(row["arm"], {"kind": "finetune" if row["arm"] == "finetune" else row["arm"]})
         row["kind"], row["matches"] = spec["kind"], spec.get("matches") or ""
@@ -295,16 +299,16 @@ def aggregate(cells: list, metrics_paths: list, erased_tables: dict, out_summary
     images = {(c[0], c[1], int(c[2]), c[3], int(c[4])): p for c, p in zip(cells, per_image_paths or [])}
     curve = {"epoch_sample": (config or {}).get("training", {}).get("epoch_sample", 1000),
              "indexes": index_paths or {}, "per_image": {tuple(c): p for c, p in zip(cells, per_image_paths or [])}}
+    versions = []
     frame = summarise(cells, metrics_paths, erased_tables, dataset_infos, arms, stage_logs, arm_specs,
-                      faithfulness_paths, agreement_paths, curve, measures_paths, stage_benchmarks)
+                      faithfulness_paths, agreement_paths, curve, measures_paths, stage_benchmarks, versions)
     comparisons = COMPARISONS if comparisons is None else comparisons
     unmatched = []
     if isinstance((config or {}).get("arms"), dict) and "proxy" in config:
         from ..settings.arms import unmatched_pairs
 
         unmatched = unmatched_pairs(config)
-    made = provenance.gather(config or {}, [read_json(p).get("versions") for p in metrics_paths], comparisons,
-                             stop_rule)
+    made = provenance.gather(config or {}, versions, comparisons, stop_rule)
     if len(made["job_commits"]) > 1:
         log.warning("the jobs of this run ran from %d commits: %s", len(made["job_commits"]),
                     ", ".join(made["job_commits"]))
@@ -328,8 +332,9 @@ def aggregate(cells: list, metrics_paths: list, erased_tables: dict, out_summary
                          per_image=images)
         write_csv(path, table)
         proxy_arms = sorted(set(frame.loc[frame.kind == "proxy", "arm"]))
+        positive = sorted(set(frame.loc[frame.kind == "erasing", "arm"]))
         with atomic_path(Path(path).with_name(Path(path).name.replace("_verdicts.csv", "_answer.md"))) as tmp:
-            tmp.write_text(answers(table, proxy_arms, unmatched))
+            tmp.write_text(answers(table, proxy_arms, unmatched, positive))
         with atomic_path(Path(path).with_suffix(".html")) as tmp:
             tmp.write_text(verdicts_html(table, dataset, provenance.summary_line(made)))
         for r in table.itertuples():

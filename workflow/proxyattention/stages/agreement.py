@@ -53,7 +53,7 @@ def top_iou(recorded: np.ndarray, separate: np.ndarray, value: float = 0.9) -> n
     covered = ~np.isnan(recorded)
     a, _ = threshold_masks(recorded, "topk_area", value)
     b, _ = threshold_masks(np.where(covered, separate, np.nan).astype(np.float32), "topk_area", value)
-    inter, union = (a & b).reshape(len(a), -1).sum(1), (a | b).reshape(len(a), -1).sum(1)
+    inter, union = (a & b).sum(axis=(1, 2)), (a | b).sum(axis=(1, 2))
     return np.where(union > 0, inter / np.maximum(union, 1), np.nan)
 
 

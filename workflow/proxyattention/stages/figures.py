@@ -26,7 +26,7 @@ from ..files.atomic import atomic_path, read_json, write_csv  # noqa: E402
 from ..runtime.timing import timed_stage  # noqa: E402
 
 ARM_COLOURS = {"baseline": "tab:blue", "duplicate": "tab:orange", "proxy": "tab:red", "random_erase": "tab:green",
-               "finetune": "tab:gray"}
+               "erasing": "tab:purple", "finetune": "tab:gray"}
 
 
 def with_shared_finetune(frame: pd.DataFrame) -> pd.DataFrame:
@@ -799,7 +799,8 @@ def redraw(summary_csv, out_dir, target_accuracy: float | None = None,
         answer = out_dir / f"{dataset}_answer.md"
         proxy_arms = sorted(set(frame.loc[frame.kind == "proxy", "arm"])) if "kind" in frame else ["proxy"]
         with atomic_path(answer) as tmp:
-            tmp.write_text(answers(table, proxy_arms, unmatched))
+            positive = sorted(set(frame.loc[frame.kind == "erasing", "arm"])) if "kind" in frame else []
+            tmp.write_text(answers(table, proxy_arms, unmatched, positive))
         written += [path, answer]
     if per_image_pack is not None:
         unpacked.cleanup()

@@ -57,11 +57,14 @@ def select(table: pd.DataFrame, rule: str, confidence_below: float = 0.5, max_co
 
     ``misclassified``: prediction differs from label; ``low_confidence``: the
     true-class probability is below ``confidence_below`` (right or wrong);
-    ``both``: either. ``max_fraction`` keeps ceil(fraction * selected) rows.
+    ``both``: either; ``hardest``: every image, so that the caps keep the highest-loss ones (a model
+    that fits its training set misclassifies none: a scarce training size). ``max_fraction`` keeps
+    ceil(fraction * selected) rows (under ``hardest``, that fraction of the training images).
     """
     wrong = table["prediction"] != table["label"]
     unsure = table["true_probability"] < confidence_below
-    chosen = {"misclassified": wrong, "low_confidence": unsure, "both": wrong | unsure}[rule]
+    every = pd.Series(True, index=table.index)
+    chosen = {"misclassified": wrong, "low_confidence": unsure, "both": wrong | unsure, "hardest": every}[rule]
     if order == "met":
         picked = table[chosen].sort_values(["met", "index"], kind="stable")
     else:

@@ -1,6 +1,6 @@
 """Which layer should the maps come from? A pilot, before a study fixes ``target_layer``.
 
-    python -m proxyattention.stages.layer_pilot --config config.yaml --dataset D --model M [--seed 0]
+    python -m proxyattention.stages.layer_pilot --config config.yaml [more.yaml] --dataset D --model M [--seed 0]
         [--layers blocks.2,blocks.4] [--sample 32] [--out results/layer_pilot]
 
 For one finetuned checkpoint (the run folder's ``finetune/cycle0``: run the workflow, or
@@ -31,7 +31,7 @@ from ..data.splits import restrict_to_size
 from ..data.streams import FAITHFULNESS, generator
 from ..files import layout
 from ..files.artifacts import load_prepared
-from ..files.atomic import atomic_path, read_json, write_csv
+from ..files.atomic import atomic_path, write_csv
 from ..models.cams import build_cam, candidate_layers, compute_maps, explained_grid, release
 from ..settings.sizes import base_of, run_datasets, size_of
 
@@ -149,12 +149,12 @@ def _figure(frame: pd.DataFrame, curves: dict, percentiles, png, title: str) -> 
 
 
 def main(argv=None) -> None:
-    import yaml
-
-    from ..settings.validate import validate
+    from ..settings.schema import ConfigError
+    from ..settings.validate import load_config
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="config.yaml")
+    parser.add_argument("--config", nargs="+", default=["config.yaml"],
+                        help="config file(s), merged as snakemake --configfile merges them")
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--seed", type=int, default=0)
@@ -163,11 +163,14 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=None, help="folder for the table and figure (default: <results>/layer_pilot)")
     parser.add_argument("--list", action="store_true", help="only list the candidate layers and their map sizes")
     args = parser.parse_args(argv)
-    config = validate(yaml.safe_load(Path(args.config).read_text()))
+    try:
+        config = load_config(*args.config)
+    except ConfigError as err:
+        sys.exit(str(err))
     names = {"dataset": run_datasets(config), "model": list(config["models"])}
     for kind, name in (("dataset", args.dataset), ("model", args.model)):
         if name not in names[kind]:
-            sys.exit(f"--{kind} {name} is not in {args.config}'s {kind}s ({', '.join(names[kind])})")
+            sys.exit(f"--{kind} {name} is not in {' + '.join(args.config)}'s {kind}s ({', '.join(names[kind])})")
     spec, size = config["models"][args.model], config["datasets"][base_of(args.dataset)]["image_size"]
     if args.list:
         from ..models.build import create_model

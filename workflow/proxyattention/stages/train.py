@@ -76,7 +76,7 @@ def file_identity(path) -> list:
 def train(settings: dict, images_path, index_path, classes_path, out_weights, out_meta, out_epochs, out_stats,
           *, seed: int, init_weights=None, init_meta=None, extra=(), num_workers: int = 0,
           device: str | None = None, init_optimizer=None, out_optimizer=None, out_record=None,
-          epoch_sample=None) -> None:
+          epoch_sample=None, curve_every=None) -> None:
     """Train for ``settings['epochs']`` epochs and write the checkpoint, epoch log and stats.
 
     Starts from ``init_weights``/``init_meta`` (a previous checkpoint) when given,
@@ -92,9 +92,11 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
     Each epoch but the last gets a curve point (``curve_accuracy``, ``curve_loss`` in epochs.csv) on
     ``epoch_sample`` images of the verdicts' split (data/splits.py curve_sample: the same rows for
     every epoch, arm and seed); the last epoch's point is the evaluation's, on the same checkpoint,
-    read from its per-image file (epoch_curve), so no pass is paid twice. ``epoch_sample`` changes
-    no weight: None reads the job's ``training.epoch_sample`` (runtime/scripting.py job_setting; 1000
-    outside a job), not the settings, and epochs.csv names what it used.
+    read from its per-image file (epoch_curve), so no pass is paid twice. ``curve_every`` N keeps a
+    point only every N-th epoch (0: none but the evaluation's). ``epoch_sample`` and ``curve_every``
+    change no weight: None reads the job's ``training.epoch_sample`` (1000 outside a job) and
+    ``training.curve_every`` (1) (runtime/scripting.py job_setting), not the settings, and
+    epochs.csv names what it used (a row without a point has NaN).
     """
     wall_start = time.perf_counter()
     out_weights = Path(out_weights)
@@ -105,10 +107,12 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
     runtime = select_runtime(tset["precision"], tset["channels_last"], device, tset["deterministic"])
     # One random stream per (seed, cycle): fresh each cycle, shared by every arm of a cycle.
     stream = (int(seed), int(settings.get("cycle", 0)))
-    if epoch_sample is None:
-        from ..runtime.scripting import job_setting
+    from ..runtime.scripting import job_setting
 
+    if epoch_sample is None:
         epoch_sample = job_setting("training", "epoch_sample", default=1000)
+    if curve_every is None:
+        curve_every = int(job_setting("training", "curve_every", default=1))
     seed_everything(int(np.random.SeedSequence(stream).generate_state(1)[0]))
 
     images, index = load_prepared(images_path, index_path)
@@ -134,6 +138,7 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
         source, mean, std, mset["batch_size"], seed=stream, train=True, hflip=tset["augment"]["hflip"],
         crop_padding=tset["augment"]["crop_padding"], num_workers=num_workers,
         pin_memory=runtime.device.type == "cuda", device=runtime.device, channels_last=runtime.channels_last,
+        erasing=settings.get("erasing"),  # the erasing arm's cycles (data/random_erasing.py)
     )
     record_spec = settings.get("record")
     record = None  # the last epoch's record (numpy arrays), once it exists
@@ -149,7 +154,8 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
     # index.csv holds each prepared image's sha1, so its digest stands for images.npy's pixels.
     fingerprint = _fingerprint(settings, seed, runtime.precision, str(runtime.device.type), content_digest(index_path),
                                [file_identity(p) for p in extra], init_weights and content_digest(init_weights),
-                               init_optimizer and content_digest(init_optimizer), len(source), epoch_sample)
+                               init_optimizer and content_digest(init_optimizer), len(source), epoch_sample,
+                               *([curve_every] if curve_every != 1 else []))
     rows, start_epoch, train_seconds, images_seen = [], 0, 0.0, 0
     state_file = state_dir / "state.pt"
     state = None
@@ -210,7 +216,7 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
         train_seconds += seconds
         images_seen += seen
         last = epoch == epochs - 1  # its point is the evaluation's (epoch_curve)
-        curve = not last and len(curve_labels) > 0
+        curve = not last and len(curve_labels) > 0 and curve_every > 0 and (epoch + 1) % curve_every == 0
         logits = predict_logits(model, curve_source, mean, std, mset["batch_size"], runtime) if curve else None
         rows.append({
             "epoch": epoch + 1,
