@@ -2,6 +2,7 @@
 one file and unpacked again (what the verdicts read comes back exactly), every epoch in one table."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -184,3 +185,68 @@ def test_cells_evaluated_on_other_images_pack_and_unpack_each_with_its_own(tmp_p
             for key in ("test_index", "test_label", "test_prediction"):
                 np.testing.assert_array_equal(got[key], fields[key])
             np.testing.assert_allclose(got["test_p_true"], fields["test_p_true"], atol=1e-3)
+
+
+def _split(study: Path, root: Path, batches: dict) -> None:
+    """Cut a committed study into batches of seeds, each a folder of the four files."""
+    from proxyattention.files.atomic import write_csv
+    from proxyattention.files.study_files import pack, unpack
+
+    unpack(study / "per_image.npz", root / "tree")
+    summary = pd.read_csv(study / "summary.csv", keep_default_na=False, na_values=[""])
+    epochs = pd.read_csv(study / "epochs.csv", keep_default_na=False, na_values=[""])
+    made = json.loads((study / "provenance.json").read_text())
+    for name, seeds in batches.items():
+        part = root / name
+        part.mkdir(parents=True)
+        write_csv(part / "summary.csv", summary[summary.seed.isin(seeds)])
+        write_csv(part / "epochs.csv", epochs[epochs.seed.isin(seeds)])
+        pack(part / "summary.csv", part / "per_image.npz", root / "tree")
+        (part / "provenance.json").write_text(json.dumps({**made, "config": {**made["config"], "seeds": seeds}}))
+
+
+def test_batches_of_seeds_merge_into_the_files_one_run_of_them_all_gives(tmp_path):
+    """Study 3's batches were committed one by one (their run folders not all on one machine):
+    merging them, in any order, gives the study's files byte for byte and its config digest."""
+    from proxyattention.files.study_files import merge
+
+    study = Path(__file__).resolve().parents[1] / "docs" / "study3"
+    made = json.loads((study / "provenance.json").read_text())
+    seeds = made["config"]["seeds"]
+    _split(study, tmp_path, {"early": seeds[:2], "late": seeds[2:]})
+    out = merge(tmp_path / "merged", [tmp_path / "late", tmp_path / "early"])
+    assert out["rows"] == out["cells"] == len(pd.read_csv(study / "summary.csv"))
+    for name in ("summary.csv", "epochs.csv"):
+        assert (tmp_path / "merged" / name).read_bytes() == (study / name).read_bytes(), name
+    with np.load(study / "per_image.npz") as a, np.load(tmp_path / "merged" / "per_image.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        for key in a.files:
+            assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), key
+    merged = json.loads((tmp_path / "merged" / "provenance.json").read_text())
+    assert merged["config"]["seeds"] == sorted(seeds)
+    # the digest of the one config of them all: the same as a run of every seed at once records
+    from proxyattention.files.provenance import config_digest
+
+    assert merged["config_digest"] == config_digest({**made["config"], "seeds": sorted(seeds)})
+    assert [p["job_commits"] for p in merged["parts"]] == [made["job_commits"]] * 2
+
+
+def test_merging_refuses_shared_seeds_and_a_batch_of_another_design(tmp_path):
+    from proxyattention.files.study_files import merge
+
+    study = Path(__file__).resolve().parents[1] / "docs" / "study3"
+    _split(study, tmp_path, {"a": [0, 1], "b": [1, 2]})
+    with pytest.raises(ValueError, match=r"both hold seed\(s\) \[1\]"):
+        merge(tmp_path / "out", [tmp_path / "a", tmp_path / "b"])
+    other = tmp_path / "other"
+    shutil.copytree(tmp_path / "b", other)
+    made = json.loads((other / "provenance.json").read_text())
+    made["config"]["seeds"] = [2, 3]
+    made["config"]["training"]["epochs"] = 3
+    (other / "provenance.json").write_text(json.dumps(made))
+    summary = pd.read_csv(other / "summary.csv")
+    summary.loc[summary.seed == 1, "seed"] = 3  # disjoint seeds, but a different schedule
+    summary.to_csv(other / "summary.csv", index=False)
+    with pytest.raises(ValueError, match=r"differs .* in more than seeds \(training\)"):
+        merge(tmp_path / "out", [tmp_path / "a", other])
+    assert not (tmp_path / "out").exists()  # nothing written before the parts are checked

@@ -18,6 +18,15 @@ reanalysis, and nothing in the verdict tables reads them), and the Brier terms a
 (float32: a term near zero keeps no float16 precision, and the Brier score is their mean). ``unpack`` writes one ``per_image.npz``
 per cell again, so the tables redraw with their image-level intervals
 (``python -m proxyattention.stages.figures SUMMARY OUT --per-image PACK``).
+
+A study run in batches of seeds whose run folders are not all on one machine is committed batch by
+batch and joined with ``merge`` (each part a folder of the four files, the seeds disjoint):
+
+    python -m proxyattention.files.study_files merge docs/study3 docs/study3 /tmp/batch3
+
+The merged summary has the rows of every part in the order aggregate gives one run of all their
+seeds; the pack, each cell's arrays as its part held them; ``provenance.json`` every part's
+commits, versions and config digest (``parts``), and the union of their commits.
 """
 
 from __future__ import annotations
@@ -146,8 +155,92 @@ def epochs(summary_csv, out_csv, results: str | None = None) -> int:
     return len(table)
 
 
+def merge(out_dir, parts: list) -> dict:
+    """Join study folders (``summary.csv``, ``per_image.npz``, ``epochs.csv``, ``provenance.json``
+    each) of disjoint seeds into ``out_dir`` (which may be one of them); returns cells and rows."""
+    import json
+    import shutil
+    import tempfile
+
+    from ..stages.aggregate import KEYS
+    from .provenance import config_digest
+    from .atomic import write_csv, write_json
+
+    parts = [Path(p) for p in parts]
+    for part in parts:
+        for name in ("summary.csv", "per_image.npz", "epochs.csv", "provenance.json"):
+            if not (part / name).exists():
+                raise FileNotFoundError(f"{part / name}: a part to merge holds a study's four files "
+                                        "(python -m proxyattention.files.study_files SUMMARY OUT_DIR writes them)")
+    frames = [pd.read_csv(p / "summary.csv", keep_default_na=False, na_values=[""]) for p in parts]
+    seeds = [set(f.seed) for f in frames]
+    for i in range(len(parts)):
+        for j in range(i + 1, len(parts)):
+            if seeds[i] & seeds[j]:
+                raise ValueError(f"{parts[i]} and {parts[j]} both hold seed(s) {sorted(seeds[i] & seeds[j])}: "
+                                 "merge joins batches of different seeds")
+    columns = list(dict.fromkeys(c for f in frames for c in f.columns))
+    frame = pd.concat(frames, ignore_index=True)[columns]
+    datasets = list(dict.fromkeys(frame.dataset))  # each part in aggregate's order: first seen, first
+    arms = list(dict.fromkeys(frame.arm))
+
+    def rank(column: pd.Series) -> pd.Series:
+        order = {"dataset": datasets, "arm": arms}.get(column.name)
+        return column.map(order.index) if order else column
+
+    frame = frame.sort_values(KEYS, key=rank, kind="stable").reset_index(drop=True)
+    provenances = [json.loads((p / "provenance.json").read_text()) for p in parts]
+    config = {**provenances[0].get("config", {}), "seeds": sorted({int(s) for f in frames for s in f.seed})}
+    for part, made in zip(parts[1:], provenances[1:]):  # batches of one design: the same config but seeds
+        theirs = {**made.get("config", {}), "seeds": config["seeds"]}
+        if theirs != config:
+            differ = sorted(k for k in set(config) | set(theirs) if config.get(k) != theirs.get(k))
+            raise ValueError(f"{part / 'provenance.json'}: its config differs from {parts[0] / 'provenance.json'}'s "
+                             f"in more than seeds ({', '.join(differ)}): these are not batches of one study")
+    epoch_rows = pd.concat([pd.read_csv(p / "epochs.csv", keep_default_na=False, na_values=[""])
+                            for p in parts], ignore_index=True)
+    epoch_rows = epoch_rows.sort_values(["dataset", "model", "arm", "seed", "cycle"], key=rank,
+                                        kind="stable").reset_index(drop=True)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="study_merge_") as tmp:
+        for part in parts:  # every cell's per-image file in one tree, then packed as one run's
+            unpack(part / "per_image.npz", tmp)
+        summary = Path(tmp) / "summary.csv"
+        write_csv(summary, frame)
+        made = pack(summary, Path(tmp) / "per_image.npz", tmp)
+        write_csv(out / "summary.csv", frame)
+        with atomic_path(out / "per_image.npz") as target:
+            shutil.copyfile(Path(tmp) / "per_image.npz", target)
+    write_csv(out / "epochs.csv", epoch_rows)
+    first = provenances[0]
+    write_json(out / "provenance.json", {
+        "job_commits": sorted({c for p in provenances for c in p.get("job_commits", [])}),
+        "versions": {k: sorted({v for p in provenances for v in p.get("versions", {}).get(k, [])})
+                     for k in sorted({k for p in provenances for k in p.get("versions", {})})},
+        "comparisons": first.get("comparisons"),
+        "stop_rule": first.get("stop_rule"),
+        "config_digest": config_digest(config),  # the design's, with every part's seeds
+        "config": config,
+        "parts": [{k: v for k, v in p.items() if k != "config"} for p in provenances],
+    })
+    return {"cells": made["cells"], "rows": len(frame), "epoch_rows": len(epoch_rows)}
+
+
 if __name__ == "__main__":
     import argparse
+    import sys
+
+    if sys.argv[1:2] == ["merge"]:
+        parser = argparse.ArgumentParser(prog="python -m proxyattention.files.study_files merge",
+                                         description=merge.__doc__.split("\n\n")[0])
+        parser.add_argument("out_dir", help="where the merged four files go (may be one of the parts)")
+        parser.add_argument("parts", nargs="+", help="study folders of disjoint seeds")
+        args = parser.parse_args(sys.argv[2:])
+        made = merge(args.out_dir, args.parts)
+        print(f"{args.out_dir}: {made['rows']} summary rows, {made['cells']} packed cells, "
+              f"{made['epoch_rows']} epoch rows")
+        sys.exit(0)
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("summary", help="a summary.csv the workflow wrote (its run folders beside it)")
