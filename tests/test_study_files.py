@@ -89,6 +89,8 @@ def test_the_command_docs_give_packs_a_run_from_its_folder(tiny_run, tmp_path):
     with np.load(out / "per_image.npz") as a, np.load(tmp_path / "direct.npz") as b:
         assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
     assert f"{len(pd.read_csv(out / 'epochs.csv'))} rows" in proc.stdout
+    for name in ("summary.csv", "provenance.json"):  # the four files a study folder (and merge) holds
+        assert (out / name).read_bytes() == (tiny_run / "results" / name).read_bytes(), name
     assert ("python -m proxyattention.files.study_files results/study2/summary.csv docs/study2"
             in (ROOT / "docs" / "study.md").read_text())
 

@@ -244,11 +244,19 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("summary", help="a summary.csv the workflow wrote (its run folders beside it)")
-    parser.add_argument("out_dir", help="where per_image.npz and epochs.csv go")
+    parser.add_argument("out_dir", help="where per_image.npz and epochs.csv go, the summary and its "
+                        "provenance.json copied beside them")
     parser.add_argument("--results", default=None, help="the results folder (default: the summary's folder)")
     args = parser.parse_args()
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     made = pack(args.summary, out / "per_image.npz", args.results)
     rows = epochs(args.summary, out / "epochs.csv", args.results)
+    import shutil
+
+    for name in ("summary.csv", "provenance.json"):  # the study's four files in one folder
+        source = Path(args.summary) if name == "summary.csv" else Path(args.summary).with_name(name)
+        if source.exists() and (not (out / name).exists() or not source.samefile(out / name)):
+            with atomic_path(out / name) as tmp:
+                shutil.copyfile(source, tmp)
     print(f"{out / 'per_image.npz'}: {made['cells']} cells, {made['bytes'] / 1e6:.2f} MB; {out / 'epochs.csv'}: {rows} rows")
