@@ -252,3 +252,62 @@ def test_merging_refuses_shared_seeds_and_a_batch_of_another_design(tmp_path):
     with pytest.raises(ValueError, match=r"differs .* in more than seeds \(training\)"):
         merge(tmp_path / "out", [tmp_path / "a", other])
     assert not (tmp_path / "out").exists()  # nothing written before the parts are checked
+
+
+STUDY3 = "docs/study3"  # study 3 as committed: three training sizes, 8 seeds, six arms
+
+
+def test_study3s_page_tables_redraw_from_its_committed_files_byte_for_byte(tmp_path):
+    """#43: every size's verdict table and answer come back byte for byte from the committed
+    summary and pack with the command docs/study.md gives; the page holds each table study_page
+    draws from them as printed; the README's first screen and the page give the scarcest size's
+    proxy - random_erase as its row says."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import ROOT
+    from proxyattention.files.study_page import tables
+
+    design = yaml.safe_load((ROOT / "config.study3.yaml").read_text())["seeds"]
+    have = sorted(pd.read_csv(ROOT / STUDY3 / "summary.csv").seed.unique())
+    assert set(have) <= set(design)
+    if have != sorted(design):  # the study reads no result before its seeds have run
+        pytest.skip(f"study 3 has {len(have)} of its {len(design)} seeds committed; its page's "
+                    "results are written, and this test runs, once every seed has run")
+    out = tmp_path / "redrawn"
+    command = (f"python -m proxyattention.stages.figures {STUDY3}/summary.csv /tmp/study3_tables "
+               f"--per-image {STUDY3}/per_image.npz")
+    page = (ROOT / "docs" / "study.md").read_text()
+    assert command in page
+    assert f"python -m proxyattention.files.study_page {STUDY3}" in page
+    proc = subprocess.run([sys.executable, *command.split()[1:4], str(out), *command.split()[5:]],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    committed = ROOT / STUDY3 / "tables" / "fashion_mnist"
+    for size in ("n20pc", "n60pc", "n200pc"):
+        for name in (f"{size}_verdicts.csv", f"{size}_answer.md"):
+            assert (out / "fashion_mnist" / name).read_text() == (committed / name).read_text(), name
+        table = pd.read_csv(out / "fashion_mnist" / f"{size}_verdicts.csv")
+        accuracy = table[table.metric == "accuracy"]
+        assert len(accuracy) == 8 and (accuracy.n_pairs == 8).all(), size  # the design's 8 comparisons, 8 seeds
+        assert accuracy.boot_low.notna().all() and (accuracy.boot_resamples > 0).all()
+    for name in ("effect_by_size", "faithfulness", "learning_curves", "time_to_target"):
+        assert (out / f"{name}.png").stat().st_size > 10_000
+    study = tmp_path / "study"  # the committed summary beside the redrawn tables, as the page reads them
+    (study / "tables").mkdir(parents=True)
+    for name in ("summary.csv", "provenance.json"):
+        shutil.copy(ROOT / STUDY3 / name, study / name)
+    shutil.copytree(out / "fashion_mnist", study / "tables" / "fashion_mnist")
+    flat = " ".join(page.split())
+    drawn = tables(study)
+    assert {"accuracy", "faithfulness", "agreement", "cost"} <= set(drawn)
+    for name, text in drawn.items():
+        assert " ".join(text.split("\n\n", 1)[1].split()) in flat, name
+    row = pd.read_csv(out / "fashion_mnist" / "n20pc_verdicts.csv").query("metric == 'accuracy'")
+    row = row.set_index("comparison").loc["proxy - random_erase"]
+    pts = lambda x: f"{100 * x:+.2f}".replace("-", "\u2212")  # noqa: E731
+    headline = f"{pts(row.mean_difference)} points (95% interval {pts(row.ci_low)} to {pts(row.ci_high)})"
+    for name in ("README.md", "docs/study.md"):
+        assert headline in " ".join((ROOT / name).read_text().replace("**", "").split()), name
