@@ -210,14 +210,21 @@ def _split(study: Path, root: Path, batches: dict) -> None:
 def test_batches_of_seeds_merge_into_the_files_one_run_of_them_all_gives(tmp_path):
     """Study 3's batches were committed one by one (their run folders not all on one machine):
     merging them, in any order, gives the study's files byte for byte and its config digest."""
-    from proxyattention.files.study_files import merge
-
     study = Path(__file__).resolve().parents[1] / "docs" / "study3"
     made = json.loads((study / "provenance.json").read_text())
     seeds = made["config"]["seeds"]
     _split(study, tmp_path, {"early": seeds[:2], "late": seeds[2:]})
-    out = merge(tmp_path / "merged", [tmp_path / "late", tmp_path / "early"])
-    assert out["rows"] == out["cells"] == len(pd.read_csv(study / "summary.csv"))
+    import subprocess
+    import sys
+
+    # the command docs/study.md gives, typed with the parts' folders
+    assert "python -m proxyattention.files.study_files\nmerge docs/study3 docs/study3 PART" in (
+        study.parents[0] / "study.md").read_text()
+    proc = subprocess.run([sys.executable, "-m", "proxyattention.files.study_files", "merge", str(tmp_path / "merged"),
+                           str(tmp_path / "late"), str(tmp_path / "early")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = len(pd.read_csv(study / "summary.csv"))
+    assert f"{rows} summary rows, {rows} packed cells" in proc.stdout
     for name in ("summary.csv", "epochs.csv"):
         assert (tmp_path / "merged" / name).read_bytes() == (study / name).read_bytes(), name
     with np.load(study / "per_image.npz") as a, np.load(tmp_path / "merged" / "per_image.npz") as b:

@@ -209,10 +209,10 @@ def merge(out_dir, parts: list) -> dict:
         summary = Path(tmp) / "summary.csv"
         write_csv(summary, frame)
         made = pack(summary, Path(tmp) / "per_image.npz", tmp)
-        write_csv(out / "summary.csv", frame)
-        with atomic_path(out / "per_image.npz") as target:
+        with atomic_path(out / "per_image.npz") as target:  # each file atomic; the summary last
             shutil.copyfile(Path(tmp) / "per_image.npz", target)
     write_csv(out / "epochs.csv", epoch_rows)
+    write_csv(out / "summary.csv", frame)
     first = provenances[0]
     write_json(out / "provenance.json", {
         "job_commits": sorted({c for p in provenances for c in p.get("job_commits", [])}),
