@@ -168,7 +168,21 @@ def test_gradcam_loss_is_the_batch_loss_gradient_slice_and_in_eval_mode_image_i_
     hook.remove()
     (grad,) = torch.autograd.grad(loss, held["a"])
     want = gradcam_from(held["a"].detach(), grad)
-    np.testing.assert_allclose(record["maps"][batch_rows.numpy()].astype(np.float32), want, atol=1e-3)
+    got = record["maps"][batch_rows.numpy()].astype(np.float32)
+    # 5e-3, not 1e-3: a cell of a 2 x 2 map sums hundreds of channels' products that mostly cancel,
+    # so another CPU's kernels (the CI's) move single cells by up to 0.4% (seen: 0.99588 vs 1.0)
+    np.testing.assert_allclose(got, want, atol=5e-3)
+    # ... and that tolerance still tells the batch loss's slice from image i's own loss under the
+    # same batch statistics (what a per-image backward in train mode would record)
+    own = []
+    for i in range(8):
+        held.clear()
+        hook = dict(model.named_modules())[layer].register_forward_hook(lambda m, i_, o: held.setdefault("a", o))
+        loss_i = F.cross_entropy(model(x)[i : i + 1], y[i : i + 1])
+        hook.remove()
+        (g,) = torch.autograd.grad(loss_i, held["a"])
+        own.append(gradcam_from(held["a"].detach()[i : i + 1], g[i : i + 1])[0])
+    assert np.abs(np.stack(own) - got[:8]).max() > 10 * 5e-3
     # in eval mode image i's slice is the gradient of image i's own loss alone
     frozen, _ = frozen_model(trained)
     record, *_ = record_epoch(frozen, info, prepared, "gradcam_loss", layer=layer, n=50, batch=50)

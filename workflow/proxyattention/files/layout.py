@@ -8,6 +8,9 @@ from __future__ import annotations
 
 FINETUNE = "finetune"
 
+KEYS = ["dataset", "model", "arm", "seed", "cycle"]  # column order of summary.csv (stages/aggregate.py)
+CELL = ["dataset", "model", "seed", "arm", "cycle"]  # order of a grid cell (grid below)
+
 PREPARED = "{results}/prepared/{dataset}"
 RUN = "{results}/runs/{dataset}/{model}/seed{seed}/{arm}/cycle{cycle}"
 

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path
-from .layout import run_dir
+from .layout import KEYS, run_dir
 
 SHARED = ("index", "label")
 PROBABILITIES = ("p_true", "p_top")  # stored float16; other fields (the Brier terms) as they are
@@ -162,7 +162,6 @@ def merge(out_dir, parts: list) -> dict:
     import shutil
     import tempfile
 
-    from ..stages.aggregate import KEYS
     from .provenance import config_digest
     from .atomic import write_csv, write_json
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..analysis.reach import censored_median, reach_target
 from ..settings.sizes import size_of
 
 MINUS = "\u2212"
@@ -193,7 +194,6 @@ def cost(summary: pd.DataFrame) -> str:
 
 def time_to_target(summary: pd.DataFrame) -> str:
     """Per size and arm: the seeds that reach plain training's last-cycle accuracy, and when."""
-    from ..stages.figures import censored_median, reach_target
 
     reach = reach_target(summary)
     rows = []

@@ -21,6 +21,7 @@ from ..analysis.verdicts import (
     verdicts_html,
 )
 from ..files.atomic import atomic_path, read_json, write_csv, write_json
+from ..files.layout import CELL, KEYS
 from ..runtime.timing import last_stage_seconds, timed_stage
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,6 @@ ATTENTION_COLUMNS = ["occlusion_0", "occlusion_20", "occlusion_40", "occlusion_6
                      "map_in_object", "object_share", "pointing_game", "n_localised"]
 METRICS = ["accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro", "top5_accuracy", "val_loss"]
 TEST_METRICS = ["accuracy", "balanced_accuracy", "f1_macro", "loss"]
-KEYS = ["dataset", "model", "arm", "seed", "cycle"]  # column order of the summary
-CELL = ["dataset", "model", "seed", "arm", "cycle"]  # order of a grid cell (layout.grid)
 
 
 def summarise(cells: list, metrics_paths: list, erased_tables: dict | None = None,
