@@ -12,10 +12,16 @@ images' alone). The data: N training and N/4 validation images at
 column), **1,000 classes** (so per-image and per-logit arrays are not hidden beside the model), a
 small timm model with weights none, one training epoch, half the training images selected.
 Per-image time after start-up: (t(N) - t(smallest)) / (N - smallest), each stage's own time
-(timed inside its process, imports excluded). A stage whose work does not grow with the images
+(timed inside its process from after its imports: torch, timm, the stage's module, several
+seconds that vary by a few from run to run). A stage whose work does not grow with the images
 (the examples figure draws six) has a per-image time near zero at every size: its ratio is noise.
 
-    python bench/scaling.py [--sizes 1000,2000,8000] [--model mobilenetv3_small_050] [--out DIR]
+With ``--repeats R`` every stage runs R times at each size, one after the other on the same files,
+and the fastest run counts (each run's peak memory is kept; the highest counts): a run's time on
+this machine varies by tens of percent with what the page cache holds and the disk writes back,
+always upwards, so the minimum is the time of the work.
+
+    python bench/scaling.py [--sizes 1000,2000,8000] [--repeats 1] [--model mobilenetv3_small_050] [--out DIR]
 """
 
 from __future__ import annotations
@@ -73,8 +79,15 @@ def config_for(source: Path, model: str) -> dict:
     })
 
 
-def stage_call(stage: str, config: dict, work: Path) -> None:
-    """Run one stage on the files of ``work`` (called in the measured process)."""
+def stage_call(stage: str, config: dict, work: Path):
+    """Import one stage and return the call that runs it on the files of ``work`` (in the measured
+    process: the imports, torch's and timm's among them, several seconds that vary from run to run,
+    happen here, before its clock starts)."""
+    import cv2  # noqa: F401  (the libraries the stages import inside their functions)
+    import pytorch_grad_cam  # noqa: F401
+    import timm  # noqa: F401
+    import torch  # noqa: F401
+
     from proxyattention.settings.stage_settings import stage_settings
 
     spec = config["datasets"]["s"]
@@ -84,42 +97,60 @@ def stage_call(stage: str, config: dict, work: Path) -> None:
     if stage == "prepare":
         from proxyattention.stages.prepare import prepare
 
-        prepare(spec, p["images"], p["index"], p["classes"], work / "skipped.csv", threads=2)
+        def run():
+            prepare(spec, p["images"], p["index"], p["classes"], work / "skipped.csv", threads=2)
+        return run
     elif stage == "prepare_masks":
         from proxyattention.stages.prepare_masks import prepare_masks
 
-        prepare_masks({**spec, "masks": None}, p["index"], p["masks"], threads=2)
+        def run():
+            prepare_masks({**spec, "masks": None}, p["index"], p["masks"], threads=2)
+        return run
     elif stage == "finetune":
         from proxyattention.stages.train import train
 
-        train(stage_settings(config, "s", "m", 0, "train"), p["images"], p["index"], p["classes"], p["weights"],
-              p["meta"], work / "epochs.csv", p["stats"], seed=0, epoch_sample=0)
+        def run():
+            train(stage_settings(config, "s", "m", 0, "train"), p["images"], p["index"], p["classes"], p["weights"],
+                  p["meta"], work / "epochs.csv", p["stats"], seed=0, epoch_sample=0)
+        return run
     elif stage == "find_misclassified":
         from proxyattention.stages.find_misclassified import find_misclassified
 
-        find_misclassified(stage_settings(config, "s", "m", 1, "find_misclassified", "proxy"), p["images"],
-                           p["index"], p["weights"], p["meta"], work / "predictions.csv", p["selected"])
+        def run():
+            find_misclassified(stage_settings(config, "s", "m", 1, "find_misclassified", "proxy"), p["images"],
+                               p["index"], p["weights"], p["meta"], work / "predictions.csv", p["selected"])
+        return run
     elif stage == "compute_cams":
         from proxyattention.stages.compute_cams import compute_cams
 
-        compute_cams(stage_settings(config, "s", "m", 1, "compute_cams", "proxy"), p["images"], p["index"],
-                     p["weights"], p["meta"], p["selected"], p["cams"], work / "cams.csv")
+        def run():
+            compute_cams(stage_settings(config, "s", "m", 1, "compute_cams", "proxy"), p["images"], p["index"],
+                         p["weights"], p["meta"], p["selected"], p["cams"], work / "cams.csv")
+        return run
     elif stage == "mask_and_save":
         from proxyattention.stages.mask_and_save import mask_and_save
 
-        mask_and_save(stage_settings(config, "s", "m", 1, "mask_and_save", "proxy"), p["images"], p["index"],
-                      p["classes"], p["cams"], work / "erased", work / "erased.npz", work / "erased.csv", seed=[0, 1])
+        def run():
+            mask_and_save(stage_settings(config, "s", "m", 1, "mask_and_save", "proxy"), p["images"], p["index"],
+                          p["classes"], p["cams"], work / "erased", work / "erased.npz", work / "erased.csv",
+                          seed=[0, 1])
+        return run
     elif stage == "evaluate":  # and question 2's measures (the measure stage), as one evaluation did before
         from proxyattention.stages.evaluate import evaluate, measure
 
-        evaluate(stage_settings(config, "s", "m", 0, "evaluate"), p["images"], p["index"], p["weights"], p["meta"],
-                 p["stats"], work / "metrics.json", out_per_image=work / "per_image.npz")
-        measure(stage_settings(config, "s", "m", 0, "measure"), p["images"], p["index"], p["weights"], p["meta"],
-                work / "metrics.json", work / "per_image.npz", work / "measures.json", masks_path=p["masks"])
+        def run():
+            evaluate(stage_settings(config, "s", "m", 0, "evaluate"), p["images"], p["index"], p["weights"], p["meta"],
+                     p["stats"], work / "metrics.json", out_per_image=work / "per_image.npz")
+            measure(stage_settings(config, "s", "m", 0, "measure"), p["images"], p["index"], p["weights"], p["meta"],
+                    work / "metrics.json", work / "per_image.npz", work / "measures.json", masks_path=p["masks"])
+        return run
     elif stage == "examples":
         from proxyattention.stages.figures import examples
 
-        examples(p["images"], p["cams"], work / "erased.npz", p["selected"], p["classes"], work / "examples.png")
+        def run():
+            examples(p["images"], p["cams"], work / "erased.npz", p["selected"], p["classes"], work / "examples.png")
+        return run
+    raise ValueError(f"unknown stage '{stage}'; allowed: {', '.join(STAGES)}")
 
 
 def anon_kib(pid: int) -> int:
@@ -148,14 +179,27 @@ def measure(stage: str, source: Path, model: str, work: Path) -> dict:
     return {"seconds": float(timing.read_text()), "peak_anon_mib": peak / 1024}
 
 
-def bench_scaling(sizes=(1000, 2000, 8000), model: str = "mobilenetv3_small_050", out: Path | None = None) -> list[dict]:
+def fastest(runs: list[dict]) -> dict:
+    """Repeated runs of one stage: the fastest one's seconds, the highest peak memory, every time."""
+    return {"seconds": min(r["seconds"] for r in runs), "peak_anon_mib": max(r["peak_anon_mib"] for r in runs),
+            "runs": [r["seconds"] for r in runs]}
+
+
+def bench_scaling(sizes=(1000, 2000, 8000), model: str = "mobilenetv3_small_050", out: Path | None = None,
+                  repeats: int = 1) -> list[dict]:
+    if repeats < 1:
+        raise ValueError(f"--repeats {repeats}: at least 1")
     base = Path(out or tempfile.mkdtemp(prefix="bench_scaling_"))
     results = {}
     for n in sizes:
         source = make_source(base / "images", n, n // 4)
         work = base / f"n{n}"
         work.mkdir(parents=True, exist_ok=True)
-        results[n] = {stage: measure(stage, source, model, work) for stage in STAGES}
+        results[n] = {stage: fastest([measure(stage, source, model, work) for _ in range(repeats)])
+                      for stage in STAGES}
+        if repeats > 1:
+            print(f"size {n} every run's seconds: " + ", ".join(
+                f"{s} " + "/".join(f"{t:.1f}" for t in r["runs"]) for s, r in results[n].items()), flush=True)
         print(f"size {n}: " + ", ".join(f"{s} {r['seconds']:.1f} s {r['peak_anon_mib']:.0f} MiB"
                                         for s, r in results[n].items()), flush=True)
     small, rows = sizes[0], []
@@ -176,6 +220,7 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1000,2000,8000")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each stage per size; the fastest counts")
     parser.add_argument("--model", default="mobilenetv3_small_050")
     parser.add_argument("--out", default=None)
     parser.add_argument("--stage")
@@ -185,11 +230,13 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.stage:  # the measured process
         config = config_for(Path(args.source), args.model)
+        run = stage_call(args.stage, config, Path(args.work))
         start = time.perf_counter()
-        stage_call(args.stage, config, Path(args.work))
+        run()
         Path(args.timing).write_text(str(time.perf_counter() - start))
     else:
         import pandas as pd
 
-        table = pd.DataFrame(bench_scaling(tuple(int(s) for s in args.sizes.split(",")), args.model, args.out))
+        table = pd.DataFrame(bench_scaling(tuple(int(s) for s in args.sizes.split(",")), args.model, args.out,
+                                           args.repeats))
         print(table.to_string(index=False, float_format="{:.4g}".format))

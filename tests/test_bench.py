@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 
@@ -39,3 +41,18 @@ def test_the_scaling_bench_runs_each_stage_in_its_own_process_and_reports_its_me
     assert list(rows) == ["prepare", "prepare_masks", "finetune", "find_misclassified", "compute_cams",
                           "mask_and_save", "evaluate", "examples"]
     assert all(float(values[1]) > 50 for values in rows.values())  # a Python process's own memory, sampled
+
+
+def test_the_scaling_bench_counts_a_stage_s_fastest_run_and_its_highest_memory():
+    """--repeats R: the fastest of a stage's runs is its time (a slower run is the page cache or the
+    disk, never less work), the highest sampled peak its memory; no repeat at all is refused."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("scaling", ROOT / "bench" / "scaling.py")
+    scaling = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scaling)
+    runs = [{"seconds": 9.5, "peak_anon_mib": 300.0}, {"seconds": 7.25, "peak_anon_mib": 310.0},
+            {"seconds": 8.0, "peak_anon_mib": 290.0}]
+    assert scaling.fastest(runs) == {"seconds": 7.25, "peak_anon_mib": 310.0, "runs": [9.5, 7.25, 8.0]}
+    with pytest.raises(ValueError, match="--repeats 0"):
+        scaling.bench_scaling((24, 48), repeats=0)
