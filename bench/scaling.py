@@ -12,8 +12,8 @@ images' alone). The data: N training and N/4 validation images at
 column), **1,000 classes** (so per-image and per-logit arrays are not hidden beside the model), a
 small timm model with weights none, one training epoch, half the training images selected.
 Per-image time after start-up: (t(N) - t(smallest)) / (N - smallest), each stage's own time
-(timed inside its process from after its imports: torch, timm, the stage's module, several
-seconds that vary by a few from run to run). A stage whose work does not grow with the images
+(timed inside its process from after its module's imports, torch's and timm's among them where it
+needs them: several seconds that vary by a few from run to run). A stage whose work does not grow with the images
 (the examples figure draws six) has a per-image time near zero at every size: its ratio is noise.
 
 With ``--repeats R`` every stage runs R times at each size, one after the other on the same files,
@@ -81,13 +81,9 @@ def config_for(source: Path, model: str) -> dict:
 
 def stage_call(stage: str, config: dict, work: Path):
     """Import one stage and return the call that runs it on the files of ``work`` (in the measured
-    process: the imports, torch's and timm's among them, several seconds that vary from run to run,
-    happen here, before its clock starts)."""
-    import cv2  # noqa: F401  (the libraries the stages import inside their functions)
-    import pytorch_grad_cam  # noqa: F401
-    import timm  # noqa: F401
-    import torch  # noqa: F401
-
+    process: the stage module's imports, torch's and timm's among them where it needs them, several
+    seconds that vary from run to run, happen here, before its clock starts). No other library is
+    imported ahead: the process's memory is the stage's own."""
     from proxyattention.settings.stage_settings import stage_settings
 
     spec = config["datasets"]["s"]
