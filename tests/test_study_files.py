@@ -318,3 +318,23 @@ def test_study3s_page_tables_redraw_from_its_committed_files_byte_for_byte(tmp_p
     headline = f"{pts(row.mean_difference)} points (95% interval {pts(row.ci_low)} to {pts(row.ci_high)})"
     for name in ("README.md", "docs/study.md"):
         assert headline in " ".join((ROOT / name).read_text().replace("**", "").split()), name
+
+
+def test_the_study_page_command_prints_every_table_of_study3_as_the_page_holds_it():
+    """docs/study.md's `python -m proxyattention.files.study_page docs/study3`, typed as given, on the
+    committed folder: every table it prints is on the page as printed."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    if not (ROOT / STUDY3 / "tables").exists():
+        pytest.skip("study 3's tables are not committed yet")
+    page = " ".join((ROOT / "docs" / "study.md").read_text().split())
+    proc = subprocess.run([sys.executable, "-m", "proxyattention.files.study_page", STUDY3], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    printed = [block.split("\n", 1)[1].split("\n\n", 1) for block in proc.stdout.split("<!-- ")[1:]]
+    assert len(printed) == 9
+    for heading, table in printed:
+        assert f"*{heading.strip()}.*" in page and " ".join(table.split()) in page, heading
