@@ -4,28 +4,30 @@ sampled every 20 ms from /proc). Memory flat in the number of images is the goal
 peak at the largest size within 1.25x of the smallest's), and so is the time per image.
 
 Anchor: the same stage at the smallest size (memory: the peak at the largest size over the peak at
-the smallest; time: the per-image time at the largest size over that at the middle one). The
+the smallest; time: the per-image time at the largest size over that at the smallest). The
 sizes are 1,000 images and up, so that every size has the same 1,000 classes (the model's head,
 the logits, the confusion matrix are then the same size at each, and the per-image time is the
 images' alone). The data: N training and N/4 validation images at
 224 px (smooth random colour fields, written once as PNGs with masks, a CSV source with its split
 column), **1,000 classes** (so per-image and per-logit arrays are not hidden beside the model), a
 small timm model with weights none, one training epoch, half the training images selected.
-Per-image time after start-up: (t(N) - t(smallest)) / (N - smallest), each stage's own time
-(timed inside its process from after its module's imports, torch's and timm's among them where it
-needs them: several seconds that vary by a few from run to run). A stage whose work does not grow with the images
-(the examples figure draws six) has a per-image time near zero at every size: its ratio is noise.
+Per-image time after start-up: (the stage's own time - its start-up) / N, both from the stage
+itself (runtime/timing.py: its clock starts after its module's imports; a stage with a model ends
+its start-up where its passes over the images begin, after the checkpoint is loaded and the CAM
+built; a stage without one has none). The start-up is printed at each size: it must not grow
+either. The examples figure draws six images at every size: its time is not per image (no ratio).
 
 With ``--repeats R`` every stage runs R times at each size, one after the other on the same files,
 and the fastest run counts (each run's peak memory is kept; the highest counts): a run's time on
 this machine varies by tens of percent with what the page cache holds and the disk writes back,
 always upwards, so the minimum is the time of the work.
 
-    python bench/scaling.py [--sizes 1000,2000,8000] [--repeats 1] [--model mobilenetv3_small_050] [--out DIR]
+    python bench/scaling.py [--sizes 1000,8000] [--repeats 1] [--model mobilenetv3_small_050] [--out DIR]
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -38,6 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["prepare", "prepare_masks", "finetune", "find_misclassified", "compute_cams", "mask_and_save", "evaluate",
           "examples"]
+FIXED = {"examples"}  # stages whose work does not grow with the images
 
 
 def make_source(folder: Path, n_train: int, n_val: int, size: int = 224, classes: int = 1000) -> Path:
@@ -161,7 +164,8 @@ def anon_kib(pid: int) -> int:
 
 
 def measure(stage: str, source: Path, model: str, work: Path) -> dict:
-    """One stage in a process of its own: its own seconds and the peak RssAnon sampled."""
+    """One stage in a process of its own: its own seconds, its start-up's, and the peak RssAnon
+    sampled."""
     timing = work / f"{stage}.seconds"
     child = subprocess.Popen([sys.executable, __file__, "--stage", stage, "--source", str(source), "--model", model,
                               "--work", str(work), "--timing", str(timing)],
@@ -172,16 +176,40 @@ def measure(stage: str, source: Path, model: str, work: Path) -> dict:
         time.sleep(0.02)
     if child.returncode != 0:
         raise RuntimeError(f"{stage} failed at {source}")
-    return {"seconds": float(timing.read_text()), "peak_anon_mib": peak / 1024}
+    return {**json.loads(timing.read_text()), "peak_anon_mib": peak / 1024}
 
 
 def fastest(runs: list[dict]) -> dict:
-    """Repeated runs of one stage: the fastest one's seconds, the highest peak memory, every time."""
-    return {"seconds": min(r["seconds"] for r in runs), "peak_anon_mib": max(r["peak_anon_mib"] for r in runs),
-            "runs": [r["seconds"] for r in runs]}
+    """Repeated runs of one stage: the run whose images took least (its seconds and start-up), the
+    highest peak memory, and every run's seconds after start-up."""
+    best = min(runs, key=lambda r: r["seconds"] - r["startup"])
+    return {"seconds": best["seconds"], "startup": best["startup"],
+            "peak_anon_mib": max(r["peak_anon_mib"] for r in runs),
+            "runs": [r["seconds"] - r["startup"] for r in runs]}
 
 
-def bench_scaling(sizes=(1000, 2000, 8000), model: str = "mobilenetv3_small_050", out: Path | None = None,
+def table(results: dict[int, dict[str, dict]]) -> list[dict]:
+    """One row per stage: start-up seconds, per-image milliseconds after start-up and peak MiB at
+    each size; the ratios of the largest size's over the smallest's (no time ratio for a stage whose
+    work does not grow with the images)."""
+    sizes = sorted(results)
+    rows = []
+    for stage in STAGES:
+        row = {"stage": stage}
+        for n in sizes:
+            row[f"start-up s n={n}"] = results[n][stage]["startup"]
+        for n in sizes:
+            row[f"ms/img n={n}"] = 1000 * (results[n][stage]["seconds"] - results[n][stage]["startup"]) / n
+        for n in sizes:
+            row[f"MiB n={n}"] = results[n][stage]["peak_anon_mib"]
+        row["memory ratio"] = results[sizes[-1]][stage]["peak_anon_mib"] / results[sizes[0]][stage]["peak_anon_mib"]
+        row["time ratio"] = (float("nan") if stage in FIXED
+                             else row[f"ms/img n={sizes[-1]}"] / row[f"ms/img n={sizes[0]}"])
+        rows.append(row)
+    return rows
+
+
+def bench_scaling(sizes=(1000, 8000), model: str = "mobilenetv3_small_050", out: Path | None = None,
                   repeats: int = 1) -> list[dict]:
     if repeats < 1:
         raise ValueError(f"--repeats {repeats}: at least 1")
@@ -194,28 +222,18 @@ def bench_scaling(sizes=(1000, 2000, 8000), model: str = "mobilenetv3_small_050"
         results[n] = {stage: fastest([measure(stage, source, model, work) for _ in range(repeats)])
                       for stage in STAGES}
         if repeats > 1:
-            print(f"size {n} every run's seconds: " + ", ".join(
+            print(f"size {n} every run's seconds after start-up: " + ", ".join(
                 f"{s} " + "/".join(f"{t:.1f}" for t in r["runs"]) for s, r in results[n].items()), flush=True)
-        print(f"size {n}: " + ", ".join(f"{s} {r['seconds']:.1f} s {r['peak_anon_mib']:.0f} MiB"
-                                        for s, r in results[n].items()), flush=True)
-    small, rows = sizes[0], []
-    for stage in STAGES:
-        row = {"stage": stage}
-        for n in sizes[1:]:
-            row[f"s/img n={n}"] = (results[n][stage]["seconds"] - results[small][stage]["seconds"]) / (n - small)
-        for n in sizes:
-            row[f"MiB n={n}"] = results[n][stage]["peak_anon_mib"]
-        row["memory ratio"] = results[sizes[-1]][stage]["peak_anon_mib"] / results[sizes[0]][stage]["peak_anon_mib"]
-        row["time ratio"] = row[f"s/img n={sizes[-1]}"] / row[f"s/img n={sizes[1]}"]
-        rows.append(row)
-    return rows
+        print(f"size {n}: " + ", ".join(f"{s} {r['seconds']:.1f} s (start-up {r['startup']:.1f}) "
+                                        f"{r['peak_anon_mib']:.0f} MiB" for s, r in results[n].items()), flush=True)
+    return table(results)
 
 
 if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="1000,2000,8000")
+    parser.add_argument("--sizes", default="1000,8000")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each stage per size; the fastest counts")
     parser.add_argument("--model", default="mobilenetv3_small_050")
     parser.add_argument("--out", default=None)
@@ -227,9 +245,14 @@ if __name__ == "__main__":
     if args.stage:  # the measured process
         config = config_for(Path(args.source), args.model)
         run = stage_call(args.stage, config, Path(args.work))
-        start = time.perf_counter()
+        from proxyattention.runtime import timing as stage_timing
+
         run()
-        Path(args.timing).write_text(str(time.perf_counter() - start))
+        records = stage_timing.RECORDS  # evaluate and measure: both stages' seconds and start-ups
+        if not records:
+            raise RuntimeError(f"{args.stage} logged no stage time")
+        Path(args.timing).write_text(json.dumps({"seconds": sum(r["seconds"] for r in records),
+                                                 "startup": sum(r["startup"] for r in records)}))
     else:
         import pandas as pd
 

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import ROOT
@@ -30,17 +31,28 @@ def test_benchmarks_run_and_report(tmp_path):
 
 def test_the_scaling_bench_runs_each_stage_in_its_own_process_and_reports_its_memory(tmp_path):
     """README's `python bench/scaling.py`, at two tiny sizes: every stage ran (it raises otherwise)
-    and the table has each stage's per-image time and sampled peak anonymous memory at both."""
+    and the table has each stage's start-up, per-image time after it and sampled peak anonymous
+    memory at both; the stages with a model report a start-up, the others none."""
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "scaling.py"), "--sizes", "24,48", "--out",
                            str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     lines = proc.stdout.splitlines()
     header = next(line for line in lines if line.split()[:1] == ["stage"])
-    assert "MiB n=24" in header and "MiB n=48" in header and "s/img n=48" in header
-    rows = {line.split()[0]: line.split()[1:] for line in lines[lines.index(header) + 1:]}
+    columns = ["stage"] + [f"{what} n={n}" for what in ("start-up s", "ms/img", "MiB") for n in (24, 48)] + [
+        "memory ratio", "time ratio"]
+    at = [header.find(column) for column in columns]
+    assert -1 not in at and at == sorted(at), header
+    rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in lines[lines.index(header) + 1:]}
     assert list(rows) == ["prepare", "prepare_masks", "finetune", "find_misclassified", "compute_cams",
                           "mask_and_save", "evaluate", "examples"]
-    assert all(float(values[1]) > 50 for values in rows.values())  # a Python process's own memory, sampled
+    model_stages = {"finetune", "find_misclassified", "compute_cams", "evaluate"}
+    for stage, values in rows.items():
+        startup, per_image, memory = values[0:2], values[2:4], values[4:6]
+        assert all((s > 0) == (stage in model_stages) for s in startup), (stage, startup)
+        assert all(t > 0 for t in per_image), (stage, per_image)
+        assert all(m > 50 for m in memory), (stage, memory)  # a Python process's own memory, sampled
+        assert values[6] == pytest.approx(memory[1] / memory[0], rel=1e-3, abs=1e-3)
+    assert np.isnan(rows["examples"][7]) and not np.isnan(rows["finetune"][7])
 
 
 def test_the_scaling_bench_counts_a_stage_s_fastest_run_and_its_highest_memory():
@@ -51,8 +63,10 @@ def test_the_scaling_bench_counts_a_stage_s_fastest_run_and_its_highest_memory()
     spec = importlib.util.spec_from_file_location("scaling", ROOT / "bench" / "scaling.py")
     scaling = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(scaling)
-    runs = [{"seconds": 9.5, "peak_anon_mib": 300.0}, {"seconds": 7.25, "peak_anon_mib": 310.0},
-            {"seconds": 8.0, "peak_anon_mib": 290.0}]
-    assert scaling.fastest(runs) == {"seconds": 7.25, "peak_anon_mib": 310.0, "runs": [9.5, 7.25, 8.0]}
+    runs = [{"seconds": 9.5, "startup": 2.0, "peak_anon_mib": 300.0},
+            {"seconds": 7.75, "startup": 0.5, "peak_anon_mib": 310.0},
+            {"seconds": 8.0, "startup": 1.5, "peak_anon_mib": 290.0}]
+    assert scaling.fastest(runs) == {"seconds": 8.0, "startup": 1.5, "peak_anon_mib": 310.0,
+                                     "runs": [7.5, 7.25, 6.5]}
     with pytest.raises(ValueError, match="--repeats 0"):
         scaling.bench_scaling((24, 48), repeats=0)

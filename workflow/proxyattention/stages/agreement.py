@@ -34,7 +34,7 @@ from ..models.build import load_checkpoint
 from ..models.cams import auto_target_layer, build_cam, explain, release
 from ..models.inference import predict_logits
 from ..runtime.device import select_runtime
-from ..runtime.timing import timed_stage
+from ..runtime.timing import startup_done, timed_stage
 from .find_misclassified import prediction_table, select
 from .from_record import SELECTION_KEYS, load_record, record_table
 
@@ -93,6 +93,7 @@ def agreement(settings: dict, images_path, index_path, weights, meta, record_pat
                              settings["training"]["deterministic"])
     model, info = load_checkpoint(weights, meta)
     model = runtime.prepare_model(model).eval()
+    startup_done()
     source = ArraySource([(images, train["index"].to_numpy(), train["label"].to_numpy())])
     separate = prediction_table(predict_logits(model, source, info["mean"], info["std"], mset["batch_size"], runtime),
                                 train)

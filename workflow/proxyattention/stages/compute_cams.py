@@ -18,7 +18,7 @@ from ..files.atomic import atomic_path, write_csv
 from ..models.build import load_checkpoint
 from ..models.cams import auto_target_layer, build_cam, explain, release
 from ..runtime.device import select_runtime
-from ..runtime.timing import timed_stage
+from ..runtime.timing import startup_done, timed_stage
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ def compute_cams(settings: dict, images_path, index_path, weights, meta, selecte
     t0 = time.perf_counter()
     cam = build_cam(model, proxy["cam_method"], layer, size, proxy["fast_path"], batch) if len(rows) else None
     name = type(cam).__name__ if cam is not None else "none"
+    startup_done()
 
     def chunks():
         """The maps, ``chunk`` rows at a time, each written before the next is made; ``targets``,

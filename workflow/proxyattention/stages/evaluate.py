@@ -15,7 +15,7 @@ from ..files.atomic import atomic_path, read_json, write_json
 from ..models.build import load_checkpoint
 from ..models.inference import cross_entropy
 from ..runtime.device import select_runtime
-from ..runtime.timing import timed_stage
+from ..runtime.timing import startup_done, timed_stage
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, n_classes: int) -> dict:
@@ -220,6 +220,7 @@ def evaluate(settings: dict, images_path, index_path, weights, meta, train_stats
     runtime = _runtime(settings, device)
     model, info = load_checkpoint(weights, meta)
     model = runtime.prepare_model(model)
+    startup_done()
     source = validation_source(images, index)
     if len(source) == 0:
         raise ValueError(f"{index_path}: the validation split is empty; set val_fraction or add a val/ folder")
@@ -289,6 +290,7 @@ def measure(settings: dict, images_path, index_path, weights, meta, metrics_path
     runtime = _runtime(settings, device)
     model, info = load_checkpoint(weights, meta)
     model = runtime.prepare_model(model)
+    startup_done()
     masks = np.load(masks_path, mmap_mode="r") if masks_path is not None else None
     measured = attention(settings, model, info, images, index, runtime, scores, masks, calibrated)
     measured.pop("seconds")

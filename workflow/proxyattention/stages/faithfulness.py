@@ -37,7 +37,7 @@ from ..models.build import load_checkpoint
 from ..models.cams import auto_target_layer, build_cam, compute_maps, release
 from ..models.inference import predict_logits, softmax
 from ..runtime.device import select_runtime
-from ..runtime.timing import timed_stage
+from ..runtime.timing import startup_done, timed_stage
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,7 @@ def faithfulness(settings: dict, images_path, index_path, weights, meta, cams_pa
     runtime = select_runtime("fp32", False, device, settings["training"]["deterministic"])
     model, info = load_checkpoint(weights, meta)
     model = runtime.prepare_model(model).eval()
+    startup_done()
     layer = mset["target_layer"] if mset["target_layer"] != "auto" else auto_target_layer(model, size)
     batch = mset["batch_size"]
     result = {"index": sample_rows, "target": sample_targets, "label": sample_labels, "offsets": offsets,

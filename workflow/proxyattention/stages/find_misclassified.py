@@ -15,7 +15,7 @@ from ..files.atomic import write_csv
 from ..models.build import load_checkpoint
 from ..models.inference import cross_entropy, logits_in_chunks, softmax
 from ..runtime.device import select_runtime
-from ..runtime.timing import timed_stage
+from ..runtime.timing import startup_done, timed_stage
 
 
 def prediction_table(logits: np.ndarray, index: pd.DataFrame) -> pd.DataFrame:
@@ -97,6 +97,7 @@ def find_misclassified(settings: dict, images_path, index_path, weights, meta, o
                              settings["training"]["deterministic"])
     model, info = load_checkpoint(weights, meta)
     model = runtime.prepare_model(model)
+    startup_done()
     source = ArraySource([(images, train["index"].to_numpy(), train["label"].to_numpy())])
     table = predicted_table(model, source, train, info, settings["model"]["batch_size"], runtime)
     sel = settings["proxy"]["selection"]

@@ -43,7 +43,7 @@ from ..runtime.device import (
     select_runtime,
     versions,
 )
-from ..runtime.timing import timed_stage
+from ..runtime.timing import startup_done, timed_stage
 from ..training import optimizer_state
 from ..training.loop import make_optimizer, train_one_epoch
 from ..training.record import write_record
@@ -182,6 +182,7 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
         else:
             log.info("ignoring %s: it belongs to other settings or inputs", state_file)
     reset_peak_memory(runtime)
+    startup_done()
 
     show_bar = sys.stderr.isatty()
     for epoch in range(start_epoch, epochs):

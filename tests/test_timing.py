@@ -1,0 +1,68 @@
+"""runtime/timing.py: a stage's logged time, and the start-up a stage with a model marks."""
+
+import logging
+import time
+
+import pytest
+
+from proxyattention.runtime import timing
+from proxyattention.runtime.timing import PATTERN, last_stage_seconds, startup_done, timed_stage
+
+
+@timed_stage
+def loads_then_works(inner=None):
+    time.sleep(0.05)  # start-up
+    if inner is not None:
+        inner()  # a stage called inside another: its mark is its own
+    startup_done()
+    time.sleep(0.1)  # the images
+    startup_done()  # a later mark does not move the first
+
+
+@timed_stage
+def marks_nothing():
+    time.sleep(0.02)
+
+
+@timed_stage
+def fails_after_start_up():
+    startup_done()
+    raise RuntimeError("made to fail")
+
+
+def test_the_start_up_ends_at_the_stage_s_first_mark_and_its_log_line_still_gives_its_time(caplog, tmp_path):
+    caplog.set_level(logging.INFO, logger="proxyattention.stage")
+    del timing.RECORDS[:]
+    loads_then_works()
+    [record] = timing.RECORDS
+    assert record["stage"] == "loads_then_works"
+    assert 0.05 <= record["startup"] < 0.05 + 0.05 and record["seconds"] >= record["startup"] + 0.1
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line == f"stage loads_then_works took {record['seconds']:.3f} s (start-up {record['startup']:.3f} s)"
+    log = tmp_path / "job.log"
+    log.write_text(line + "\n")  # what the costs read from a job's log
+    assert PATTERN.findall(line) == [("loads_then_works", f"{record['seconds']:.3f}")]
+    assert last_stage_seconds(log, "loads_then_works") == pytest.approx(record["seconds"], abs=5e-4)
+
+
+def test_a_stage_without_a_mark_has_no_start_up_and_a_nested_stage_keeps_its_own():
+    del timing.RECORDS[:]
+    marks_nothing()
+    loads_then_works(inner=marks_nothing)
+    inner, outer = timing.RECORDS[1:]
+    assert timing.RECORDS[0]["startup"] == 0.0 and inner["startup"] == 0.0
+    # the outer stage's start-up holds its own sleep and the whole inner stage
+    assert outer["startup"] >= 0.05 + inner["seconds"]
+
+
+def test_a_stage_that_raises_is_logged_as_stopped_and_recorded_nowhere(caplog):
+    caplog.set_level(logging.INFO, logger="proxyattention.stage")
+    del timing.RECORDS[:]
+    with pytest.raises(RuntimeError, match="made to fail"):
+        fails_after_start_up()
+    assert timing.RECORDS == [] and timing._starts == []
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith("stage fails_after_start_up stopped after ") and line.endswith("(RuntimeError)")
+    assert not PATTERN.search(line)
+    startup_done()  # outside any stage: nothing to mark
+    assert timing._starts == []
