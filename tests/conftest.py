@@ -3,6 +3,7 @@ the tiny whole-DAG run (one per session: the workflow and the named-arms tests b
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -36,6 +37,33 @@ def user_command(*words: str) -> list[str]:
     (``snakemake ...`` is the ``snakemake`` beside this Python, whatever PATH says)."""
     program = Path(sys.executable).parent / words[0]
     return [str(program) if program.exists() else words[0], *words[1:]]
+
+
+@contextlib.contextmanager
+def kept_as_was(*places):
+    """The files at ``places`` (files, or folders and everything in them) put back on exit as they
+    were on entry, bytes and modification times, and files made meanwhile in those folders removed:
+    a test that reruns or edits a job's outputs in a run other tests share leaves that run
+    finished, with nothing for the next test's Snakemake to rerun."""
+    places = [Path(p) for p in places]
+    saved = {}
+    for place in places:
+        for path in [place] if place.is_file() else [p for p in place.rglob("*") if p.is_file()]:
+            stat = path.stat()
+            saved[path] = (path.read_bytes(), stat.st_atime_ns, stat.st_mtime_ns)
+    try:
+        yield
+    finally:
+        for place in places:
+            if place.is_dir():
+                for path in [p for p in place.rglob("*") if p.is_file() and p not in saved]:
+                    path.unlink()
+        for path, (data, atime, mtime) in saved.items():
+            if not path.is_file() or path.stat().st_mtime_ns != mtime or path.read_bytes() != data:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.unlink(missing_ok=True)  # a hard link (a kept attempt's log) is not written through
+                path.write_bytes(data)
+                os.utime(path, ns=(atime, mtime))
 
 
 def make_config(**overrides) -> dict:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, SNAKEMAKE, run_dir, snakemake, tiny_config, user_command
+from conftest import ROOT, SNAKEMAKE, kept_as_was, run_dir, snakemake, tiny_config, user_command
 
 from proxyattention.files.report import FIGURE_NAMES
 from proxyattention.runtime.timing import PATTERN
@@ -174,20 +174,23 @@ def job_counts(proc) -> dict:
 @pytest.mark.slow
 def test_deleting_one_output_recomputes_only_its_dependents(tiny_run):
     """Delete the proxy arm's cycle-1 checkpoint of seed 1 and ask for it again: only its job
-    runs; the next full run updates exactly the stages downstream of it."""
+    runs; the next full run would update exactly the stages downstream of it. (The retrain's
+    outputs are then put back as they were, so the run the other tests share stays finished.)"""
     target = run_dir(tiny_run, "proxy", 1, 1) / "model.safetensors"
-    target.unlink()
-    relative = str(target.relative_to(tiny_run))
-    assert job_counts(snakemake(tiny_run, "-n", relative)) == {"retrain": 1, "total": 1}
-    snakemake(tiny_run, relative)
-    assert target.exists()
-    downstream = job_counts(snakemake(tiny_run, "-n"))
-    assert downstream == {"evaluate": 2, "measure": 2, "decide_cycle": 1, "find_misclassified": 1,
-                          "compute_cams": 1, "mask_and_save": 1, "faithfulness": 1, "retrain": 1, "aggregate": 1,
-                          "figures": 1, "all": 1, "total": 13}, downstream  # faithfulness: cycle 2's maps only;
-    # cycle 1's scores maps of the finetune's model, and waits for its cycle's measures only as an order
-    # (an ancient input), so a new cycle-1 model no longer reruns it
-    snakemake(tiny_run)
+    with kept_as_was(target.parent):
+        target.unlink()
+        relative = str(target.relative_to(tiny_run))
+        assert job_counts(snakemake(tiny_run, "-n", relative)) == {"retrain": 1, "total": 1}
+        snakemake(tiny_run, relative)
+        assert target.exists()
+        downstream = job_counts(snakemake(tiny_run, "-n"))
+        assert downstream == {"evaluate": 2, "measure": 2, "decide_cycle": 1, "find_misclassified": 1,
+                              "compute_cams": 1, "mask_and_save": 1, "faithfulness": 1, "retrain": 1,
+                              "aggregate": 1, "figures": 1, "all": 1, "total": 13}, downstream
+        # faithfulness: cycle 2's maps only; cycle 1's scores maps of the finetune's model, and waits
+        # for its cycle's measures only as an order (an ancient input), so a new cycle-1 model no
+        # longer reruns it
+    assert job_counts(snakemake(tiny_run, "-n")) == {}
 
 
 @pytest.mark.slow
@@ -347,20 +350,24 @@ def test_every_stage_rerun_by_hand_writes_what_the_workflow_wrote(tiny_run, stag
     if written:
         before = json.loads((folder / written).read_text())
     saved = {name: (folder / name).read_bytes() for name in names}
-    for name in names:
-        (folder / name).unlink()
-    proc = by_hand(tiny_run, stage, *args)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    for name in names:
-        if name in TIMED:  # wall-clock columns can never repeat; every other cell must, to the byte
-            again, first = (pd.read_csv(folder / name, dtype=str), pd.read_csv(io.BytesIO(saved[name]), dtype=str))
-            pd.testing.assert_frame_equal(again.drop(columns=TIMED[name]), first.drop(columns=TIMED[name]))
-        else:
-            assert (folder / name).read_bytes() == saved[name], name
-    if written:
-        after = json.loads((folder / written).read_text())
-        assert {k: v for k, v in after.items() if "seconds" not in k} == \
-            {k: v for k, v in before.items() if "seconds" not in k}
+    # its wall-clock outputs and its log are new: put back afterwards, or every later test's run reruns
+    # the cells after it (and reads the by-hand job's log as the workflow's)
+    with kept_as_was(folder, tiny_run / "results" / "logs"):
+        for name in names:
+            (folder / name).unlink()
+        proc = by_hand(tiny_run, stage, *args)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        for name in names:
+            if name in TIMED:  # wall-clock columns can never repeat; every other cell must, to the byte
+                again = pd.read_csv(folder / name, dtype=str)
+                first = pd.read_csv(io.BytesIO(saved[name]), dtype=str)
+                pd.testing.assert_frame_equal(again.drop(columns=TIMED[name]), first.drop(columns=TIMED[name]))
+            else:
+                assert (folder / name).read_bytes() == saved[name], name
+        if written:
+            after = json.loads((folder / written).read_text())
+            assert {k: v for k, v in after.items() if "seconds" not in k} == \
+                {k: v for k, v in before.items() if "seconds" not in k}
 
 
 @pytest.mark.slow
@@ -406,20 +413,22 @@ def test_a_stage_job_stopped_after_its_outputs_leaves_no_blank_cost(tiny_run):
     kept = {p: tiny_run / f"kept.{p.name}" for p in (log, bench)}
     for path, copy in kept.items():
         shutil.copy2(path, copy)
-    log.write_text("".join(line for line in log.read_text().splitlines(keepends=True) if " took " not in line))
-    bench.unlink()  # as if Snakemake was stopped before it wrote one
-    try:
-        assert job_counts(snakemake(tiny_run, "-n")) == {}  # nothing reruns for a cost
-        snakemake(tiny_run, "--forcerun", "aggregate", "--allowed-rules", "aggregate")
-        summary = pd.read_csv(tiny_run / "results" / "summary.csv", keep_default_na=False, na_values=[""])
-        row = summary[(summary.arm == "proxy") & (summary.seed == 1) & (summary.cycle == 2)].iloc[0]
-        assert row.proxy_seconds > 0 and "first to the last timestamp" in row.cost_note
-        assert summary.proxy_seconds.notna().all() and summary.cumulative_seconds.notna().all()
-    finally:
-        for path, copy in kept.items():
-            shutil.copy2(copy, path)
-            copy.unlink()
-        snakemake(tiny_run, "--forcerun", "aggregate")  # the tables and figures as they were: a finished run
+    results = tiny_run / "results"
+    # the tables as they were afterwards: a finished run for the next test
+    with kept_as_was(*(results / name for name in ("summary.csv", "tables", "provenance.json", "provenance.html"))):
+        log.write_text("".join(line for line in log.read_text().splitlines(keepends=True) if " took " not in line))
+        bench.unlink()  # as if Snakemake was stopped before it wrote one
+        try:
+            assert job_counts(snakemake(tiny_run, "-n")) == {}  # nothing reruns for a cost
+            snakemake(tiny_run, "--forcerun", "aggregate", "--allowed-rules", "aggregate")
+            summary = pd.read_csv(results / "summary.csv", keep_default_na=False, na_values=[""])
+            row = summary[(summary.arm == "proxy") & (summary.seed == 1) & (summary.cycle == 2)].iloc[0]
+            assert row.proxy_seconds > 0 and "first to the last timestamp" in row.cost_note
+            assert summary.proxy_seconds.notna().all() and summary.cumulative_seconds.notna().all()
+        finally:
+            for path, copy in kept.items():
+                shutil.copy2(copy, path)
+                copy.unlink()
     assert job_counts(snakemake(tiny_run, "-n")) == {}
 
 
@@ -482,13 +491,10 @@ def test_by_hand_refuses_what_the_workflow_would_never_run(tiny_run):
         assert proc.returncode == 2 and words in proc.stderr, (argv, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr  # one line, no traceback
     selected = run_dir(tiny_run, "proxy", 0, 1) / "selected.csv"
-    kept = selected.read_bytes()
-    selected.unlink()
-    try:
+    with kept_as_was(selected):
+        selected.unlink()
         proc = by_hand(tiny_run, "compute-cams", "--dataset", "fm", "--model", "lite0", *cell)
         assert proc.returncode == 2 and "made by find-misclassified" in proc.stderr, proc.stderr
-    finally:
-        selected.write_bytes(kept)
 
 
 @pytest.mark.slow
@@ -496,12 +502,13 @@ def test_by_hand_keeps_a_cycle_the_stop_rule_skipped(stopped_run):
     """After the stop rule held, a by-hand retrain of that cycle trains nothing, as the workflow did."""
     run = run_dir(stopped_run, "proxy", 0, 2)
     saved = (run / "model.safetensors").read_bytes()
-    (run / "model.safetensors").unlink()
-    proc = by_hand(stopped_run, "retrain", "--dataset", "fm", "--model", "lite0", "--seed", "0", "--arm", "proxy",
-                   "--cycle", "2")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert (run / "model.safetensors").read_bytes() == saved
-    assert json.loads((run / "train_stats.json").read_text())["skipped"] is True
+    with kept_as_was(run):
+        (run / "model.safetensors").unlink()
+        proc = by_hand(stopped_run, "retrain", "--dataset", "fm", "--model", "lite0", "--seed", "0", "--arm",
+                       "proxy", "--cycle", "2")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert (run / "model.safetensors").read_bytes() == saved
+        assert json.loads((run / "train_stats.json").read_text())["skipped"] is True
 
 
 @pytest.mark.slow
