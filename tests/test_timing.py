@@ -36,7 +36,8 @@ def test_the_start_up_ends_at_the_stage_s_first_mark_and_its_log_line_still_give
     loads_then_works()
     [record] = timing.RECORDS
     assert record["stage"] == "loads_then_works"
-    assert 0.05 <= record["startup"] < 0.05 + 0.05 and record["seconds"] >= record["startup"] + 0.1
+    # sleeps last at least as long as asked: the start-up holds the first, the rest the second
+    assert record["startup"] >= 0.05 and record["seconds"] - record["startup"] >= 0.1
     [line] = [r.getMessage() for r in caplog.records]
     assert line == f"stage loads_then_works took {record['seconds']:.3f} s (start-up {record['startup']:.3f} s)"
     log = tmp_path / "job.log"
