@@ -1,6 +1,6 @@
 """Scale: each stage that handles every image, at several dataset sizes in one run, each stage in
-a process of its own: its time per image after start-up and its peak anonymous memory (RssAnon,
-sampled every 20 ms from /proc). Memory flat in the number of images is the goal (the stage's
+a process of its own: its time per image (its passes over the images, between its start-up and
+its wind-down) and its peak anonymous memory (RssAnon, sampled every 20 ms from /proc). Memory flat in the number of images is the goal (the stage's
 peak at the largest size within 1.25x of the smallest's), and so is the time per image.
 
 Anchor: the same stage at the smallest size (memory: the peak at the largest size over the peak at
@@ -11,11 +11,15 @@ images' alone). The data: N training and N/4 validation images at
 224 px (smooth random colour fields, written once as PNGs with masks, a CSV source with its split
 column), **1,000 classes** (so per-image and per-logit arrays are not hidden beside the model), a
 small timm model with weights none, one training epoch, half the training images selected.
-Per-image time after start-up: (the stage's own time - its start-up) / N, both from the stage
-itself (runtime/timing.py: its clock starts after its module's imports; a stage with a model ends
-its start-up where its passes over the images begin, after the checkpoint is loaded and the CAM
-built; a stage without one has none). The start-up is printed at each size: it must not grow
-either. The examples figure draws six images at every size: its time is not per image (no ratio).
+Per-image time: (the stage's own time - its start-up - its wind-down) / N, all three from the
+stage itself (runtime/timing.py: its clock starts after its module's imports; its start-up ends
+where its passes over the images begin, after the checkpoint is loaded and the CAM built, and its
+wind-down begins where they end, before the work that does not grow with the images: a checkpoint
+saved, a 1,000-class metrics.json written; a stage that marks neither has neither). The start-up
+and the wind-down are printed at each size, with their ratios: they must not grow either (work
+that grows with the images and sits in either shows there). The per-image time after start-up
+alone (wind-down included) is printed too. The examples figure draws six images at every size:
+its time is not per image (no ratio).
 
 With ``--repeats R`` every stage runs R times at each size, one after the other on the same files,
 and the fastest run counts (each run's peak memory is kept; the highest counts): a run's time on
@@ -179,32 +183,44 @@ def measure(stage: str, source: Path, model: str, work: Path) -> dict:
     return {**json.loads(timing.read_text()), "peak_anon_mib": peak / 1024}
 
 
+def images_seconds(run: dict) -> float:
+    """A run's seconds on its images: between its start-up and its wind-down."""
+    return run["seconds"] - run["startup"] - run["winddown"]
+
+
 def fastest(runs: list[dict]) -> dict:
-    """Repeated runs of one stage: the run whose images took least (its seconds and start-up), the
-    highest peak memory, and every run's seconds after start-up."""
-    best = min(runs, key=lambda r: r["seconds"] - r["startup"])
-    return {"seconds": best["seconds"], "startup": best["startup"],
-            "peak_anon_mib": max(r["peak_anon_mib"] for r in runs),
-            "runs": [r["seconds"] - r["startup"] for r in runs]}
+    """Repeated runs of one stage: the run whose images took least (its seconds, start-up and
+    wind-down), the highest peak memory, and every run's seconds on its images."""
+    best = min(runs, key=images_seconds)
+    return {"seconds": best["seconds"], "startup": best["startup"], "winddown": best["winddown"],
+            "peak_anon_mib": max(r["peak_anon_mib"] for r in runs), "runs": [images_seconds(r) for r in runs]}
 
 
 def table(results: dict[int, dict[str, dict]]) -> list[dict]:
-    """One row per stage: start-up seconds, per-image milliseconds after start-up and peak MiB at
-    each size; the ratios of the largest size's over the smallest's (no time ratio for a stage whose
-    work does not grow with the images)."""
+    """One row per stage: start-up and wind-down seconds, per-image milliseconds on the images
+    (and after start-up, wind-down included) and peak MiB at each size; the ratios of the largest
+    size's over the smallest's (no time ratio for a stage whose work does not grow with the
+    images)."""
     sizes = sorted(results)
     rows = []
     for stage in STAGES:
         row = {"stage": stage}
+        got = {n: results[n][stage] for n in sizes}
         for n in sizes:
-            row[f"start-up s n={n}"] = results[n][stage]["startup"]
+            row[f"start-up s n={n}"] = got[n]["startup"]
         for n in sizes:
-            row[f"ms/img n={n}"] = 1000 * (results[n][stage]["seconds"] - results[n][stage]["startup"]) / n
+            row[f"wind-down s n={n}"] = got[n]["winddown"]
         for n in sizes:
-            row[f"MiB n={n}"] = results[n][stage]["peak_anon_mib"]
-        row["memory ratio"] = results[sizes[-1]][stage]["peak_anon_mib"] / results[sizes[0]][stage]["peak_anon_mib"]
+            row[f"ms/img n={n}"] = 1000 * images_seconds(got[n]) / n
+        for n in sizes:
+            row[f"after start-up ms/img n={n}"] = 1000 * (got[n]["seconds"] - got[n]["startup"]) / n
+        for n in sizes:
+            row[f"MiB n={n}"] = got[n]["peak_anon_mib"]
+        row["memory ratio"] = got[sizes[-1]]["peak_anon_mib"] / got[sizes[0]]["peak_anon_mib"]
         row["time ratio"] = (float("nan") if stage in FIXED
                              else row[f"ms/img n={sizes[-1]}"] / row[f"ms/img n={sizes[0]}"])
+        row["after start-up ratio"] = (float("nan") if stage in FIXED else
+                                       row[f"after start-up ms/img n={sizes[-1]}"] / row[f"after start-up ms/img n={sizes[0]}"])
         rows.append(row)
     return rows
 
@@ -222,9 +238,10 @@ def bench_scaling(sizes=(1000, 8000), model: str = "mobilenetv3_small_050", out:
         results[n] = {stage: fastest([measure(stage, source, model, work) for _ in range(repeats)])
                       for stage in STAGES}
         if repeats > 1:
-            print(f"size {n} every run's seconds after start-up: " + ", ".join(
+            print(f"size {n} every run's seconds on its images: " + ", ".join(
                 f"{s} " + "/".join(f"{t:.1f}" for t in r["runs"]) for s, r in results[n].items()), flush=True)
-        print(f"size {n}: " + ", ".join(f"{s} {r['seconds']:.1f} s (start-up {r['startup']:.1f}) "
+        print(f"size {n}: " + ", ".join(f"{s} {r['seconds']:.1f} s (start-up {r['startup']:.1f}, "
+                                        f"wind-down {r['winddown']:.1f}) "
                                         f"{r['peak_anon_mib']:.0f} MiB" for s, r in results[n].items()), flush=True)
     return table(results)
 
@@ -248,11 +265,11 @@ if __name__ == "__main__":
         from proxyattention.runtime import timing as stage_timing
 
         run()
-        records = stage_timing.RECORDS  # evaluate and measure: both stages' seconds and start-ups
+        records = stage_timing.RECORDS  # evaluate and measure: both stages' seconds, start-ups and wind-downs
         if not records:
             raise RuntimeError(f"{args.stage} logged no stage time")
-        Path(args.timing).write_text(json.dumps({"seconds": sum(r["seconds"] for r in records),
-                                                 "startup": sum(r["startup"] for r in records)}))
+        Path(args.timing).write_text(json.dumps({key: sum(r[key] for r in records)
+                                                 for key in ("seconds", "startup", "winddown")}))
     else:
         import pandas as pd
 

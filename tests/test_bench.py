@@ -31,28 +31,38 @@ def test_benchmarks_run_and_report(tmp_path):
 
 def test_the_scaling_bench_runs_each_stage_in_its_own_process_and_reports_its_memory(tmp_path):
     """README's `python bench/scaling.py`, at two tiny sizes: every stage ran (it raises otherwise)
-    and the table has each stage's start-up, per-image time after it and sampled peak anonymous
-    memory at both; the stages with a model report a start-up, the others none."""
+    and the table has each stage's start-up, wind-down, per-image time between them (and after
+    start-up) and sampled peak anonymous memory at both; exactly the stages that mark a start-up or
+    a wind-down report one."""
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "scaling.py"), "--sizes", "24,48", "--out",
                            str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     lines = proc.stdout.splitlines()
     header = next(line for line in lines if line.split()[:1] == ["stage"])
-    columns = ["stage"] + [f"{what} n={n}" for what in ("start-up s", "ms/img", "MiB") for n in (24, 48)] + [
-        "memory ratio", "time ratio"]
-    at = [header.find(column) for column in columns]
+    kinds = ("start-up s", "wind-down s", "ms/img", "after start-up ms/img", "MiB")
+    columns = [f"{what} n={n}" for what in kinds for n in (24, 48)] + [
+        "memory ratio", "time ratio", "after start-up ratio"]
+    at = [header.find(" " + column) for column in columns]
     assert -1 not in at and at == sorted(at), header
-    rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in lines[lines.index(header) + 1:]}
+    rows = {line.split()[0]: dict(zip(columns, map(float, line.split()[1:])))
+            for line in lines[lines.index(header) + 1:]}
     assert list(rows) == ["prepare", "prepare_masks", "finetune", "find_misclassified", "compute_cams",
                           "mask_and_save", "evaluate", "examples"]
-    model_stages = {"finetune", "find_misclassified", "compute_cams", "evaluate"}
-    for stage, values in rows.items():
-        startup, per_image, memory = values[0:2], values[2:4], values[4:6]
-        assert all((s > 0) == (stage in model_stages) for s in startup), (stage, startup)
-        assert all(t > 0 for t in per_image), (stage, per_image)
-        assert all(m > 50 for m in memory), (stage, memory)  # a Python process's own memory, sampled
-        assert values[6] == pytest.approx(memory[1] / memory[0], rel=1e-3, abs=1e-3)
-    assert np.isnan(rows["examples"][7]) and not np.isnan(rows["finetune"][7])
+    starts = {"prepare", "prepare_masks", "finetune", "find_misclassified", "compute_cams", "evaluate"}
+    winds = {"prepare", "prepare_masks", "finetune", "compute_cams", "evaluate"}
+    for stage, row in rows.items():
+        for n in (24, 48):
+            assert (row[f"start-up s n={n}"] > 0) == (stage in starts), (stage, row)
+            assert (row[f"wind-down s n={n}"] > 0) == (stage in winds), (stage, row)
+            assert row[f"ms/img n={n}"] > 0, (stage, row)
+            # after start-up = the images' time + the wind-down's, per image
+            assert row[f"after start-up ms/img n={n}"] == pytest.approx(
+                row[f"ms/img n={n}"] + 1000 * row[f"wind-down s n={n}"] / n, rel=2e-3, abs=2e-3), (stage, row)
+            assert row[f"MiB n={n}"] > 50, (stage, row)  # a Python process's own memory, sampled
+        assert row["memory ratio"] == pytest.approx(row["MiB n=48"] / row["MiB n=24"], rel=1e-3, abs=1e-3)
+        if stage != "examples":
+            assert row["time ratio"] == pytest.approx(row["ms/img n=48"] / row["ms/img n=24"], rel=2e-3, abs=2e-3)
+    assert np.isnan(rows["examples"]["time ratio"]) and np.isnan(rows["examples"]["after start-up ratio"])
 
 
 def test_the_scaling_bench_counts_a_stage_s_fastest_run_and_its_highest_memory():
@@ -63,10 +73,11 @@ def test_the_scaling_bench_counts_a_stage_s_fastest_run_and_its_highest_memory()
     spec = importlib.util.spec_from_file_location("scaling", ROOT / "bench" / "scaling.py")
     scaling = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(scaling)
-    runs = [{"seconds": 9.5, "startup": 2.0, "peak_anon_mib": 300.0},
-            {"seconds": 7.75, "startup": 0.5, "peak_anon_mib": 310.0},
-            {"seconds": 8.0, "startup": 1.5, "peak_anon_mib": 290.0}]
-    assert scaling.fastest(runs) == {"seconds": 8.0, "startup": 1.5, "peak_anon_mib": 310.0,
-                                     "runs": [7.5, 7.25, 6.5]}
+    runs = [{"seconds": 9.5, "startup": 2.0, "winddown": 0.25, "peak_anon_mib": 300.0},
+            {"seconds": 7.75, "startup": 0.5, "winddown": 1.0, "peak_anon_mib": 310.0},
+            {"seconds": 8.0, "startup": 1.5, "winddown": 0.0, "peak_anon_mib": 290.0}]
+    # the images' seconds: 7.25, 6.25, 6.5 - the second run's, though not the least after start-up
+    assert scaling.fastest(runs) == {"seconds": 7.75, "startup": 0.5, "winddown": 1.0, "peak_anon_mib": 310.0,
+                                     "runs": [7.25, 6.25, 6.5]}
     with pytest.raises(ValueError, match="--repeats 0"):
         scaling.bench_scaling((24, 48), repeats=0)

@@ -1,4 +1,4 @@
-"""runtime/timing.py: a stage's logged time, and the start-up a stage with a model marks."""
+"""runtime/timing.py: a stage's logged time, and the start-up and wind-down a stage marks."""
 
 import logging
 import time
@@ -6,7 +6,7 @@ import time
 import pytest
 
 from proxyattention.runtime import timing
-from proxyattention.runtime.timing import PATTERN, last_stage_seconds, startup_done, timed_stage
+from proxyattention.runtime.timing import PATTERN, images_done, last_stage_seconds, startup_done, timed_stage
 
 
 @timed_stage
@@ -17,6 +17,23 @@ def loads_then_works(inner=None):
     startup_done()
     time.sleep(0.1)  # the images
     startup_done()  # a later mark does not move the first
+
+
+@timed_stage
+def loads_works_then_writes():
+    time.sleep(0.05)  # start-up
+    startup_done()
+    time.sleep(0.1)  # the images
+    images_done()
+    time.sleep(0.05)  # the wind-down: a checkpoint, a metrics.json
+    images_done()  # a later mark does not move the first
+
+
+@timed_stage
+def works_then_writes():
+    time.sleep(0.02)
+    images_done()
+    time.sleep(0.03)
 
 
 @timed_stage
@@ -66,4 +83,25 @@ def test_a_stage_that_raises_is_logged_as_stopped_and_recorded_nowhere(caplog):
     assert line.startswith("stage fails_after_start_up stopped after ") and line.endswith("(RuntimeError)")
     assert not PATTERN.search(line)
     startup_done()  # outside any stage: nothing to mark
+    assert timing._starts == []
+
+
+def test_the_wind_down_starts_at_the_stage_s_first_images_done_and_the_images_keep_what_is_between(caplog, tmp_path):
+    caplog.set_level(logging.INFO, logger="proxyattention.stage")
+    del timing.RECORDS[:]
+    loads_works_then_writes()
+    works_then_writes()
+    both, last = timing.RECORDS
+    assert both["startup"] >= 0.05 and both["winddown"] >= 0.05
+    assert both["seconds"] - both["startup"] - both["winddown"] >= 0.1
+    assert last["startup"] == 0.0 and last["winddown"] >= 0.03 and last["seconds"] - last["winddown"] >= 0.02
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [f"stage loads_works_then_writes took {both['seconds']:.3f} s (start-up {both['startup']:.3f} s, "
+                     f"wind-down {both['winddown']:.3f} s)",
+                     f"stage works_then_writes took {last['seconds']:.3f} s (wind-down {last['winddown']:.3f} s)"]
+    log = tmp_path / "job.log"
+    log.write_text("\n".join(lines) + "\n")  # the costs still read each stage's whole time
+    assert last_stage_seconds(log, "loads_works_then_writes") == pytest.approx(both["seconds"], abs=5e-4)
+    assert last_stage_seconds(log, "works_then_writes") == pytest.approx(last["seconds"], abs=5e-4)
+    images_done()  # outside any stage: nothing to mark
     assert timing._starts == []

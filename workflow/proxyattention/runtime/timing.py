@@ -1,11 +1,14 @@
 """The log line that says how long a stage's own work took (imports and process start excluded),
-and how much of it was start-up.
+and how much of it was start-up and wind-down.
 
 ``bench/run.py`` reads these lines from a finished run's logs to split each job's wall time into
-the stage's own work and the overhead around it. A stage with a model marks the end of its start-up
-(:func:`startup_done`: its checkpoint loaded and on the device, its CAM built) where its passes
-over the images begin; the rest of its time is its images' (``bench/scaling.py`` divides it by the
-number of images). A stage without a model marks none: all its time is its images'.
+the stage's own work and the overhead around it. A stage marks the end of its start-up
+(:func:`startup_done`: its checkpoint loaded and on the device, its CAM built, its source listed)
+where its passes over the images begin, and the end of those passes (:func:`images_done`) where
+only the work that does not grow with the images is left (a 1,000-class confusion matrix, a
+checkpoint written, a figure drawn). The time between the marks is its images'
+(``bench/scaling.py`` divides it by the number of images, and prints the start-up and wind-down
+at each size, which must not grow either). A stage that marks neither: all its time is its images'.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ log = logging.getLogger("proxyattention.stage")
 
 PATTERN = re.compile(r"stage (\w+) took ([0-9.]+) s")
 
-RECORDS: list[dict] = []  # this process's finished stages: {"stage", "seconds", "startup"}
-_starts: list[list] = []  # the running stages' [start, end of start-up or None], innermost last
+RECORDS: list[dict] = []  # this process's finished stages: {"stage", "seconds", "startup", "winddown"}
+_starts: list[list] = []  # the running stages' [start, end of start-up, end of images] (None: unmarked), innermost last
 
 
 def startup_done() -> None:
@@ -30,16 +33,23 @@ def startup_done() -> None:
         _starts[-1][1] = time.perf_counter()
 
 
+def images_done() -> None:
+    """Mark the end of the running stage's passes over its images: what it does from here (its
+    wind-down) does not grow with them. Only the first mark of a stage counts."""
+    if _starts and _starts[-1][2] is None:
+        _starts[-1][2] = time.perf_counter()
+
+
 def timed_stage(fn):
-    """Log ``stage NAME took S s`` when ``fn`` returns (``... (start-up A s)`` when it marked its
-    start-up's end) and add it to :data:`RECORDS`; ``stage NAME stopped after S s (...)`` when it
+    """Log ``stage NAME took S s`` when ``fn`` returns (``... (start-up A s, wind-down W s)`` with
+    the parts it marked) and add it to :data:`RECORDS`; ``stage NAME stopped after S s (...)`` when it
     raises or is interrupted, which no cost counts (a failed or Ctrl-C'd attempt is not the stage's
     time: the rerun's is)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         start = time.perf_counter()
-        _starts.append([start, None])
+        _starts.append([start, None, None])
         try:
             result = fn(*args, **kwargs)
         except BaseException as err:
@@ -47,14 +57,18 @@ def timed_stage(fn):
                      type(err).__name__)
             raise
         finally:
-            marked = _starts.pop()[1]
-        seconds = time.perf_counter() - start
-        startup = 0.0 if marked is None else marked - start
-        RECORDS.append({"stage": fn.__name__, "seconds": seconds, "startup": startup})
-        if marked is None:
-            log.info("stage %s took %.3f s", fn.__name__, seconds)
+            _, started, ended = _starts.pop()
+        end = time.perf_counter()
+        seconds = end - start
+        startup = 0.0 if started is None else started - start
+        winddown = 0.0 if ended is None else end - ended
+        RECORDS.append({"stage": fn.__name__, "seconds": seconds, "startup": startup, "winddown": winddown})
+        parts = ([f"start-up {startup:.3f} s"] if started is not None else []) + (
+            [f"wind-down {winddown:.3f} s"] if ended is not None else [])
+        if parts:
+            log.info("stage %s took %.3f s (%s)", fn.__name__, seconds, ", ".join(parts))
         else:
-            log.info("stage %s took %.3f s (start-up %.3f s)", fn.__name__, seconds, startup)
+            log.info("stage %s took %.3f s", fn.__name__, seconds)
         return result
 
     return wrapper

@@ -18,7 +18,7 @@ from ..files.atomic import atomic_path, write_csv
 from ..models.build import load_checkpoint
 from ..models.cams import auto_target_layer, build_cam, explain, release
 from ..runtime.device import select_runtime
-from ..runtime.timing import startup_done, timed_stage
+from ..runtime.timing import images_done, startup_done, timed_stage
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ def compute_cams(settings: dict, images_path, index_path, weights, meta, selecte
     finally:
         if cam is not None:
             release(cam)
+    images_done()
     seconds = time.perf_counter() - t0
     where = ("every layer with a bias (FullGrad uses no target layer)" if proxy["cam_method"] == "fullgrad"
              else layer)  # pytorch-grad-cam's own warning says so too

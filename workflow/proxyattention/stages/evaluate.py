@@ -15,7 +15,7 @@ from ..files.atomic import atomic_path, read_json, write_json
 from ..models.build import load_checkpoint
 from ..models.inference import cross_entropy
 from ..runtime.device import select_runtime
-from ..runtime.timing import startup_done, timed_stage
+from ..runtime.timing import images_done, startup_done, timed_stage
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, n_classes: int) -> dict:
@@ -238,6 +238,7 @@ def evaluate(settings: dict, images_path, index_path, weights, meta, train_stats
         with atomic_path(out_per_image) as tmp:
             np.savez_compressed(tmp, **images_out)
     metrics["calibration"] = calibration(question2, verdicts[1], verdicts[0])
+    images_done()  # left: its metrics.json, whose K x K confusion matrix does not grow with the images
     stats = read_json(train_stats)
     metrics["verdict_sample"] = settings.get("verdict_sample")  # None: the whole verdicts' split
     metrics.update({
@@ -294,4 +295,5 @@ def measure(settings: dict, images_path, index_path, weights, meta, metrics_path
     masks = np.load(masks_path, mmap_mode="r") if masks_path is not None else None
     measured = attention(settings, model, info, images, index, runtime, scores, masks, calibrated)
     measured.pop("seconds")
+    images_done()
     write_json(out_measures, {"attention": measured, "attention_seconds": time.perf_counter() - t0})

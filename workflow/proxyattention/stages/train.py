@@ -43,7 +43,7 @@ from ..runtime.device import (
     select_runtime,
     versions,
 )
-from ..runtime.timing import startup_done, timed_stage
+from ..runtime.timing import images_done, startup_done, timed_stage
 from ..training import optimizer_state
 from ..training.loop import make_optimizer, train_one_epoch
 from ..training.record import write_record
@@ -254,6 +254,7 @@ def train(settings: dict, images_path, index_path, classes_path, out_weights, ou
     if out_record:
         write_record(out_record, record, record_spec, source, seed=stream, epoch=epochs - 1,
                      augment=tset["augment"])
+    images_done()  # what is left is the model's and the tables' (its checkpoint, its optimizer state)
     save_checkpoint(model, out_weights, out_meta, meta)
     if out_optimizer:
         optimizer_state.save(out_optimizer, optimizer, scaler, scheduler)
