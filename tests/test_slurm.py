@@ -114,22 +114,33 @@ def job_limits(cluster, job_id: int) -> dict:
     return dict(re.findall(r"(\w+)=(\S+)", out))
 
 
+# One thread per training job in the SLURM run and the local one, as their comparison is exact:
+# with the profile's 8 threads on this 2-core machine one SLURM run and one local run differed
+# (0.245 vs 0.315 after cycle 1), while one thread has given identical numbers every time.
+ONE_THREAD = ["--set-threads", "finetune=1", "retrain=1"]
+TINY = dict(training={"epochs_finetune": 1, "epochs": 1, "num_workers": 0}, **GRID)
+
+
+@pytest.fixture(scope="module")
+def slurm_run(cluster, tmp_path_factory):
+    """GRID run whole through `snakemake --profile profiles/slurm` on the cluster (shared: the
+    failing-stage test starts from its preparation and finetune)."""
+    slurm_dir = tmp_path_factory.mktemp("slurm_run")
+    tiny_config(slurm_dir, **TINY)
+    env = {**{k: v for k, v in cluster.env.items() if not k.startswith("PA_SLURM_")}, **GPU_LESS}
+    run(slurm_dir, "--profile", str(ROOT / "profiles" / "slurm"), *NO_ACCOUNTING, *ONE_THREAD, env=env)
+    return slurm_dir
+
+
 @pytest.mark.slow
-def test_workflow_runs_as_slurm_jobs_and_matches_a_local_run(cluster, tmp_path):
+def test_workflow_runs_as_slurm_jobs_and_matches_a_local_run(cluster, slurm_run, tmp_path):
     """`snakemake --profile profiles/slurm` itself, no overlay: one SLURM job per cycle of an arm
     (its stages in series, each its own process) with the profile's memory, time and CPUs summed
     as Snakemake sums a group's, and the results equal a local run with the same threads."""
-    slurm_dir, local_dir = tmp_path / "slurm", tmp_path / "local"
-    for d in (slurm_dir, local_dir):
-        d.mkdir()
-        tiny_config(d, training={"epochs_finetune": 1, "epochs": 1, "num_workers": 0}, **GRID)
-    env = {**{k: v for k, v in cluster.env.items() if not k.startswith("PA_SLURM_")}, **GPU_LESS}
-    # One thread per training job in both runs, as the comparison is exact: with the profile's 8
-    # threads on this 2-core machine one SLURM run and one local run differed (0.245 vs 0.315
-    # after cycle 1), while one thread has given identical numbers every time.
-    one_thread = ["--set-threads", "finetune=1", "retrain=1"]
-    run(slurm_dir, "--profile", str(ROOT / "profiles" / "slurm"), *NO_ACCOUNTING, *one_thread, env=env)
-    run(local_dir, "--cores", "2", *one_thread)
+    slurm_dir, local_dir = slurm_run, tmp_path / "local"
+    local_dir.mkdir()
+    tiny_config(local_dir, **TINY)
+    run(local_dir, "--cores", "2", *ONE_THREAD)
 
     submitted = {}  # SLURM job id -> (what it was submitted as, the stages it ran)
     for log in (slurm_dir / ".snakemake" / "slurm_logs").rglob("*.log"):
@@ -233,12 +244,15 @@ def submitted_jobs(workdir) -> dict:
 
 
 @pytest.mark.slow
-def test_a_stage_failing_inside_a_group_job_is_named_and_the_rerun_submits_only_what_is_left(cluster, tmp_path):
+def test_a_stage_failing_inside_a_group_job_is_named_and_the_rerun_submits_only_what_is_left(cluster, slurm_run,
+                                                                                              tmp_path):
     """#40: the same command after a stage failed in the middle of a cycle's SLURM job (its earlier
     stages done): that job's log names the failed stage and its error, and the rerun submits one
     job holding only the stages left, keeping what the failed job finished. The failure is made
     by a copy of the workflow whose mask_and_save script raises (the stage package is this
-    checkout's); the rerun runs the script as it is."""
+    checkout's); the rerun runs the script as it is. The run starts from the shared SLURM run's
+    preparation and finetune (their files copied with their times), so its first attempt submits
+    only the cycle's job."""
     checkout = tmp_path / "checkout"
     checkout.mkdir()
     for entry in ("Snakefile", "profiles", "envs", "pyproject.toml"):
@@ -252,15 +266,18 @@ def test_a_stage_failing_inside_a_group_job_is_named_and_the_rerun_submits_only_
     script.write_text('raise RuntimeError("mask_and_save made to fail by the test")\n' + original)
     work = tmp_path / "work"
     work.mkdir()
-    tiny_config(work, training={"epochs_finetune": 1, "epochs": 1, "num_workers": 0}, **GRID)
+    tiny_config(work, **TINY)
+    for done in ("prepared", "runs/fm/lite0/seed0/finetune"):  # copy2 keeps each file's time: nothing to redo
+        shutil.copytree(slurm_run / "results" / done, work / "results" / done)
     env = {**{k: v for k, v in cluster.env.items() if not k.startswith("PA_SLURM_")}, **GPU_LESS}
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(checkout / "Snakefile"), "--directory",
                str(work), "--configfile", str(work / "config.yaml"), "--profile", str(ROOT / "profiles" / "slurm"),
-               *NO_ACCOUNTING, "--set-threads", "finetune=1", "retrain=1"]
+               *NO_ACCOUNTING, *ONE_THREAD]
     first = subprocess.run(command, capture_output=True, text=True, env=env)
     assert first.returncode != 0, first.stdout[-3000:] + first.stderr[-3000:]
     cycle = "group_fm.lite0.seed0.proxy.cycle1"
     jobs = submitted_jobs(work)
+    assert {name for name, _, _ in jobs.values()} == {cycle}, jobs  # the copied preparation and finetune stood
     failed = [(stages, log) for name, stages, log in jobs.values() if name == cycle]
     retries = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())["retries"]
     assert len(failed) == 1 + retries, jobs  # Snakemake resubmits a failed group job whole
