@@ -18,15 +18,22 @@ wind-down begins where they end, before the work that does not grow with the ima
 saved, a 1,000-class metrics.json written; a stage that marks neither has neither). The start-up
 and the wind-down are printed at each size, with their ratios: they must not grow either (work
 that grows with the images and sits in either shows there). The per-image time after start-up
-alone (wind-down included) is printed too. The examples figure draws six images at every size:
-its time is not per image (no ratio).
+alone (wind-down included) is printed too, and the line through the smallest and largest sizes'
+times on the images: its slope is what each added image costs (marginal ms/img), its intercept the
+seconds paid once inside the passes (fixed s: first calls that build kernels and thread pools),
+which make the per-image time at the smaller size the larger. The examples figure draws six
+images at every size: its time is not per image (no ratio).
 
 With ``--repeats R`` every stage runs R times at each size, one after the other on the same files,
 and the fastest run counts (each run's peak memory is kept; the highest counts): a run's time on
 this machine varies by tens of percent with what the page cache holds and the disk writes back,
 always upwards, so the minimum is the time of the work.
 
-    python bench/scaling.py [--sizes 1000,8000] [--repeats 1] [--model mobilenetv3_small_050] [--out DIR]
+``--stages a,b`` measures only those stages, on the files an earlier run with the same ``--out``
+left (each stage reads what the stages before it wrote there): a stage changed since that run is
+measured again without the others.
+
+    python bench/scaling.py [--sizes 1000,8000] [--repeats 1] [--stages all] [--model mobilenetv3_small_050] [--out DIR]
 """
 
 from __future__ import annotations
@@ -196,14 +203,15 @@ def fastest(runs: list[dict]) -> dict:
             "peak_anon_mib": max(r["peak_anon_mib"] for r in runs), "runs": [images_seconds(r) for r in runs]}
 
 
-def table(results: dict[int, dict[str, dict]]) -> list[dict]:
+def table(results: dict[int, dict[str, dict]], stages=STAGES) -> list[dict]:
     """One row per stage: start-up and wind-down seconds, per-image milliseconds on the images
     (and after start-up, wind-down included) and peak MiB at each size; the ratios of the largest
-    size's over the smallest's (no time ratio for a stage whose work does not grow with the
-    images)."""
+    size's over the smallest's; and the line through the two sizes' times on the images, fixed
+    seconds + marginal ms per image (no time ratio or line for a stage whose work does not grow
+    with the images)."""
     sizes = sorted(results)
     rows = []
-    for stage in STAGES:
+    for stage in stages:
         row = {"stage": stage}
         got = {n: results[n][stage] for n in sizes}
         for n in sizes:
@@ -221,14 +229,29 @@ def table(results: dict[int, dict[str, dict]]) -> list[dict]:
                              else row[f"ms/img n={sizes[-1]}"] / row[f"ms/img n={sizes[0]}"])
         row["after start-up ratio"] = (float("nan") if stage in FIXED else
                                        row[f"after start-up ms/img n={sizes[-1]}"] / row[f"after start-up ms/img n={sizes[0]}"])
+        # the line through the smallest and largest sizes' times on the images: what each added image
+        # costs, and the seconds that are paid once inside the passes (first calls: kernels, pools)
+        small, large = sizes[0], sizes[-1]
+        marginal = (images_seconds(got[large]) - images_seconds(got[small])) / (large - small)
+        row["fixed s"] = float("nan") if stage in FIXED else images_seconds(got[small]) - marginal * small
+        row["marginal ms/img"] = float("nan") if stage in FIXED else 1000 * marginal
         rows.append(row)
     return rows
 
 
 def bench_scaling(sizes=(1000, 8000), model: str = "mobilenetv3_small_050", out: Path | None = None,
-                  repeats: int = 1) -> list[dict]:
+                  repeats: int = 1, stages=STAGES) -> list[dict]:
     if repeats < 1:
         raise ValueError(f"--repeats {repeats}: at least 1")
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"--stages {','.join(unknown)}: unknown; allowed: {','.join(STAGES)}")
+    stages = [s for s in STAGES if s in stages]  # in the workflow's order: each reads the earlier ones' files
+    missing = [n for n in sizes if out is None or not (Path(out) / f"n{n}" / "index.csv").exists()]
+    if stages != STAGES and missing:
+        raise ValueError(f"--stages {','.join(stages)} measures on the files of an earlier whole run: give --out "
+                         f"the folder of a run at sizes {','.join(map(str, sizes))} (it has no "
+                         f"{', '.join(f'n{n}/index.csv' for n in missing)})")
     base = Path(out or tempfile.mkdtemp(prefix="bench_scaling_"))
     results = {}
     for n in sizes:
@@ -236,14 +259,14 @@ def bench_scaling(sizes=(1000, 8000), model: str = "mobilenetv3_small_050", out:
         work = base / f"n{n}"
         work.mkdir(parents=True, exist_ok=True)
         results[n] = {stage: fastest([measure(stage, source, model, work) for _ in range(repeats)])
-                      for stage in STAGES}
+                      for stage in stages}
         if repeats > 1:
             print(f"size {n} every run's seconds on its images: " + ", ".join(
                 f"{s} " + "/".join(f"{t:.1f}" for t in r["runs"]) for s, r in results[n].items()), flush=True)
         print(f"size {n}: " + ", ".join(f"{s} {r['seconds']:.1f} s (start-up {r['startup']:.1f}, "
                                         f"wind-down {r['winddown']:.1f}) "
                                         f"{r['peak_anon_mib']:.0f} MiB" for s, r in results[n].items()), flush=True)
-    return table(results)
+    return table(results, stages)
 
 
 if __name__ == "__main__":
@@ -252,6 +275,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1000,8000")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each stage per size; the fastest counts")
+    parser.add_argument("--stages", default="all", help="comma-separated stages to measure (all: every one); "
+                        "a subset needs --out of an earlier whole run")
     parser.add_argument("--model", default="mobilenetv3_small_050")
     parser.add_argument("--out", default=None)
     parser.add_argument("--stage")
@@ -273,6 +298,7 @@ if __name__ == "__main__":
     else:
         import pandas as pd
 
+        chosen = STAGES if args.stages == "all" else args.stages.split(",")
         table = pd.DataFrame(bench_scaling(tuple(int(s) for s in args.sizes.split(",")), args.model, args.out,
-                                           args.repeats))
+                                           args.repeats, chosen))
         print(table.to_string(index=False, float_format="{:.4g}".format))

@@ -41,14 +41,14 @@ def test_the_scaling_bench_runs_each_stage_in_its_own_process_and_reports_its_me
     header = next(line for line in lines if line.split()[:1] == ["stage"])
     kinds = ("start-up s", "wind-down s", "ms/img", "after start-up ms/img", "MiB")
     columns = [f"{what} n={n}" for what in kinds for n in (24, 48)] + [
-        "memory ratio", "time ratio", "after start-up ratio"]
+        "memory ratio", "time ratio", "after start-up ratio", "fixed s", "marginal ms/img"]
     at = [header.find(" " + column) for column in columns]
     assert -1 not in at and at == sorted(at), header
     rows = {line.split()[0]: dict(zip(columns, map(float, line.split()[1:])))
             for line in lines[lines.index(header) + 1:]}
     assert list(rows) == ["prepare", "prepare_masks", "finetune", "find_misclassified", "compute_cams",
                           "mask_and_save", "evaluate", "examples"]
-    starts = {"prepare", "prepare_masks", "finetune", "find_misclassified", "compute_cams", "evaluate"}
+    starts = {"finetune", "find_misclassified", "compute_cams", "evaluate"}  # a model loaded, a CAM built
     winds = {"prepare", "prepare_masks", "finetune", "compute_cams", "evaluate"}
     for stage, row in rows.items():
         for n in (24, 48):
@@ -62,7 +62,20 @@ def test_the_scaling_bench_runs_each_stage_in_its_own_process_and_reports_its_me
         assert row["memory ratio"] == pytest.approx(row["MiB n=48"] / row["MiB n=24"], rel=1e-3, abs=1e-3)
         if stage != "examples":
             assert row["time ratio"] == pytest.approx(row["ms/img n=48"] / row["ms/img n=24"], rel=2e-3, abs=2e-3)
-    assert np.isnan(rows["examples"]["time ratio"]) and np.isnan(rows["examples"]["after start-up ratio"])
+            # the line through both sizes' times on the images: fixed seconds + marginal ms x N
+            for n in (24, 48):
+                assert row["fixed s"] + row["marginal ms/img"] * n / 1000 == pytest.approx(
+                    row[f"ms/img n={n}"] * n / 1000, rel=5e-3, abs=5e-3), (stage, row)
+    assert all(np.isnan(rows["examples"][c]) for c in ("time ratio", "after start-up ratio", "fixed s",
+                                                       "marginal ms/img"))
+
+    # one stage measured again on that run's files, the others not run
+    again = subprocess.run([sys.executable, str(ROOT / "bench" / "scaling.py"), "--sizes", "24,48", "--out",
+                            str(tmp_path), "--stages", "evaluate"], capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    lines = again.stdout.splitlines()
+    header = next(line for line in lines if line.split()[:1] == ["stage"])
+    assert [line.split()[0] for line in lines[lines.index(header) + 1:]] == ["evaluate"]
 
 
 def test_the_scaling_bench_counts_a_stage_s_fastest_run_and_its_highest_memory():
@@ -81,3 +94,9 @@ def test_the_scaling_bench_counts_a_stage_s_fastest_run_and_its_highest_memory()
                                      "runs": [7.25, 6.25, 6.5]}
     with pytest.raises(ValueError, match="--repeats 0"):
         scaling.bench_scaling((24, 48), repeats=0)
+    with pytest.raises(ValueError, match="--stages sampling: unknown; allowed: prepare,"):
+        scaling.bench_scaling((24, 48), stages=["evaluate", "sampling"])
+    # a subset of the stages reads an earlier whole run's files: refused, naming them, without one
+    with pytest.raises(ValueError, match=r"--stages finetune,evaluate measures .* \(it has no n24/index.csv, "
+                                         r"n48/index.csv\)"):
+        scaling.bench_scaling((24, 48), stages=["evaluate", "finetune"])

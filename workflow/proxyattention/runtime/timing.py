@@ -3,7 +3,7 @@ and how much of it was start-up and wind-down.
 
 ``bench/run.py`` reads these lines from a finished run's logs to split each job's wall time into
 the stage's own work and the overhead around it. A stage marks the end of its start-up
-(:func:`startup_done`: its checkpoint loaded and on the device, its CAM built, its source listed)
+(:func:`startup_done`: its checkpoint loaded and on the device, its CAM built)
 where its passes over the images begin, and the end of those passes (:func:`images_done`) where
 only the work that does not grow with the images is left (a 1,000-class confusion matrix, a
 checkpoint written, a figure drawn). The time between the marks is its images'

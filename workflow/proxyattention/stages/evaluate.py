@@ -112,6 +112,22 @@ def calibration(scores: dict, labels: np.ndarray, split: str) -> dict:
             "brier": float(scores["brier"].mean()) if len(labels) else float("nan"), "n_calibration": int(len(labels))}
 
 
+def load_map_library(settings: dict, model, image_size: int) -> None:
+    """Import pytorch-grad-cam when the question-2 maps will use it (not on the fast path): its
+    import takes seconds that are start-up, as compute_cams' CAM build is. The CAM itself is built
+    after the occlusion pass, as its hooks would keep every batch's activations during it."""
+    if not settings["evaluation"]["maps"]:
+        return
+    from ..models.cams import auto_target_layer, fast_path_applies
+
+    maps_settings = settings["maps"]
+    layer = maps_settings["target_layer"]
+    if layer == "auto":
+        layer = auto_target_layer(model, image_size)
+    if not (maps_settings["fast_path"] and fast_path_applies(model, maps_settings["cam_method"], layer, image_size)):
+        import pytorch_grad_cam  # noqa: F401
+
+
 def attention(settings: dict, model, info: dict, images, index, runtime, scores: dict | None = None,
               masks: np.ndarray | None = None, calibrated: dict | None = None) -> dict:
     """Question 2's measures (attention_measures.py) on the verdicts' split (test when the dataset
@@ -291,6 +307,7 @@ def measure(settings: dict, images_path, index_path, weights, meta, metrics_path
     runtime = _runtime(settings, device)
     model, info = load_checkpoint(weights, meta)
     model = runtime.prepare_model(model)
+    load_map_library(settings, model, images.shape[1])
     startup_done()
     masks = np.load(masks_path, mmap_mode="r") if masks_path is not None else None
     measured = attention(settings, model, info, images, index, runtime, scores, masks, calibrated)

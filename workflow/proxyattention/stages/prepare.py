@@ -32,7 +32,7 @@ from ..data.splits import (
 )
 from ..files.atomic import atomic_path, live, write_csv, write_json
 from ..runtime.pool import bounded_map
-from ..runtime.timing import images_done, startup_done, timed_stage
+from ..runtime.timing import images_done, timed_stage
 from ..sources import list_items, split_origins
 from ..sources.base import Item, SourceError
 
@@ -105,7 +105,6 @@ def prepare(dataset: dict, images_path, index_path, classes_path, skipped_path, 
     images_path = Path(images_path)
     bad: list[tuple[str, str]] = []
     keep = np.ones(len(items), dtype=bool)
-    startup_done()  # the source listed and its subsets drawn: from here, each image is decoded and written
     with atomic_path(images_path) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(items), size, size, 3))
 

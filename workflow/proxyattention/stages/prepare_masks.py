@@ -23,7 +23,7 @@ from ..data.images import (
 from ..files.artifacts import NO_MASK
 from ..files.atomic import atomic_path
 from ..runtime.pool import bounded_map
-from ..runtime.timing import images_done, startup_done, timed_stage
+from ..runtime.timing import images_done, timed_stage
 from ..sources import list_items
 from ..sources.base import Item
 
@@ -51,7 +51,6 @@ def prepare_masks(dataset: dict, index_path, out_masks, threads: int = 4) -> Non
     by_source = {it.source: it for it in items if it.mask is not None}
     del items  # only the items with a mask are kept
     index = pd.read_csv(index_path, usecols=["source"], keep_default_na=False)
-    startup_done()
     with atomic_path(out_masks) as tmp:  # written through a memory map: memory holds the masks in flight
         masks = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                           shape=(len(index) if by_source else 0, size, size))
