@@ -105,3 +105,31 @@ def test_the_wind_down_starts_at_the_stage_s_first_images_done_and_the_images_ke
     assert last_stage_seconds(log, "works_then_writes") == pytest.approx(last["seconds"], abs=5e-4)
     images_done()  # outside any stage: nothing to mark
     assert timing._starts == []
+
+
+def test_measure_imports_the_map_library_in_its_start_up_only_when_its_maps_need_it():
+    """The measure stage's pytorch-grad-cam import (seconds) happens before its start-up mark,
+    not inside its passes over the images; with maps off, or on the fast path, not at all."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = """
+import sys, timm
+from proxyattention.models.cams import final_feature_layer
+from proxyattention.stages.evaluate import load_map_library
+model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=10).eval()
+def settings(maps, layer):
+    return {"evaluation": {"maps": maps}, "maps": {"target_layer": layer, "cam_method": "gradcam", "fast_path": True}}
+load_map_library(settings(False, "blocks.2"), model, 32)
+off = "pytorch_grad_cam" in sys.modules
+load_map_library(settings(True, final_feature_layer(model, 32)), model, 32)  # the fast path: no library
+fast = "pytorch_grad_cam" in sys.modules
+load_map_library(settings(True, "blocks.2"), model, 32)
+print(off, fast, "pytorch_grad_cam" in sys.modules)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={"PYTHONPATH": str(ROOT / "workflow"), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["False", "False", "True"], proc.stdout
