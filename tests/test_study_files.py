@@ -338,3 +338,34 @@ def test_the_study_page_command_prints_every_table_of_study3_as_the_page_holds_i
     assert len(printed) == 9
     for heading, table in printed:
         assert f"*{heading.strip()}.*" in page and " ".join(table.split()) in page, heading
+
+
+def test_beside_sets_two_runs_of_one_design_side_by_side_and_refuses_another_design(tmp_path):
+    """study_page --beside: each size's last-cycle accuracy verdicts of two runs of one design, row
+    by row, with how far each mean moved; two runs of different designs are refused."""
+    from conftest import ROOT
+    from proxyattention.files.study_page import beside
+
+    study = ROOT / STUDY3
+    other = tmp_path / "other"
+    shutil.copytree(study, other, ignore=shutil.ignore_patterns("figures", "per_image.npz", "epochs.csv"))
+    path = other / "tables" / "fashion_mnist" / "n20pc_verdicts.csv"
+    table = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    moved = (table.comparison == "proxy - random_erase") & (table.metric == "accuracy") & (table.cycle == 3)
+    assert moved.sum() == 1
+    table.loc[moved, "mean_difference"] += 0.0123  # the other run's primary mean 1.23 points higher
+    table.to_csv(path, index=False)
+    rows = [line.split(" | ") for line in beside(study, other).splitlines() if line.startswith("| n")]
+    assert len(rows) == 3 * 8  # three sizes, the design's eight comparisons
+    for row in rows:
+        mine = pd.read_csv(study / "tables" / "fashion_mnist" / f"{row[0][2:]}_verdicts.csv")
+        mine = mine[(mine.metric == "accuracy") & (mine.cycle == 3)].set_index("comparison")
+        r = mine.loc[row[1].replace("\u2212", "-")]
+        assert row[2] == f"{100 * r.mean_difference:+.2f}".replace("-", "\u2212") and row[4] == r.verdict_holm
+        primary = row[0] == "| n20pc" and row[1] == "proxy \u2212 random_erase"
+        assert row[-1] == ("\u22121.23 |" if primary else "+0.00 |"), row
+    made = json.loads((other / "provenance.json").read_text())
+    made["config"]["training"]["epochs"] = 9
+    (other / "provenance.json").write_text(json.dumps(made))
+    with pytest.raises(ValueError, match=r"differs .* in more than seeds \(training\)"):
+        beside(study, other)

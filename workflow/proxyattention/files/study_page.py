@@ -4,6 +4,7 @@ results). Each table is printed under a heading comment naming it, in the order 
 them, for the page to hold each one as printed.
 
     python -m proxyattention.files.study_page docs/study3
+    python -m proxyattention.files.study_page docs/study3 --beside docs/study3-mixed   # and another run's verdicts
 
 Numbers are percentage points for accuracy and the question-2 measures (ECE, Brier x 100,
 occlusion AUC x 100), the ROAD score's own units for faithfulness, seconds for cost.
@@ -210,8 +211,60 @@ def time_to_target(summary: pd.DataFrame) -> str:
             "evaluated on (a median past the seeds that reach it: empty)\n\n" + _table(header, rows))
 
 
-def tables(study) -> dict:
-    """Every table of the page, by name, in the page's order."""
+def _commits(study: Path) -> str:
+    import json
+
+    made = json.loads((study / "provenance.json").read_text())
+    return ", ".join(c[:7] for c in made.get("job_commits", [])) or "commit not recorded"
+
+
+def beside(study: Path, other: Path) -> str:
+    """The accuracy verdicts of two runs of one design side by side, per size and comparison: each
+    run's mean difference, 95% t interval and Holm word at the last cycle, and how far the mean
+    moved between them. Refused unless both ran the same design (config apart from seeds) and
+    hold the same sizes and comparisons."""
+    import json
+
+    study, other = Path(study), Path(other)
+    configs = []
+    for folder in (study, other):
+        made = json.loads((folder / "provenance.json").read_text())
+        configs.append({k: v for k, v in made.get("config", {}).items() if k != "seeds"})
+    if configs[0] != configs[1]:
+        differ = sorted(k for k in set(configs[0]) | set(configs[1]) if configs[0].get(k) != configs[1].get(k))
+        raise ValueError(f"{other / 'provenance.json'}: its config differs from {study / 'provenance.json'}'s in "
+                         f"more than seeds ({', '.join(differ)}): --beside sets two runs of one design side by side")
+    summaries = [pd.read_csv(f / "summary.csv", keep_default_na=False, na_values=[""]) for f in (study, other)]
+    sizes = _sizes(summaries[0])
+    if sizes != _sizes(summaries[1]):
+        raise ValueError(f"{other / 'summary.csv'}: its sizes {_sizes(summaries[1])} are not {study}'s {sizes}")
+    rows = []
+    for dataset in sizes:
+        last = []
+        for folder in (study, other):
+            table = _verdicts(folder, dataset)
+            table = table[table.metric == "accuracy"]
+            last.append(table[table.cycle == table.cycle.max()].set_index("comparison"))
+        if list(last[0].index) != list(last[1].index) or last[0].cycle.iloc[0] != last[1].cycle.iloc[0]:
+            raise ValueError(f"{dataset}: the two runs' verdict tables hold other comparisons or cycles "
+                             f"({list(last[0].index)} at cycle {last[0].cycle.iloc[0]}; {list(last[1].index)} "
+                             f"at cycle {last[1].cycle.iloc[0]})")
+        for comparison in last[0].index:
+            a, b = last[0].loc[comparison], last[1].loc[comparison]
+            rows.append([size_of(dataset), _words(comparison),
+                         _signed(a.mean_difference), _interval(a.ci_low, a.ci_high), a.verdict_holm,
+                         _signed(b.mean_difference), _interval(b.ci_low, b.ci_high), b.verdict_holm,
+                         _signed(a.mean_difference - b.mean_difference)])
+    names = [f"{f.name} ({_commits(f)}; {s.seed.nunique()} seeds)" for f, s in zip((study, other), summaries)]
+    header = ["size", "comparison", f"{names[0]}: mean (points)", "95% t interval", "verdict (Holm)",
+              f"{names[1]}: mean (points)", "95% t interval", "verdict (Holm)", "moved (points)"]
+    return (f"Accuracy verdicts after the last cycle, {study.name} beside {other.name}, the same design\n\n"
+            + _table(header, rows))
+
+
+def tables(study, other=None) -> dict:
+    """Every table of the page, by name, in the page's order; with ``other`` (a run of the same
+    design), its verdicts beside this one's last."""
     study = Path(study)
     summary = pd.read_csv(study / "summary.csv", keep_default_na=False, na_values=[""])
     out = {"accuracy": accuracy(summary)}
@@ -222,6 +275,8 @@ def tables(study) -> dict:
     out["agreement"] = agreement(summary)
     out["cost"] = cost(summary)
     out["time to target"] = time_to_target(summary)
+    if other is not None:
+        out["beside"] = beside(study, Path(other))
     return out
 
 
@@ -230,6 +285,8 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("study", help="a committed study folder (summary.csv and tables/ as redrawn from it)")
+    parser.add_argument("--beside", metavar="OTHER", help="another run of the same design (a study folder "
+                        "as above): its accuracy verdicts beside this one's, as the last table")
     args = parser.parse_args()
-    for name, text in tables(args.study).items():
+    for name, text in tables(args.study, args.beside).items():
         print(f"<!-- {name} -->\n{text}\n")
