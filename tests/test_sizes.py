@@ -96,6 +96,16 @@ def test_steps_schedule_trains_each_size_the_largest_sizes_steps():
     assert "train_size" not in stage_settings(same, "fm/n5pc", "lite0", 0, "evaluate")
 
 
+def test_under_full_split_final_every_cycle_before_the_last_is_evaluated_on_the_epoch_sample():
+    config = make_config(training={"epochs_finetune": 1, "epochs": 1, "epoch_sample": 100},
+                         evaluation={"full_split": "final"}, cycles=3)
+    for stage in ("evaluate", "measure"):
+        samples = [stage_settings(config, "fm", "lite0", c, stage, arm).get("verdict_sample")
+                   for c, arm in [(0, "finetune"), (1, "proxy"), (2, "baseline"), (3, "proxy"), (3, "baseline")]]
+        assert samples == [100, 100, 100, None, None], stage
+    assert "verdict_sample" not in stage_settings(make_config(cycles=3), "fm", "lite0", 1, "evaluate", "proxy")
+
+
 def test_epoch_sample_is_stratified_fixed_and_the_same_at_every_size(tmp_path):
     _, index = prepared_with(tmp_path, train_sizes={"per_class": [3, 30]})
     sample = curve_sample(index, 50)
@@ -131,6 +141,7 @@ def sizes_run(tmp_path_factory):
     config["datasets"]["fashion_demo"]["image_size"] = 32
     config["results"] = "results"
     config["arms"] = ["baseline", "proxy", "random_erase"]
+    config["cycles"] = 1  # per size, the verdicts' cycle after the finetune: what these tests read (the suite's time)
     config["faithfulness"] = {"enabled": False}  # what is tested here is per size, not the maps' measures
     config["evaluation"] = {**config["evaluation"], "occlusion": False, "maps": False}
     (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -164,17 +175,17 @@ def test_the_verdicts_cycle_is_on_the_whole_split_and_earlier_ones_on_the_epoch_
         for seed in (0, 1):
             base = runs / size / "tf_efficientnet_lite0" / f"seed{seed}"
             finetune = json.loads((base / "finetune" / "cycle0" / "metrics.json").read_text())
-            middle = json.loads((base / "proxy" / "cycle1" / "metrics.json").read_text())
-            last = json.loads((base / "proxy" / "cycle2" / "metrics.json").read_text())
-            assert finetune["n_val"] == middle["n_val"] == middle["verdict_sample"] == 100
-            assert last["n_val"] == 200 and last["verdict_sample"] is None
+            assert finetune["n_val"] == finetune["verdict_sample"] == 100
+            for arm in ("baseline", "proxy"):
+                last = json.loads((base / arm / "cycle1" / "metrics.json").read_text())
+                assert last["n_val"] == 200 and last["verdict_sample"] is None
 
 
 def test_every_epoch_curve_uses_the_same_sample_and_its_last_point_is_the_evaluations(sizes_run):
     results = sizes_run / "results"
     index = results / "prepared" / "fashion_demo" / "index.csv"
     tables = list((results / "runs").rglob("epochs.csv"))
-    assert len(tables) == 3 * 2 * (1 + 3 * 2)
+    assert len(tables) == 3 * 2 * (1 + 3 * 1)  # sizes x seeds x (the finetune + arms x cycles)
     seen = set()
     for path in tables:
         epochs = pd.read_csv(path)
