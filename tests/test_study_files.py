@@ -207,6 +207,16 @@ def _split(study: Path, root: Path, batches: dict) -> None:
         (part / "provenance.json").write_text(json.dumps({**made, "config": {**made["config"], "seeds": seeds}}))
 
 
+def assert_same_study_files(made, study):
+    """The summary and epochs byte for byte, every packed array equal in dtype and value."""
+    for name in ("summary.csv", "epochs.csv"):
+        assert (made / name).read_bytes() == (study / name).read_bytes(), name
+    with np.load(study / "per_image.npz") as a, np.load(made / "per_image.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        for key in a.files:
+            assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), key
+
+
 def test_batches_of_seeds_merge_into_the_files_one_run_of_them_all_gives(tmp_path):
     """Study 3's batches were committed one by one (their run folders not all on one machine):
     merging them, in any order, gives the study's files byte for byte and its config digest."""
@@ -225,12 +235,7 @@ def test_batches_of_seeds_merge_into_the_files_one_run_of_them_all_gives(tmp_pat
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = len(pd.read_csv(study / "summary.csv"))
     assert f"{rows} summary rows, {rows} packed cells" in proc.stdout
-    for name in ("summary.csv", "epochs.csv"):
-        assert (tmp_path / "merged" / name).read_bytes() == (study / name).read_bytes(), name
-    with np.load(study / "per_image.npz") as a, np.load(tmp_path / "merged" / "per_image.npz") as b:
-        assert sorted(a.files) == sorted(b.files)
-        for key in a.files:
-            assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), key
+    assert_same_study_files(tmp_path / "merged", study)
     merged = json.loads((tmp_path / "merged" / "provenance.json").read_text())
     assert merged["config"]["seeds"] == sorted(seeds)
     # the digest of the one config of them all: the same as a run of every seed at once records
@@ -338,6 +343,14 @@ def test_the_study_page_command_prints_every_table_of_study3_as_the_page_holds_i
     assert len(printed) == 9
     for heading, table in printed:
         assert f"*{heading.strip()}.*" in page and " ".join(table.split()) in page, heading
+    # the earlier run of the same design (seeds 0-4 at another commit), its verdicts beside these
+    command = f"python -m proxyattention.files.study_page {STUDY3} --beside docs/study3-mixed"
+    if (ROOT / "docs" / "study3-mixed").exists():
+        assert command in page
+        proc = subprocess.run([sys.executable, *command.split()[1:]], cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        heading, table = proc.stdout.split("<!-- beside -->\n")[1].split("\n\n", 1)
+        assert f"*{heading.strip()}.*" in page and " ".join(table.split()) in page
 
 
 def test_beside_sets_two_runs_of_one_design_side_by_side_and_refuses_another_design(tmp_path):
@@ -369,3 +382,37 @@ def test_beside_sets_two_runs_of_one_design_side_by_side_and_refuses_another_des
     (other / "provenance.json").write_text(json.dumps(made))
     with pytest.raises(ValueError, match=r"differs .* in more than seeds \(training\)"):
         beside(study, other)
+
+
+def test_study3_is_its_eight_seeds_each_run_at_the_one_frozen_commit_and_joined_as_committed(tmp_path):
+    """#43: docs/study3 is the merge of the parts committed as each seed finished
+    (docs/study3-frozen/seedN), every one of them run at the one commit that holds the design,
+    committed before the first of their jobs; the earlier run of mixed commits is kept beside it."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    study = ROOT / STUDY3
+    made = json.loads((study / "provenance.json").read_text())
+    parts = sorted((ROOT / "docs" / "study3-frozen").glob("seed*"))
+    if len(made["job_commits"]) != 1:
+        pytest.skip("docs/study3 is still the run of mixed commits")
+    proc = subprocess.run([sys.executable, "-m", "proxyattention.files.study_files", "merge", str(tmp_path / "m"),
+                           *map(str, parts)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert_same_study_files(tmp_path / "m", study)
+    merged = json.loads((tmp_path / "m" / "provenance.json").read_text())
+    assert merged == made
+    assert [p["job_commits"] for p in made["parts"]] == [made["job_commits"]] * len(parts) == [made["job_commits"]] * 8
+    commit = made["job_commits"][0]
+    written = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%cI", commit], capture_output=True,
+                             text=True)
+    if written.returncode == 0:  # a clone that holds the commit: the design was committed before the jobs
+        assert "config.study3.yaml" in subprocess.run(["git", "-C", str(ROOT), "show", "--stat", "--format=",
+                                                       commit], capture_output=True, text=True).stdout
+        design = pd.Timestamp(written.stdout.strip())
+        assert all(pd.Timestamp(p["written"]) > design for p in made["parts"])
+    mixed = json.loads((ROOT / "docs" / "study3-mixed" / "provenance.json").read_text())
+    assert len(mixed["job_commits"]) == 2 and commit in mixed["job_commits"]
+    assert mixed["config"] == made["config"]  # one design, the same eight seeds
