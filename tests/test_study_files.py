@@ -398,8 +398,11 @@ def test_study3_is_its_eight_seeds_each_run_at_the_one_frozen_commit_and_joined_
     parts = sorted((ROOT / "docs" / "study3-frozen").glob("seed*"))
     if len(made["job_commits"]) != 1:
         pytest.skip("docs/study3 is still the run of mixed commits")
-    proc = subprocess.run([sys.executable, "-m", "proxyattention.files.study_files", "merge", str(tmp_path / "m"),
-                           *map(str, parts)], capture_output=True, text=True)
+    typed = "python -m proxyattention.files.study_files merge docs/study3 " + " ".join(
+        f"docs/study3-frozen/{p.name}" for p in parts)  # the page's command, its parts as committed
+    assert typed in (ROOT / "docs" / "study.md").read_text()
+    proc = subprocess.run([sys.executable, *typed.split()[1:4], str(tmp_path / "m"), *typed.split()[5:]], cwd=ROOT,
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert_same_study_files(tmp_path / "m", study)
     merged = json.loads((tmp_path / "m" / "provenance.json").read_text())
